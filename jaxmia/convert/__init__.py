@@ -1,0 +1,24 @@
+"""Import PyTorch artefacts (torchvision / PPA / facenet-pytorch state dicts, NVlabs pickles) into Flax.
+
+Nothing here imports PyTorch or executes code from a file: `load_torch_file` is a restricted unpickler.
+"""
+import importlib
+
+_EXPORTS = {
+    "load_torch_file": "jaxmia.convert.torch_reader",
+    "flatten_tensors": "jaxmia.convert.torch_reader",
+    "UnsafePickleError": "jaxmia.convert.torch_reader",
+    "ConversionError": "jaxmia.convert.common",
+    "classifier_from_torch": "jaxmia.convert.classifiers",
+    "stylegan2_from_torch": "jaxmia.convert.stylegan2",
+    "discriminator_from_torch": "jaxmia.convert.stylegan2",
+    "save_converted": "jaxmia.convert.store",
+    "load_converted": "jaxmia.convert.store",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+  if name in _EXPORTS:
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+  raise AttributeError(f"module 'jaxmia.convert' has no attribute {name!r}")

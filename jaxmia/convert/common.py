@@ -1,0 +1,87 @@
+"""Filling a Flax variable tree from a PyTorch state dict, with every problem reported at once.
+
+A family converter (ResNet, DenseNet, Inception, FaceNet, StyleGAN2) only says which PyTorch key feeds each
+Flax leaf; `variables_from_torch` does the layout changes, the shape checks and the bookkeeping of missing and
+unexpected keys, so that all converters fail the same way: one `ConversionError` listing everything.
+
+Layouts: conv kernels OIHW -> HWIO, dense kernels [out, in] -> [in, out]; everything else is copied as is.
+"""
+from typing import Callable, Mapping
+
+import jax
+import numpy as np
+
+# Buffers PyTorch keeps that have no meaning for inference in Flax.
+IGNORED_SUFFIXES = ("num_batches_tracked",)
+
+
+class ConversionError(ValueError):
+  """A state dict does not fit the Flax model it is converted into."""
+
+
+def strip_prefix(state: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+  """Removes `prefix` from every key that has it (others are kept unchanged)."""
+  return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
+
+
+def torch_layout_to_flax(name: str, value: np.ndarray, target_ndim: int) -> np.ndarray:
+  """Converts one PyTorch tensor to the layout of the Flax leaf called `name`."""
+  if name == "kernel" and value.ndim == 4 and target_ndim == 4:
+    return value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+  if name == "kernel" and value.ndim == 2 and target_ndim == 2:
+    return value.T  # [out, in] -> [in, out]
+  return value
+
+
+def _path_names(path) -> tuple[str, ...]:
+  return tuple(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
+
+
+def variables_from_torch(template, state: Mapping[str, np.ndarray],
+                         torch_key: Callable[[tuple[str, ...]], str | None], *,
+                         what: str, ignore: Callable[[str], bool] = lambda k: False) -> dict:
+  """Builds Flax variables shaped like `template` from a PyTorch `state` dict.
+
+  Args:
+    template: pytree of arrays or `jax.ShapeDtypeStruct` (e.g. `jax.eval_shape(module.init, ...)`), with the
+      collections at the top (`{'params': ..., 'batch_stats': ...}`).
+    state: PyTorch names -> numpy arrays (PyTorch layouts).
+    torch_key: maps a full Flax path such as `('params', 'layer1_0', 'conv1', 'kernel')` to the PyTorch key
+      that feeds it (`'layer1.0.conv1.weight'`), or None for a leaf with no PyTorch counterpart (it keeps the
+      template's value, which must then be a concrete array).
+    what: a description for error messages, e.g. `"resnet18 (530 classes)"`.
+    ignore: PyTorch keys for which this returns True are allowed to stay unused.
+
+  Returns the variables as a nested dict of float32/int numpy arrays.
+  Raises `ConversionError` naming every missing key, unexpected key and shape mismatch.
+  """
+  missing, mismatched, used = [], [], set()
+
+  def fill(path, leaf):
+    names = _path_names(path)
+    key = torch_key(names)
+    if key is None:
+      return np.asarray(leaf)
+    if key not in state:
+      missing.append(f"{key}  (for {'/'.join(names)}, shape {tuple(leaf.shape)})")
+      return None
+    used.add(key)
+    value = torch_layout_to_flax(names[-1], np.asarray(state[key]), len(leaf.shape))
+    if tuple(value.shape) != tuple(leaf.shape):
+      mismatched.append(f"{key}: file has {tuple(np.asarray(state[key]).shape)}, "
+                        f"model needs {tuple(leaf.shape)} (after layout change) for {'/'.join(names)}")
+      return None
+    return np.ascontiguousarray(value.astype(leaf.dtype))
+
+  variables = jax.tree_util.tree_map_with_path(fill, template)
+  unexpected = [k for k in state if k not in used and not k.endswith(IGNORED_SUFFIXES) and not ignore(k)]
+  if missing or unexpected or mismatched:
+    parts = [f"Cannot convert the PyTorch weights into {what}:"]
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                         ("shape mismatches", mismatched)):
+      if items:
+        shown = "\n    ".join(items[:40]) + (f"\n    ... and {len(items) - 40} more" if len(items) > 40 else "")
+        parts.append(f"  {len(items)} {title}:\n    {shown}")
+    parts.append("Check the architecture name and num_classes match the checkpoint.")
+    raise ConversionError("\n".join(parts))
+  return variables
