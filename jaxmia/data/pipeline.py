@@ -1,0 +1,185 @@
+"""Dataset configs, random-access splits and deterministic, resumable, per-process batches.
+
+    config = get_dataset_config('facescrub'); config.manual_dir = '/data/facescrub'
+    train = load_split(config, 'train')          # prepares the TFDS dataset on first use
+    for batch in batches(train, batch_size=128, seed=0, epoch=3, start_batch=k):
+      ...                                        # {'image': uint8 [b, S, S, 3], 'label': int32 [b]}
+
+Split names: 'train', 'test', 'validation' (carved from the stored train split when
+`validation_fraction > 0`) and, for 'mnist_embedded', 'public' (the GAN prior's data; ignore its labels).
+The stored train/test split follows PPA (see `builders`); the views below are pure functions of the stored
+labels and `split_seed`, so changing them never re-prepares the data:
+- validation: PPA's rule, `RandomState(split_seed).permutation(n)`, the last `int(validation_fraction * n)`
+  positions are validation, the rest train (both in that permuted order).
+- `samples_per_class=k`: of each class's remaining training examples, the first `k` of a per-class permutation
+  drawn from `default_rng(split_seed)` (classes in label order). Subsets are nested (k=10 within k=20) and the
+  validation set does not depend on `k`.
+"""
+import dataclasses
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import ml_collections
+import numpy as np
+from ml_collections import config_dict
+
+# Storage options of each dataset (they select the prepared TFDS variant) and their defaults.
+_DATASET_DEFAULTS = {
+    'facescrub': dict(image_size=224, resize='stretch'),
+    'celeba': dict(image_size=224, resize='center_crop', num_identities=1000),
+    'stanford_dogs': dict(image_size=224, resize='stretch', crop_to_bbox=False),
+    'mnist_embedded': dict(image_size=32, resize='pad', test_fraction=0.2, public_fraction=0.5),
+}
+_STORAGE_FIELDS = ('image_size', 'resize', 'split_seed', 'test_fraction', 'num_identities', 'crop_to_bbox',
+                   'public_fraction')
+
+
+def get_dataset_config(name: str) -> ml_collections.ConfigDict:
+  """Default config of dataset `name` ('facescrub', 'celeba', 'stanford_dogs', 'mnist_embedded')."""
+  if name not in _DATASET_DEFAULTS:
+    raise ValueError(f'Unknown dataset {name!r}; expected one of {sorted(_DATASET_DEFAULTS)}.')
+  config = ml_collections.ConfigDict()
+  config.name = name
+  # Root of the manual download (layout in the builder's error message); not needed once prepared, nor for
+  # 'mnist_embedded'.
+  config.manual_dir = config_dict.placeholder(str)
+  config.data_dir = config_dict.placeholder(str)  # TFDS data dir; None = $TFDS_DATA_DIR or ~/tensorflow_datasets
+  config.image_size = 224               # stored images are uint8 [image_size, image_size, 3]
+  config.resize = 'stretch'             # 'stretch' | 'center_crop' | 'pad' (see jaxmia.data.builders)
+  config.split_seed = 42                # seed of the train/test split and of the subsets below (PPA: 42)
+  config.test_fraction = 0.1            # PPA's 90/10 split
+  config.samples_per_class = config_dict.placeholder(int)  # keep only k training images per class
+  config.validation_fraction = 0.0      # fraction of the stored train split held out as 'validation'
+  for key, value in _DATASET_DEFAULTS[name].items():
+    config[key] = value
+  return config
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexedSource:
+  """grain random-access source: example `i` is `records[indices[i]]` as `{'image', 'label': int32}`."""
+  records: Any
+  indices: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+    example = self.records[int(self.indices[i])]
+    return {'image': example['image'], 'label': np.int32(example['label'])}
+
+  def __repr__(self) -> str:
+    return f'IndexedSource({self.records!r}, {len(self.indices)} of {len(self.records)} examples)'
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """A split: `source[i]` -> `{'image': uint8 [S, S, 3], 'label': int32}`; `labels`: int32 [num_examples]."""
+  source: IndexedSource
+  num_classes: int
+  num_examples: int
+  class_names: tuple[str, ...]
+  labels: np.ndarray
+
+
+def train_subsets(labels: np.ndarray, num_classes: int, seed: int, validation_fraction: float = 0.0,
+                  samples_per_class: int | None = None) -> dict[str, np.ndarray]:
+  """{'train', 'validation'} positions into the stored train split (rules in the module docstring)."""
+  if not 0.0 <= validation_fraction < 1.0:
+    raise ValueError(f'validation_fraction must be in [0, 1), got {validation_fraction}.')
+  num = len(labels)
+  order = np.random.RandomState(seed).permutation(num)
+  num_validation = int(validation_fraction * num)
+  train, validation = order[:num - num_validation], order[num - num_validation:]
+  if samples_per_class is not None:
+    if samples_per_class < 1:
+      raise ValueError(f'samples_per_class must be positive or None, got {samples_per_class}.')
+    rng = np.random.default_rng(seed)
+    keep, short = [], {}
+    for label in range(num_classes):
+      members = rng.permutation(train[labels[train] == label])
+      if len(members) < samples_per_class:
+        short[label] = len(members)
+      keep.append(members[:samples_per_class])
+    if short:
+      raise ValueError(f'samples_per_class={samples_per_class} but {len(short)} classes have fewer training '
+                       f'images (label: count) {dict(list(short.items())[:10])}; choose a smaller value.')
+    train = train[np.isin(train, np.concatenate(keep))]
+  return {'train': train, 'validation': validation}
+
+
+def load_split(dataset_config: ml_collections.ConfigDict, split: str) -> Split:
+  """Loads `split` of the dataset described by `dataset_config` (see `get_dataset_config`).
+
+  Prepares the TFDS dataset on first use (idempotent; an interrupted preparation leaves only a temporary
+  folder and starts over). Raises `builders.ManualDirError` showing the expected layout if the manual
+  directory is missing or malformed.
+  """
+  from jaxmia.data import builders  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+  storage = {key: dataset_config[key] for key in _STORAGE_FIELDS if key in dataset_config}
+  builder = builders.make_builder(dataset_config.name, dataset_config.get('data_dir'), **storage)
+  builders.prepare(builder, dataset_config.get('manual_dir'))
+
+  stored_splits = sorted(builder.info.splits)
+  stored = 'train' if split == 'validation' else split
+  if stored not in stored_splits:
+    raise ValueError(f'Unknown split {split!r} for {dataset_config.name}; expected one of '
+                     f"{sorted(set(stored_splits) | {'validation'})}.")
+  class_names = tuple(builder.info.features['label'].names)
+  labels = np.asarray(builder.info.metadata['labels'][stored], np.int32)
+  indices = np.arange(len(labels))
+  if stored == 'train':
+    indices = train_subsets(labels, len(class_names), dataset_config.split_seed,
+                            dataset_config.get('validation_fraction', 0.0),
+                            dataset_config.get('samples_per_class'))[split]
+    if split == 'validation' and not len(indices):
+      raise ValueError("Split 'validation' is empty: set dataset_config.validation_fraction > 0.")
+  records = builder.as_data_source(split=stored)
+  return Split(IndexedSource(records, indices), num_classes=len(class_names), num_examples=len(indices),
+               class_names=class_names, labels=labels[indices])
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+  """A 32-bit shuffle seed for (seed, epoch), decorrelated across both (grain's own per-epoch rule is seed+epoch)."""
+  return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def batches(split: Split, batch_size: int, seed: int, epoch: int, shuffle: bool = True, start_batch: int = 0,
+            drop_remainder: bool = True, *, process_index: int | None = None,
+            process_count: int | None = None, num_threads: int = 8) -> Iterator[Mapping[str, np.ndarray]]:
+  """This process's part of each global batch of one epoch, from global batch `start_batch` on.
+
+  The epoch's order is a pure function of (seed, epoch) (grain's index shuffle, no buffer); global batch `k`
+  holds shuffled positions `[k * batch_size, (k + 1) * batch_size)` and process `p` of `P` gets the contiguous
+  block `[p * b, (p + 1) * b)` of it with `b = batch_size // P`, as `{'image': uint8 [b, S, S, 3],
+  'label': int32 [b]}`. `process_index`/`process_count` default to JAX's; `num_threads` batches are read ahead.
+  """
+  import grain  # pylint: disable=g-import-not-at-top
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index, process_count = jax.process_index(), jax.process_count()
+  if batch_size % process_count:
+    raise ValueError(f'Global batch size {batch_size} is not divisible by the {process_count} processes.')
+  if not drop_remainder and process_count > 1:
+    raise ValueError('drop_remainder=False would give processes different numbers of batches; use '
+                     'drop_remainder=True with several processes.')
+  num_examples = len(split.source)
+  num_batches = num_examples // batch_size if drop_remainder else math.ceil(num_examples / batch_size)
+  if num_batches == 0:
+    raise ValueError(f'Global batch size {batch_size} exceeds the {num_examples} examples of the split '
+                     'with drop_remainder=True.')
+  dataset = grain.MapDataset.source(split.source)
+  if shuffle:
+    dataset = dataset.shuffle(seed=epoch_seed(seed, epoch))
+  dataset = dataset.batch(batch_size // process_count, drop_remainder=drop_remainder)
+  dataset = dataset[process_index:num_batches * process_count:process_count][start_batch:]
+  read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=num_threads)
+  return iter(dataset.to_iter_dataset(read_options))
+
+
+def load_arrays(split: Split, chunk_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+  """All of a (small) split in order: (images uint8 [N, S, S, 3], labels int32 [N])."""
+  chunks = list(batches(split, chunk_size, seed=0, epoch=0, shuffle=False, drop_remainder=False,
+                        process_index=0, process_count=1))
+  return (np.concatenate([c['image'] for c in chunks]), np.concatenate([c['label'] for c in chunks]))
