@@ -1,0 +1,169 @@
+"""Classifier checkpoints from PyTorch (torchvision, PPA, facenet-pytorch) -> Flax variables.
+
+    variables = classifier_from_torch("resnet152", "ppa_resnet152.pth", num_classes=530)
+    logits = models.create_classifier("resnet152", 530).apply(variables, images)
+
+Accepted sources: a state dict (name -> array), a PPA checkpoint (`{'model_state_dict': ..., ...}` whose keys carry
+`model.` and, after `torch.compile`, `model._orig_mod.`), or a path to a `.pt`/`.pth` file (read without PyTorch
+and without running code from the file) or an `.npz` of the state dict. Each architecture only says which
+PyTorch key feeds each Flax leaf; `jaxmia.convert.common.variables_from_torch` does the rest.
+"""
+import importlib
+import os
+import pathlib
+import re
+from typing import Any, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmia.convert.common import ConversionError, strip_prefix, variables_from_torch
+from jaxmia.models import registry
+
+# Flax leaf name -> PyTorch parameter/buffer name (convs and linears: weight/bias; BatchNorm: weight/bias/running_*).
+_TORCH_LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
+                     "var": "running_var"}
+
+# Wrappers whose attribute name PyTorch puts in front of every key: PPA's `Classifier.model`, then `torch.compile`.
+_WRAPPER_PREFIXES = ("model.", "_orig_mod.")
+
+# Old torchvision DenseNet files (e.g. the ImageNet `densenet121-a639ec97.pth`) name `norm1` as `norm.1`.
+_OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var))$")
+
+# Input used only to trace the module's variable shapes (no computation happens); large enough for every arch.
+_TEMPLATE_INPUT_SHAPE = (1, 299, 299, 3)
+
+
+def torchvision_key(path: tuple[str, ...]) -> str:
+  """Flax path of a ResNet/ResNeXt/DenseNet leaf -> PyTorch key.
+
+  `('params', 'layer1_0', 'downsample_1', 'scale')` -> `'layer1.0.downsample.1.weight'`,
+  `('batch_stats', 'features_denseblock1_denselayer2', 'norm1', 'mean')`
+  -> `'features.denseblock1.denselayer2.norm1.running_mean'`.
+  """
+  _, *modules, leaf = path
+  return ".".join([m.replace("_", ".") for m in modules] + [_TORCH_LEAF_NAMES[leaf]])
+
+
+class _ArchSpec(NamedTuple):
+  module: str  # module holding the key functions
+  torch_key: str  # Flax path -> PyTorch key
+  module_kwargs: str | None  # optional: (state, num_classes) -> builder kwargs implied by the checkpoint
+  head: str  # PyTorch name of the final linear layer
+
+
+_RESNET = _ArchSpec(__name__, "torchvision_key", None, "fc")
+_ARCH_SPECS = {
+    "resnet18": _RESNET,
+    "resnet34": _RESNET,
+    "resnet50": _RESNET,
+    "resnet101": _RESNET,
+    "resnet152": _RESNET,
+    "resnext50_32x4d": _RESNET,
+    "densenet121": _ArchSpec(__name__, "torchvision_key", None, "classifier"),
+    "inception_v3": _ArchSpec("jaxmia.convert.inception", "inception_v3_torch_key", "inception_v3_module_kwargs",
+                              "fc"),
+    "inception_resnet_v1": _ArchSpec("jaxmia.convert.inception", "facenet_torch_key", "facenet_module_kwargs",
+                                     "logits"),
+}
+
+
+def _is_tensor(value) -> bool:
+  return hasattr(value, "shape") and hasattr(value, "dtype")
+
+
+def classifier_state_dict(source) -> dict[str, np.ndarray]:
+  """The flat PyTorch state dict in `source` (Mapping or path): PPA wrapping and key prefixes removed, old
+  DenseNet names (`norm.1`) renamed as torchvision does when it loads them."""
+  if isinstance(source, (str, os.PathLike)):
+    path = pathlib.Path(source)
+    if not path.is_file():
+      raise FileNotFoundError(f"Classifier checkpoint {str(path)!r} does not exist.")
+    if path.suffix == ".npz":
+      with np.load(path, allow_pickle=False) as archive:
+        obj = dict(archive)
+    else:
+      from jaxmia.convert.torch_reader import load_torch_file  # noqa: PLC0415 (keeps the reader optional here)
+      obj = load_torch_file(path)
+  else:
+    obj = source
+  if not isinstance(obj, Mapping):
+    raise ConversionError(f"Expected a state dict (name -> tensor) or a PPA checkpoint, got {type(obj).__name__}.")
+  if "model_state_dict" in obj:
+    obj = obj["model_state_dict"]
+  not_tensors = [k for k, v in obj.items() if not _is_tensor(v)]
+  if not_tensors:
+    raise ConversionError(
+        f"Entries {not_tensors[:10]} are not tensors. Pass a state dict (name -> tensor) or a PPA checkpoint "
+        "(a dict with 'model_state_dict'); for other containers, pick the state dict out yourself.")
+  state = {str(k): np.asarray(v) for k, v in obj.items()}
+  for prefix in _WRAPPER_PREFIXES:
+    state = strip_prefix(state, prefix)
+  return {_OLD_DENSENET_KEY.sub(r"\1\2", k): v for k, v in state.items()}
+
+
+def _spec(arch: str) -> _ArchSpec:
+  if arch not in _ARCH_SPECS:
+    raise ValueError(f"Unknown architecture {arch!r}; choose one of: {', '.join(_ARCH_SPECS)}.")
+  return _ARCH_SPECS[arch]
+
+
+def classifier_module_kwargs(arch: str, source, num_classes: int | None, **module_kwargs) -> dict[str, Any]:
+  """Builder kwargs for `create_classifier(arch, num_classes, **kwargs)` matching the checkpoint `source`.
+
+  Architectures whose checkpoints vary in ways `num_classes` does not capture (e.g. PPA's Inception-v3 keeps a
+  1000-way auxiliary head) infer them from the state; explicit `module_kwargs` win.
+  """
+  spec = _spec(arch)
+  state = classifier_state_dict(source)
+  infer = getattr(importlib.import_module(spec.module), spec.module_kwargs, None) if spec.module_kwargs else None
+  inferred = infer(state, num_classes) if infer else {}
+  return {**inferred, **module_kwargs}
+
+
+def _hints(arch: str, state: Mapping[str, np.ndarray], num_classes: int | None, module_kwargs) -> list[str]:
+  """What to change in the call when a well-known mismatch explains the conversion error."""
+  hints = []
+  head = state.get(f"{_spec(arch).head}.weight")
+  if num_classes is not None and head is not None and head.ndim == 2 and head.shape[0] != num_classes:
+    hints.append(f"The checkpoint's head '{_spec(arch).head}.weight' has {head.shape[0]} outputs but "
+                 f"num_classes={num_classes}: pass num_classes={head.shape[0]}.")
+  stem = state.get("conv1.weight")
+  base = module_kwargs.get("base_channels", 64)
+  if _spec(arch) is _RESNET and stem is not None and stem.ndim == 4 and stem.shape[0] != base:
+    hints.append(f"The checkpoint's stem 'conv1.weight' has {stem.shape[0]} output channels but the model has "
+                 f"{base}: pass base_channels={stem.shape[0]} (also to create_classifier).")
+  return hints
+
+
+def classifier_from_torch(arch: str, state_dict_or_path, num_classes: int | None, **module_kwargs) -> dict:
+  """Flax variables `{'params', 'batch_stats'}` (numpy) for `create_classifier(arch, num_classes, **kwargs)`.
+
+  Args:
+    arch: a name from `jaxmia.models.ARCHITECTURES`.
+    state_dict_or_path: PyTorch state dict (Mapping of arrays), PPA checkpoint dict, or path to .pt/.pth/.npz.
+    num_classes: outputs of the head; None converts the backbone only (the checkpoint's head is ignored).
+    **module_kwargs: builder kwargs of a non-default model (e.g. `base_channels=16` for a slim ResNet); kwargs
+      implied by the checkpoint itself come from `classifier_module_kwargs`.
+
+  Raises `ConversionError` listing every missing, unexpected and mis-shaped key, with a hint when the class
+  count or the ResNet width is what differs.
+  """
+  spec = _spec(arch)
+  state = classifier_state_dict(state_dict_or_path)
+  module_kwargs = classifier_module_kwargs(arch, state, num_classes, **module_kwargs)
+  module = registry.create_classifier(arch, num_classes, **module_kwargs)
+  template = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros(_TEMPLATE_INPUT_SHAPE, jnp.float32))
+  torch_key = getattr(importlib.import_module(spec.module), spec.torch_key)
+  head_prefix = spec.head + "."
+  what = f"{arch} ({'no head' if num_classes is None else f'{num_classes} classes'}"
+  what += "".join(f", {k}={v!r}" for k, v in module_kwargs.items()) + ")"
+  try:
+    return variables_from_torch(template, state, torch_key, what=what,
+                                ignore=lambda k: num_classes is None and k.startswith(head_prefix))
+  except ConversionError as error:
+    hints = _hints(arch, state, num_classes, module_kwargs)
+    if not hints:
+      raise
+    raise ConversionError("\n".join([str(error), *hints])) from None
