@@ -14,12 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmia.convert.common import ConversionError, variables_from_torch
+from jaxmia.models.inception import FID_RESOLUTION, FIDInceptionV3
 
 # Flax leaf name -> PyTorch tensor name (conv / dense / batch-norm parameters and statistics).
 _LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
                "var": "running_var"}
-
-FACENET_VGGFACE2_CLASSES = 8631
 
 
 def _join(path: tuple[str, ...], module_name: Callable[[str], str] = lambda n: n) -> str:
@@ -62,42 +61,42 @@ def inception_v3_module_kwargs(state: Mapping[str, np.ndarray], num_classes: int
   return {"aux_logits": True, "aux_num_classes": int(state["AuxLogits.fc.weight"].shape[0])}
 
 
-def facenet_unused_keys(state: Mapping[str, np.ndarray], num_classes: int | None) -> Callable[[str], bool]:
-  """Which keys of a facenet-pytorch state dict may stay unused when building `num_classes` outputs.
+def facenet_module_kwargs(state: Mapping[str, np.ndarray], num_classes: int | None) -> dict[str, Any]:
+  """Builder kwargs (besides `num_classes`) for a facenet-pytorch state dict: none, after checking the head.
 
-  The released `vggface2` / `casia-webface` files always carry a `logits` layer; for embeddings
-  (`num_classes=None`) it is ignored. A head of another size than `num_classes` is an error.
+  The released `vggface2` / `casia-webface` files always carry a `logits` layer (8631 / 10575 classes);
+  the caller ignores it for embeddings (`num_classes=None`). A head of another size is an error.
   """
-  if num_classes is None:
-    return lambda key: key.startswith("logits.")
-  if "logits.weight" in state and state["logits.weight"].shape[0] != num_classes:
+  head = state.get("logits.weight")
+  if num_classes is not None and head is not None and head.shape[0] != num_classes:
     raise ConversionError(
-        f"The FaceNet checkpoint has a {state['logits.weight'].shape[0]}-way `logits` head but num_classes="
-        f"{num_classes} was requested; pass num_classes={state['logits.weight'].shape[0]} to keep that head, "
-        "or num_classes=None for L2-normalised 512-d embeddings.")
-  return lambda key: False
-
-
-def _template(module, image_size: int):
-  return jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)))
+        f"The FaceNet checkpoint has a {head.shape[0]}-way `logits` head but num_classes={num_classes} was "
+        f"requested; pass num_classes={head.shape[0]} to keep that head, or num_classes=None for L2-normalised "
+        "512-d embeddings.")
+  return {}
 
 
 def _load_state(state_or_path) -> Mapping[str, np.ndarray]:
+  state = state_or_path
   if isinstance(state_or_path, (str, os.PathLike)):
     from jaxmia.convert import load_torch_file  # Imported here: the reader is only needed for files.
-    return load_torch_file(state_or_path)
-  return state_or_path
+    state = load_torch_file(state_or_path)
+  if not isinstance(state, Mapping):
+    raise ConversionError(f"Expected a state dict (name -> tensor), got {type(state).__name__}; pass the "
+                          "pytorch-fid weight file `pt_inception-2015-12-05-*.pth` or the dict it holds.")
+  return state
 
 
-def fid_inception_from_torch(state_or_path):
+def fid_inception_from_torch(state_or_path, dtype=jnp.float32):
   """(FIDInceptionV3 module, variables) from pytorch-fid's `pt_inception-2015-12-05-*.pth` or its state dict.
 
   `num_batches_tracked` entries are optional. Compute pool3 features with
   `module.apply(variables, images01, method='fid_features')` (images in [0, 1], see `fid_features`).
+  `dtype` is the compute dtype of the returned module (float32 reproduces pytorch-fid).
   """
-  from jaxmia.models.inception import FIDInceptionV3
   state = _load_state(state_or_path)
-  module = FIDInceptionV3()
-  variables = variables_from_torch(_template(module, 299), state, fid_inception_torch_key,
+  module = FIDInceptionV3(dtype=dtype)
+  template = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, FID_RESOLUTION, FID_RESOLUTION, 3)))
+  variables = variables_from_torch(template, state, fid_inception_torch_key,
                                    what="the pytorch-fid FID Inception network")
   return module, variables

@@ -2,7 +2,8 @@
 
 Submodule names mirror facenet-pytorch (`conv2d_1a`, `repeat_1`, `mixed_6a`, `block8`, `last_linear`,
 `last_bn`, `logits`); a child of an `nn.Sequential` is named `<parent>_<index>` (`repeat_1_0`, `branch1_0`).
-Images `[B, H, W, 3]` (160x160 for the released weights), conv kernels HWIO.
+Images `[B, H, W, 3]` (160x160 for the released weights), conv kernels HWIO. Parameters start from PyTorch's
+default initialisers, as facenet-pytorch's do.
 """
 import functools
 from typing import Any
@@ -11,14 +12,22 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxmia.models.inception import BasicConv2d
+from jaxmia.models.resnet import BatchNorm, linear_bias_init, linear_kernel_init
 
 EMBEDDING_DIM = 512
+
+
+def _basic_conv(dtype):
+  """BasicConv2d factory with facenet-pytorch's (PyTorch default) initialisation."""
+  return functools.partial(BasicConv2d, kernel_init=linear_kernel_init, dtype=dtype)
 
 
 def _residual_merge(x, branches, scale: float, activate: bool, dtype):
   """Concatenates the branches, projects them back to x's width with a biased 1x1 `conv2d`, adds
   `scale` times that to x and (optionally) applies ReLU."""
-  up = nn.Conv(x.shape[-1], (1, 1), dtype=dtype, name="conv2d")(jnp.concatenate(branches, axis=-1))
+  h = jnp.concatenate(branches, axis=-1)
+  up = nn.Conv(x.shape[-1], (1, 1), kernel_init=linear_kernel_init,
+               bias_init=linear_bias_init(h.shape[-1]), dtype=dtype, name="conv2d")(h)
   out = up * scale + x
   return nn.relu(out) if activate else out
 
@@ -30,7 +39,7 @@ class Block35(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(BasicConv2d, dtype=self.dtype)
+    conv = _basic_conv(self.dtype)
     b0 = conv(32, 1, name="branch0")(x, train)
     b1 = conv(32, 1, name="branch1_0")(x, train)
     b1 = conv(32, 3, padding=1, name="branch1_1")(b1, train)
@@ -47,7 +56,7 @@ class Block17(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(BasicConv2d, dtype=self.dtype)
+    conv = _basic_conv(self.dtype)
     b0 = conv(128, 1, name="branch0")(x, train)
     b1 = conv(128, 1, name="branch1_0")(x, train)
     b1 = conv(128, (1, 7), padding=(0, 3), name="branch1_1")(b1, train)
@@ -63,7 +72,7 @@ class Block8(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(BasicConv2d, dtype=self.dtype)
+    conv = _basic_conv(self.dtype)
     b0 = conv(192, 1, name="branch0")(x, train)
     b1 = conv(192, 1, name="branch1_0")(x, train)
     b1 = conv(192, (1, 3), padding=(0, 1), name="branch1_1")(b1, train)
@@ -81,7 +90,7 @@ class ReductionA(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(BasicConv2d, dtype=self.dtype)
+    conv = _basic_conv(self.dtype)
     b0 = conv(384, 3, strides=2, name="branch0")(x, train)
     b1 = conv(192, 1, name="branch1_0")(x, train)
     b1 = conv(192, 3, padding=1, name="branch1_1")(b1, train)
@@ -95,7 +104,7 @@ class ReductionB(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(BasicConv2d, dtype=self.dtype)
+    conv = _basic_conv(self.dtype)
     b0 = conv(256, 1, name="branch0_0")(x, train)
     b0 = conv(384, 3, strides=2, name="branch0_1")(b0, train)
     b1 = conv(256, 1, name="branch1_0")(x, train)
@@ -123,7 +132,7 @@ class InceptionResnetV1(nn.Module):
   def __call__(self, x, train: bool = False, return_features: bool = False):
     """`x` `[B, H, W, 3]` -> logits `[B, num_classes]`, or `(logits, embedding [B, 512])` with
     `return_features`; with `num_classes=None`, the embedding alone. Outputs are float32."""
-    conv = functools.partial(BasicConv2d, dtype=self.dtype)
+    conv = _basic_conv(self.dtype)
     x = jnp.asarray(x, self.dtype)
     x = conv(32, 3, strides=2, name="conv2d_1a")(x, train)
     x = conv(32, 3, name="conv2d_2a")(x, train)
@@ -141,17 +150,17 @@ class InceptionResnetV1(nn.Module):
     for i in range(5):
       x = Block8(0.20, dtype=self.dtype, name=f"repeat_3_{i}")(x, train)
     x = Block8(1.0, activate=False, dtype=self.dtype, name="block8")(x, train)
-    x = jnp.mean(x, axis=(1, 2))
+    # The head (pooling onwards) runs in float32 whatever the compute dtype.
+    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.Dense(EMBEDDING_DIM, use_bias=False, dtype=self.dtype, name="last_linear")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3, dtype=self.dtype,
-                     name="last_bn")(x)
-    x = x.astype(jnp.float32)
+    x = nn.Dense(EMBEDDING_DIM, use_bias=False, kernel_init=linear_kernel_init, name="last_linear")(x)
+    x = BatchNorm(epsilon=1e-3, name="last_bn")(x, train)
     # F.normalize: x / max(||x||, 1e-12).
     embedding = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
     if self.num_classes is None:
       return embedding
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="logits")(x).astype(jnp.float32)
+    logits = nn.Dense(self.num_classes, kernel_init=linear_kernel_init,
+                      bias_init=linear_bias_init(EMBEDDING_DIM), name="logits")(x)
     return (logits, embedding) if return_features else logits
 
 

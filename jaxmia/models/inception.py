@@ -7,11 +7,13 @@ Both networks share every block; they differ only in the pool branch of the Ince
 Layouts: images `[B, H, W, 3]` (at least 75x75; 299x299 when the auxiliary head runs), conv kernels HWIO.
 """
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jaxmia.models.resnet import BatchNorm, linear_bias_init, linear_kernel_init
 
 # Spatial size the FID network sees after its resize step.
 FID_RESOLUTION = 299
@@ -21,26 +23,33 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+# Initialisers of PPA's Inception-v3 (torchvision `init_weights=True`): convs N(0, 0.1^2), the aux head's conv1
+# N(0, 0.01^2) and fc N(0, 0.001^2); torchvision truncates at +-2 absolute, 20 std away, so plainly normal.
+inception_kernel_init = nn.initializers.normal(0.1)
+
+
+
+
 def _pair(v) -> tuple[int, int]:
   return (v, v) if isinstance(v, int) else tuple(v)
 
 
 class BasicConv2d(nn.Module):
-  """Conv2d without bias -> BatchNorm (eps 1e-3, PyTorch momentum 0.1) -> ReLU; `[B, H, W, C]`."""
+  """Conv2d without bias -> BatchNorm (PyTorch semantics, eps 1e-3) -> ReLU; `[B, H, W, C]`."""
   features: int
   kernel_size: int | tuple[int, int]
   strides: int = 1
   padding: int | tuple[int, int] = 0
+  kernel_init: Callable = inception_kernel_init
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     ph, pw = _pair(self.padding)
     x = nn.Conv(self.features, _pair(self.kernel_size), strides=_pair(self.strides),
-                padding=((ph, ph), (pw, pw)), use_bias=False, dtype=self.dtype, name="conv")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3, dtype=self.dtype,
-                     name="bn")(x)
-    return nn.relu(x)
+                padding=((ph, ph), (pw, pw)), use_bias=False, kernel_init=self.kernel_init, dtype=self.dtype,
+                name="conv")(x)
+    return nn.relu(BatchNorm(epsilon=1e-3, dtype=self.dtype, name="bn")(x, train))
 
 
 def _max_pool_3x3_s2(x):
@@ -156,7 +165,7 @@ class InceptionE(nn.Module):
 
 
 class InceptionAux(nn.Module):
-  """Auxiliary classifier on the 17x17x768 `Mixed_6e` output (needs 299x299 inputs): `[B, num_classes]`."""
+  """Auxiliary classifier on the 17x17x768 `Mixed_6e` output (needs 299x299 inputs): `[B, num_classes]` float32."""
   num_classes: int
   dtype: Any = jnp.float32
 
@@ -165,9 +174,10 @@ class InceptionAux(nn.Module):
     conv = functools.partial(BasicConv2d, dtype=self.dtype)
     x = nn.avg_pool(x, (5, 5), strides=(3, 3))
     x = conv(128, 1, name="conv0")(x, train)
-    x = conv(768, 5, name="conv1")(x, train)
-    x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
+    x = conv(768, 5, kernel_init=nn.initializers.normal(0.01), name="conv1")(x, train)
+    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    return nn.Dense(self.num_classes, dtype=jnp.float32, kernel_init=nn.initializers.normal(0.001),
+                    bias_init=linear_bias_init(768), name="fc")(x)
 
 
 class InceptionV3(nn.Module):
@@ -195,9 +205,10 @@ class InceptionV3(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False, return_features: bool = False):
-    """`x` `[B, H, W, 3]` -> logits `[B, num_classes]` float32, or `(logits, features [B, 2048])`.
+    """`x` `[B, H, W, 3]` -> logits `[B, num_classes]`, or `(logits, features [B, 2048])`; float32.
 
-    With `num_classes=None` the result is the features alone.
+    With `num_classes=None` the result is the features alone. Parameters are initialised as in PPA's
+    construction (torchvision `init_weights=True`, then a fresh PyTorch `nn.Linear` as `fc`).
     """
     x = jnp.asarray(x, self.dtype)
     if self.transform_input:
@@ -220,15 +231,17 @@ class InceptionV3(nn.Module):
     if self.aux_logits and aux_classes is not None and (train or self.is_initializing()):
       aux = InceptionAux(aux_classes, dtype=self.dtype, name="AuxLogits")(x, train)
       if train:
-        self.sow("intermediates", "aux_logits", aux.astype(jnp.float32))
+        self.sow("intermediates", "aux_logits", aux)
     x = InceptionD(dtype=self.dtype, name="Mixed_7a")(x, train)
     x = InceptionE(pool=pool, dtype=self.dtype, name="Mixed_7b")(x, train)
     x = InceptionE(pool="max" if self.fid_pooling else "avg", dtype=self.dtype, name="Mixed_7c")(x, train)
-    features = jnp.mean(x, axis=(1, 2))
+    features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     if self.num_classes is None:
       return features
     h = nn.Dropout(self.dropout_rate, deterministic=not train)(features)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(h).astype(jnp.float32)
+    # PPA swaps in a fresh nn.Linear for `fc`, so it starts from PyTorch's default initialisation.
+    logits = nn.Dense(self.num_classes, dtype=jnp.float32, kernel_init=linear_kernel_init,
+                      bias_init=linear_bias_init(2048), name="fc")(h)
     return (logits, features) if return_features else logits
 
 
@@ -248,7 +261,7 @@ class FIDInceptionV3(InceptionV3):
     first) -> pool3 features `[B, 2048]` float32.
     """
     _, features = self(fid_preprocess(images01), return_features=True)
-    return features.astype(jnp.float32)
+    return features
 
 
 def fid_preprocess(images01):
