@@ -10,7 +10,7 @@ Split names: 'train', 'test', 'validation' (carved from the stored train split w
 The stored train/test split follows PPA (see `builders`); the views below are pure functions of the stored
 labels and `split_seed`, so changing them never re-prepares the data:
 - validation: PPA's rule, `RandomState(split_seed).permutation(n)`, the last `int(validation_fraction * n)`
-  positions are validation, the rest train (both in that permuted order).
+  positions are validation, the rest train (both kept in stored order).
 - `samples_per_class=k`: of each class's remaining training examples, the first `k` of a per-class permutation
   drawn from `default_rng(split_seed)` (classes in label order). Subsets are nested (k=10 within k=20) and the
   validation set does not depend on `k`.
@@ -91,7 +91,7 @@ def train_subsets(labels: np.ndarray, num_classes: int, seed: int, validation_fr
   num = len(labels)
   order = np.random.RandomState(seed).permutation(num)
   num_validation = int(validation_fraction * num)
-  train, validation = order[:num - num_validation], order[num - num_validation:]
+  train, validation = np.sort(order[:num - num_validation]), np.sort(order[num - num_validation:])
   if samples_per_class is not None:
     if samples_per_class < 1:
       raise ValueError(f'samples_per_class must be positive or None, got {samples_per_class}.')
