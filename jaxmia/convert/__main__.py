@@ -1,0 +1,146 @@
+"""Command line for converting PyTorch weights into jaxmia weights folders, and for looking into torch files.
+
+    python -m jaxmia.convert classifier --arch resnet152 --num-classes 530 --input model.pth \\
+        --output converted_weights/resnet152_facescrub
+    python -m jaxmia.convert stylegan2 --input ffhq.pkl --output converted_weights/ffhq [--network G_ema|G|D]
+    python -m jaxmia.convert inspect FILE
+
+Every weights folder is read back with `jaxmia.convert.load_converted(path)`.
+"""
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from jaxmia.convert import common, store, torch_reader
+
+_ERRORS = (FileNotFoundError, FileExistsError, torch_reader.TorchFileError, torch_reader.UnsafePickleError,
+           common.ConversionError, ValueError)
+
+
+def _count(variables, collection="params") -> int:
+  import jax  # pylint: disable=import-outside-toplevel
+  return sum(int(np.size(x)) for x in jax.tree.leaves(variables.get(collection, {})))
+
+
+def _print_summary(rows):
+  width = max(len(k) for k, _ in rows)
+  for key, value in rows:
+    print(f"  {key:<{width}}  {value}")
+
+
+def convert_classifier(args):
+  from jaxmia.convert import classifiers  # pylint: disable=import-outside-toplevel
+  num_classes = None if args.num_classes.lower() == "none" else int(args.num_classes)
+  extra = json.loads(args.module_kwargs)
+  state = classifiers.classifier_state_dict(args.input)
+  module_kwargs = classifiers.classifier_module_kwargs(args.arch, state, num_classes, **extra)
+  variables = classifiers.classifier_from_torch(args.arch, state, num_classes, **module_kwargs)
+  folder = store.save_converted(args.output, variables, kind="classifier",
+                                module_kwargs={"arch": args.arch, "num_classes": num_classes, **module_kwargs},
+                                source=args.input, overwrite=args.overwrite)
+  print("Converted classifier:")
+  _print_summary([("arch", args.arch), ("classes", num_classes if num_classes is not None else "none (features)"),
+                  ("module kwargs", module_kwargs or "-"), ("parameters", f"{_count(variables):,}"),
+                  ("output", folder)])
+
+
+def convert_stylegan2(args):
+  from jaxmia.convert import stylegan2  # pylint: disable=import-outside-toplevel
+  networks = torch_reader.read_nvlabs_pickle(args.input)
+  if args.network not in networks:
+    raise ValueError(f"{args.input} has no network {args.network!r}; it holds {', '.join(networks)}.")
+  network = networks[args.network]
+  source = (network.state_dict, network.init_kwargs)
+  if args.network == "D":
+    module, variables = stylegan2.discriminator_from_torch(source)
+    kind = "stylegan2_discriminator"
+  else:
+    module, variables = stylegan2.stylegan2_from_torch(source)
+    kind = "stylegan2_generator"
+  folder = store.save_converted(args.output, variables, kind=kind, module_kwargs=network.init_kwargs,
+                                source=args.input, overwrite=args.overwrite)
+  print(f"Converted StyleGAN2 {network.class_name} ({args.network}):")
+  rows = [("resolution", module.img_resolution), ("image channels", module.img_channels),
+          ("c_dim", module.c_dim)]
+  if kind == "stylegan2_generator":
+    rows += [("z_dim", module.z_dim), ("w_dim", module.w_dim), ("num_ws", module.num_ws)]
+  _print_summary(rows + [("parameters", f"{_count(variables):,}"), ("output", folder)])
+
+
+def _describe(value) -> str:
+  text = repr(value)
+  return text if len(text) <= 100 else text[:97] + "..."
+
+
+def inspect_file(args):
+  try:
+    obj = torch_reader.load_torch_file(args.file)
+  except torch_reader.UnsafePickleError as error:
+    if not error.global_name.startswith("torch_utils.persistence."):
+      raise
+    obj = torch_reader.read_nvlabs_pickle(args.file)
+  tensors, values = 0, 0
+
+  def walk(value, path):
+    nonlocal tensors, values
+    if isinstance(value, np.ndarray):
+      tensors, values = tensors + 1, values + value.size
+      print(f"{path}  {value.dtype}  {tuple(value.shape)}")
+    elif isinstance(value, torch_reader.NVlabsNetwork):
+      print(f"{path}: NVlabs {value.class_name}, init_kwargs {json.dumps(value.init_kwargs)}")
+      walk(value.state_dict, path)
+    elif isinstance(value, dict) and value:
+      for k, v in value.items():
+        walk(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, (list, tuple)) and any(isinstance(v, (np.ndarray, dict, list, tuple)) for v in value):
+      for i, v in enumerate(value):
+        walk(v, f"{path}.{i}" if path else str(i))
+    else:
+      print(f"{path or '<top>'}: {_describe(value)}")
+
+  walk(obj, "")
+  print(f"{tensors} tensors, {values:,} values")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m jaxmia.convert", description=__doc__.split("\n")[0])
+  commands = parser.add_subparsers(dest="command", required=True)
+
+  classifier = commands.add_parser("classifier", help="torchvision / PPA / facenet-pytorch classifier weights")
+  classifier.add_argument("--arch", required=True, help="e.g. resnet18, resnet152, densenet121, inception_v3, "
+                                                        "inception_resnet_v1")
+  classifier.add_argument("--num-classes", required=True,
+                          help="outputs of the head, or 'none' for the backbone only (FaceNet embeddings)")
+  classifier.add_argument("--input", required=True, help=".pt/.pth state dict or PPA checkpoint, or .npz")
+  classifier.add_argument("--output", required=True, help="weights folder to create")
+  classifier.add_argument("--module-kwargs", default="{}",
+                          help='JSON of extra builder kwargs, e.g. \'{"base_channels": 16}\'')
+  classifier.add_argument("--overwrite", action="store_true", help="replace an existing weights folder")
+  classifier.set_defaults(run=convert_classifier)
+
+  gan = commands.add_parser("stylegan2", help="NVlabs stylegan2-ada-pytorch network pickle")
+  gan.add_argument("--input", required=True, help="NVlabs .pkl (e.g. ffhq.pkl)")
+  gan.add_argument("--output", required=True, help="weights folder to create")
+  gan.add_argument("--network", default="G_ema", choices=("G_ema", "G", "D"), help="network to convert")
+  gan.add_argument("--overwrite", action="store_true", help="replace an existing weights folder")
+  gan.set_defaults(run=convert_stylegan2)
+
+  inspect = commands.add_parser("inspect", help="list the tensors (name, dtype, shape) and values in a torch file")
+  inspect.add_argument("file", help=".pt / .pth / .pkl file")
+  inspect.set_defaults(run=inspect_file)
+  return parser
+
+
+def main(argv=None):
+  args = build_parser().parse_args(argv)
+  try:
+    args.run(args)
+  except _ERRORS as error:
+    print(f"jaxmia.convert: error: {error}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  main()

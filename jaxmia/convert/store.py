@@ -1,0 +1,159 @@
+"""Converted (or trained) weights on disk: an orbax checkpoint of the variables plus `jaxmia.json`.
+
+A weights folder looks like::
+
+    converted_weights/ffhq/
+      jaxmia.json      {"kind", "module_kwargs", "source": {"name", "sha256"} | null, "jaxmia_version", "created"}
+      variables/       orbax checkpoint of the Flax variables ({'params': ..., 'batch_stats': ...})
+
+`kind` and `module_kwargs` say how to rebuild the Flax module, so `load_converted(path)` returns a ready
+`(module, variables)` pair. `jaxmia.json` is written last: a folder that has it is complete.
+"""
+import datetime
+import hashlib
+import importlib
+import json
+import os
+from typing import Any, Mapping
+
+import flax
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+INFO_FILE = "jaxmia.json"
+VARIABLES_DIR = "variables"
+
+# kind -> (module, attribute) of the callable that builds the Flax module from `module_kwargs`.
+KINDS = {
+    "classifier": ("jaxmia.models", "create_classifier"),
+    "stylegan2_generator": ("jaxmia.models.stylegan2", "Generator"),
+    "stylegan2_discriminator": ("jaxmia.models.stylegan2", "Discriminator"),
+    "mid_classifier": ("jaxmia.defenses.mid", "create_mid_classifier"),
+}
+
+_CONVERT_HINT = ("Convert PyTorch weights with `python -m jaxmia.convert classifier --arch ARCH --num-classes N "
+                 "--input FILE.pth --output DIR` or `python -m jaxmia.convert stylegan2 --input FILE.pkl "
+                 "--output DIR`.")
+
+
+def _folder(path) -> epath.Path:
+  """`path` as an absolute epath (orbax needs absolute paths; `gs://...` URLs are kept as they are)."""
+  text = os.fspath(path)
+  return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
+def _check_kind(kind: str):
+  if kind not in KINDS:
+    raise ValueError(f"Unknown weights kind {kind!r}; known kinds: {', '.join(KINDS)}.")
+
+
+def _sha256(path: epath.Path) -> str:
+  digest = hashlib.sha256()
+  with path.open("rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def save_converted(path, variables, *, kind: str, module_kwargs: Mapping[str, Any], source=None,
+                   overwrite: bool = False) -> epath.Path:
+  """Writes `variables` and the recipe to rebuild their module into the folder `path`.
+
+  Args:
+    path: output folder (created; must not exist unless `overwrite`).
+    variables: Flax variables, a nested dict of arrays (numpy or fully addressable jax arrays).
+    kind: one of `KINDS` (`classifier`, `stylegan2_generator`, `stylegan2_discriminator`, `mid_classifier`).
+    module_kwargs: JSON-serialisable keyword arguments of the module builder for `kind`
+      (`classifier`: `arch`, `num_classes` and builder kwargs; StyleGAN2: the NVlabs `init_kwargs`).
+    source: path of the file the weights came from (its name and SHA-256 are recorded), or None.
+    overwrite: replace an existing weights folder at `path`.
+
+  In a multi-process run every process must call this (orbax saves collectively); process 0 writes the info.
+  Returns the absolute path of the folder.
+  """
+  _check_kind(kind)
+  folder = _folder(path)
+  try:
+    kwargs_json = json.loads(json.dumps(dict(module_kwargs)))
+  except (TypeError, ValueError) as e:
+    raise TypeError(f"module_kwargs must be JSON-serialisable (numbers, strings, lists, dicts, None): {e}. "
+                    "Pass non-JSON options such as `dtype` to load_converted instead.") from e
+  info = {"kind": kind, "module_kwargs": kwargs_json, "source": None,
+          "jaxmia_version": importlib.import_module("jaxmia").__version__,
+          "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+  if source is not None:
+    source_path = epath.Path(os.fspath(source))
+    if not source_path.is_file():
+      raise FileNotFoundError(f"{source}: source file not found (needed for its SHA-256).")
+    info["source"] = {"name": source_path.name, "sha256": _sha256(source_path)}
+
+  if folder.exists():
+    if not overwrite:
+      raise FileExistsError(f"{folder} already exists; choose another output folder or overwrite it "
+                            "(overwrite=True, or --overwrite on the command line).")
+    if not folder.is_dir() or not ((folder / INFO_FILE).exists() or not any(folder.iterdir())):
+      raise FileExistsError(f"{folder} exists and is not a jaxmia weights folder; refusing to overwrite it.")
+  primary = jax.process_index() == 0
+  if primary:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / INFO_FILE).unlink(missing_ok=True)  # the folder is incomplete until the new info is written
+
+  tree = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), flax.core.unfreeze(variables))
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(folder / VARIABLES_DIR, tree, force=overwrite)
+
+  if primary:
+    temporary = folder / (INFO_FILE + ".tmp")
+    temporary.write_text(json.dumps(info, indent=2) + "\n")
+    temporary.rename(folder / INFO_FILE)
+  return folder
+
+
+def read_info(path) -> dict:
+  """The `jaxmia.json` record of a weights folder (kind, module_kwargs, source, jaxmia_version, created)."""
+  folder = _folder(path)
+  if not folder.exists():
+    raise FileNotFoundError(f"{folder}: no such weights folder. {_CONVERT_HINT}")
+  if not folder.is_dir():
+    raise FileNotFoundError(f"{folder} is a file, not a jaxmia weights folder. {_CONVERT_HINT}")
+  if not (folder / INFO_FILE).exists():
+    raise FileNotFoundError(f"{folder} is not a jaxmia weights folder (no {INFO_FILE}; an interrupted save "
+                            f"leaves none). {_CONVERT_HINT}")
+  try:
+    info = json.loads((folder / INFO_FILE).read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{folder / INFO_FILE} is not valid JSON ({e}); convert the weights again.") from e
+  missing = [k for k in ("kind", "module_kwargs") if k not in info]
+  if missing:
+    raise ValueError(f"{folder / INFO_FILE} lacks {', '.join(missing)}; convert the weights again.")
+  return info
+
+
+def load_variables(path) -> dict:
+  """The variables of a weights folder as a nested dict of numpy arrays (host memory)."""
+  folder = _folder(path)
+  read_info(folder)
+  if not (folder / VARIABLES_DIR).exists():
+    raise FileNotFoundError(f"{folder} has {INFO_FILE} but no {VARIABLES_DIR}/ checkpoint; convert the weights "
+                            "again.")
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(folder / VARIABLES_DIR)
+
+
+def load_converted(path, **module_overrides):
+  """Rebuilds `(module, variables)` from a weights folder written by `save_converted`.
+
+  `module_overrides` replace or extend the saved `module_kwargs`, e.g. `dtype=jnp.bfloat16` for a classifier's
+  compute dtype. Variables are numpy arrays; `jax.device_put` (or `parallel.replicate`) them as needed.
+  """
+  info = read_info(path)
+  kind = info["kind"]
+  if kind not in KINDS:
+    raise ValueError(f"{path}: unknown weights kind {kind!r} in {INFO_FILE} (written by jaxmia "
+                     f"{info.get('jaxmia_version', '?')}); known kinds: {', '.join(KINDS)}. Update jaxmia.")
+  module_name, attribute = KINDS[kind]
+  build = getattr(importlib.import_module(module_name), attribute)
+  module = build(**{**info["module_kwargs"], **module_overrides})
+  return module, load_variables(path)
