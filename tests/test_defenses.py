@@ -66,7 +66,8 @@ def test_bido_penalty_combines_stage_terms():
   np.testing.assert_allclose(parts["hsic_x"], hsic_x, rtol=2e-5)
   np.testing.assert_allclose(parts["hsic_y"], hsic_y, rtol=2e-5)
   np.testing.assert_allclose(penalty, 0.05 * hsic_x - 0.5 * hsic_y, rtol=2e-5, atol=1e-8)
-  grads = jax.grad(lambda h: defenses.bido_penalty(images, labels, 5, h, lambda_x=0.05, lambda_y=0.5)[0])(hidden)
+  grads = jax.jit(jax.grad(
+      lambda h: defenses.bido_penalty(images, labels, 5, h, lambda_x=0.05, lambda_y=0.5)[0]))(hidden)
   assert all(np.all(np.isfinite(g)) and np.any(g != 0) for g in grads)
   with pytest.raises(ValueError, match="ResNet"):
     defenses.bido_penalty(images, labels, 5, [], lambda_x=0.05, lambda_y=0.5)
@@ -82,3 +83,30 @@ def test_gaussian_kl_closed_form():
     expected = 0.5 * (np.trace(cov) + mu[i] @ mu[i] - 6 - np.log(np.linalg.det(cov)))
     np.testing.assert_allclose(kl[i], expected, rtol=1e-5)
   np.testing.assert_allclose(defenses.gaussian_kl(jnp.zeros((2, 3)), jnp.ones((2, 3))), 0.0, atol=1e-7)
+
+
+def test_mid_classifier_train_and_eval_modes():
+  module = defenses.create_mid_classifier("resnet18", num_classes=7, bottleneck_dim=16, base_channels=8)
+  x = jax.random.uniform(jax.random.key(0), (4, 32, 32, 3), minval=-1, maxval=1)
+  variables = jax.jit(module.init)(jax.random.key(1), x)
+  assert variables["params"]["encoder"]["kernel"].shape == (64, 32)
+  assert variables["params"]["fc"]["kernel"].shape == (16, 7)
+
+  @jax.jit
+  def run(variables, x, key):
+    eval_logits, z = module.apply(variables, x, return_features=True)
+    train_logits, updates = module.apply(variables, x, train=True, rngs={"bottleneck": key},
+                                         mutable=["batch_stats", "intermediates"])
+    return eval_logits, z, train_logits, updates["intermediates"]["bottleneck_kl"][0]
+
+  eval_logits, z, train_a, kl = run(variables, x, jax.random.key(2))
+  eval_again, _, train_b, _ = run(variables, x, jax.random.key(3))
+  # Evaluation uses the mean: deterministic, and exactly fc(mu).
+  np.testing.assert_array_equal(eval_logits, eval_again)
+  fc = variables["params"]["fc"]
+  np.testing.assert_allclose(eval_logits, z @ fc["kernel"] + fc["bias"], rtol=1e-5, atol=1e-5)
+  # Training samples z ~ N(mu, std^2): different noise, different logits; the sown KL is per example.
+  assert np.abs(np.asarray(train_a) - np.asarray(train_b)).max() > 1e-6
+  assert kl.shape == (4,) and np.all(np.asarray(kl) > 0)
+  with pytest.raises(ValueError, match="Unknown architecture"):
+    defenses.create_mid_classifier("resnet9", 7)

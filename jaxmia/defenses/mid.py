@@ -9,8 +9,9 @@ The training loss is `CE + beta * KL(N(mu, std^2) || N(0, I))`; the per-example 
 `create_mid_classifier(arch, num_classes, bottleneck_dim, dtype)` is what `convert.load_converted` calls for
 the `mid_classifier` kind, so a trained MID target loads like any classifier.
 """
-from typing import Any
+from typing import Any, Mapping
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -32,15 +33,16 @@ class MIDClassifier(nn.Module):
 
   Same calling convention as `models.create_classifier` modules: `x [B, H, W, 3]` in [-1, 1] ->
   logits `[B, num_classes]`, or `(logits, z [B, bottleneck_dim])` with `return_features=True`.
-  Training mode needs a `'bottleneck'` PRNG stream.
+  Training mode needs a `'bottleneck'` PRNG stream. `backbone_kwargs` go to the architecture's builder.
   """
   arch: str
   num_classes: int
   bottleneck_dim: int = 1024
   dtype: Any = jnp.float32
+  backbone_kwargs: Mapping[str, Any] = flax.core.FrozenDict()
 
   def setup(self):
-    self.backbone = models.create_classifier(self.arch, None, dtype=self.dtype)
+    self.backbone = models.create_classifier(self.arch, None, dtype=self.dtype, **self.backbone_kwargs)
     self.encoder = nn.Dense(2 * self.bottleneck_dim, dtype=self.dtype)
     self.fc = nn.Dense(self.num_classes, dtype=self.dtype)
 
@@ -57,9 +59,11 @@ class MIDClassifier(nn.Module):
     return (logits, z) if return_features else logits
 
 
-def create_mid_classifier(arch: str, num_classes: int, bottleneck_dim: int = 1024,
-                          dtype=jnp.float32) -> MIDClassifier:
-  """A `MIDClassifier` on the `arch` backbone (any `models.ARCHITECTURES` entry)."""
+def create_mid_classifier(arch: str, num_classes: int, bottleneck_dim: int = 1024, dtype=jnp.float32,
+                          **backbone_kwargs) -> MIDClassifier:
+  """A `MIDClassifier` on the `arch` backbone (any `models.ARCHITECTURES` entry; `backbone_kwargs`, e.g.
+  `base_channels=8` for a slim ResNet, go to its builder)."""
   if arch not in models.ARCHITECTURES:
     raise ValueError(f"Unknown architecture {arch!r}; choose one of: {', '.join(models.ARCHITECTURES)}.")
-  return MIDClassifier(arch=arch, num_classes=num_classes, bottleneck_dim=bottleneck_dim, dtype=dtype)
+  return MIDClassifier(arch=arch, num_classes=num_classes, bottleneck_dim=bottleneck_dim, dtype=dtype,
+                       backbone_kwargs=flax.core.FrozenDict(backbone_kwargs))
