@@ -71,7 +71,7 @@ def variables_from_torch(template, state: Mapping[str, np.ndarray],
       mismatched.append(f"{key}: file has {tuple(np.asarray(state[key]).shape)}, "
                         f"model needs {tuple(leaf.shape)} (after layout change) for {'/'.join(names)}")
       return None
-    return np.ascontiguousarray(value.astype(leaf.dtype))
+    return np.array(value, dtype=leaf.dtype, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
 
   variables = jax.tree_util.tree_map_with_path(fill, template)
   unexpected = [k for k in state if k not in used and not k.endswith(IGNORED_SUFFIXES) and not ignore(k)]

@@ -1,0 +1,244 @@
+"""Numerical building blocks of StyleGAN2: bias + activation, FIR resampling, resampling and modulated convs.
+
+All images and feature maps are `[B, H, W, C]`; conv kernels are `[kh, kw, in, out]` (HWIO). Everything is
+a pure function of arrays and static Python settings, so it traces once and runs without Python loops.
+
+Semantics follow NVlabs stylegan2-ada-pytorch (`upfirdn2d`, `conv2d_resample`, `bias_act`), which these
+functions reproduce to float32 rounding:
+
+* FIR resampling filters are separable: a 1-D tap list `f` stands for the normalised 2-D filter
+  `outer(f, f) / sum(f)**2` that NVlabs stores as `resample_filter` buffers. Filtering runs as two 1-D passes
+  of shifted slices (a handful of fused multiply-adds per pixel, no depthwise convolution), and
+  down-sampling evaluates only the kept pixels.
+* Up-sampling convs are transposed stride-2 convs followed by the FIR filter (as NVlabs does). The
+  transposed conv is split into its four polyphase components, each an ordinary stride-1 convolution at the
+  input resolution, interleaved afterwards; its gradient is then also made of ordinary convolutions.
+  Measured on the 2-core CPU of this project (one 512->256 channel 3x3 up-conv at 64x64, B=1, jit): the
+  `lhs_dilation` form needs about the same forward time, but its input gradient is a stride-2 convolution
+  that XLA:CPU runs at about a third of the speed of a stride-1 one, so forward+backward is faster with the
+  polyphase form (see `scripts/bench_generator.py`).
+"""
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+_SQRT2 = float(np.sqrt(2.0))
+
+# name -> (function, default gain), as in NVlabs `bias_act.activation_funcs`.
+ACTIVATIONS = {
+    "linear": (lambda x: x, 1.0),
+    "relu": (jax.nn.relu, _SQRT2),
+    "lrelu": (lambda x: jax.nn.leaky_relu(x, 0.2), _SQRT2),
+    "tanh": (jnp.tanh, 1.0),
+    "sigmoid": (jax.nn.sigmoid, 1.0),
+    "elu": (jax.nn.elu, 1.0),
+    "selu": (jax.nn.selu, 1.0),
+    "softplus": (jax.nn.softplus, 1.0),
+    "swish": (jax.nn.silu, _SQRT2),
+}
+
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def check_activation(name: str) -> str:
+  if name not in ACTIVATIONS:
+    raise ValueError(f"Unknown activation {name!r}; StyleGAN2 supports {', '.join(ACTIVATIONS)}.")
+  return name
+
+
+def bias_act(x, bias=None, activation: str = "linear", gain: float = 1.0, clamp: float | None = None):
+  """`activation(x + bias) * default_gain * gain`, then clipped to `+-clamp * gain` (clamp None: no clip).
+
+  `bias` broadcasts over the last axis. `clamp` is a layer's `conv_clamp`; like NVlabs, it is scaled by the
+  same extra `gain` as the activation (e.g. sqrt(0.5) in resnet blocks).
+  """
+  fn, default_gain = ACTIVATIONS[activation]
+  if bias is not None:
+    x = x + bias.astype(x.dtype)
+  x = fn(x)
+  total_gain = default_gain * gain
+  if total_gain != 1:
+    x = x * jnp.asarray(total_gain, x.dtype)
+  if clamp is not None:
+    limit = jnp.asarray(clamp * gain, x.dtype)
+    x = jnp.clip(x, -limit, limit)
+  return x
+
+
+def normalize_2nd_moment(x, axis: int = -1, eps: float = 1e-8):
+  """Scales `x` to unit mean square along `axis`."""
+  return x * lax.rsqrt(jnp.mean(jnp.square(x), axis=axis, keepdims=True) + eps)
+
+
+def fir_taps(resample_filter: Sequence[float]) -> np.ndarray:
+  """Normalised 1-D taps (float64, sum 1) of a separable FIR filter given as a list such as [1, 3, 3, 1]."""
+  taps = np.asarray(resample_filter, dtype=np.float64)
+  if taps.ndim != 1 or taps.size == 0 or taps.sum() == 0:
+    raise ValueError(f"resample_filter must be a non-empty 1-D list of taps with a non-zero sum, got "
+                     f"{resample_filter!r}.")
+  return taps / taps.sum()
+
+
+def filter_2d(resample_filter: Sequence[float]) -> np.ndarray:
+  """The 2-D float32 filter NVlabs stores as `resample_filter` buffers for these taps."""
+  taps = np.asarray(resample_filter, dtype=np.float32)
+  f = np.outer(taps, taps)
+  return (f / f.sum()).astype(np.float32)
+
+
+def _fir_axis(x, taps: np.ndarray, axis: int, up: int, down: int, pad: tuple[int, int], gain: float):
+  """One separable pass of `upfirdn`: zero-insert by `up`, pad/crop, convolve with `taps`, keep every `down`."""
+  config = [(0, 0, 0)] * x.ndim
+  config[axis] = (pad[0], pad[1] + up - 1, up - 1)
+  x = lax.pad(x, jnp.zeros((), x.dtype), config)
+  size = x.shape[axis] - taps.size + 1
+  if size <= 0:
+    raise ValueError(f"FIR filter of {taps.size} taps does not fit into {x.shape[axis]} padded pixels.")
+  out = (size - 1) // down + 1
+  kernel = taps[::-1] * gain  # upfirdn convolves (flipped taps); the default filters are symmetric anyway
+  terms = [float(k) * lax.slice_in_dim(x, i, i + (out - 1) * down + 1, stride=down, axis=axis)
+           for i, k in enumerate(kernel) if k != 0]
+  return sum(terms[1:], terms[0])
+
+
+def upfirdn2d(x, taps: np.ndarray, *, up: int = 1, down: int = 1, padding: tuple[int, int] = (0, 0),
+              gain: float = 1.0):
+  """NVlabs `upfirdn2d` for a separable filter on `[B, H, W, C]`; `padding` (before, after) on both axes.
+
+  Zeros are inserted after each pixel (`up`), the result is padded (negative values crop), convolved with
+  the 2-D filter `outer(taps, taps) * gain` and every `down`-th pixel is kept.
+  """
+  axis_gain = float(np.sqrt(gain))
+  x = _fir_axis(x, taps, 1, up, down, padding, axis_gain)
+  return _fir_axis(x, taps, 2, up, down, padding, axis_gain)
+
+
+def upsample2d(x, taps: np.ndarray):
+  """2x FIR up-sampling `[B, H, W, C] -> [B, 2H, 2W, C]` (NVlabs `upsample2d`)."""
+  n = taps.size
+  return upfirdn2d(x, taps, up=2, padding=((n + 1) // 2, (n - 2) // 2), gain=4.0)
+
+
+def downsample2d(x, taps: np.ndarray):
+  """2x FIR down-sampling `[B, H, W, C] -> [B, H/2, W/2, C]` (NVlabs `downsample2d`)."""
+  n = taps.size
+  return upfirdn2d(x, taps, down=2, padding=((n - 1) // 2, (n - 2) // 2))
+
+
+def conv2d(x, kernel, *, stride: int = 1, padding: int | tuple[int, int] = 0):
+  """Cross-correlation (as `torch.nn.functional.conv2d`) of `[B, H, W, I]` with `[kh, kw, I, O]`."""
+  pad = (padding, padding) if isinstance(padding, int) else padding
+  return lax.conv_general_dilated(x, kernel, (stride, stride), (pad, pad), dimension_numbers=_DIMS)
+
+
+def _phase_kernel(kernel, phase: int, axis: int):
+  """Taps of a stride-2 transposed conv that feed output pixels of parity `phase`, in correlation order."""
+  k = kernel.shape[axis]
+  idx = np.arange(phase, k, 2)[::-1]
+  return jnp.take(kernel, idx, axis=axis)
+
+
+def conv_transpose2x(x, kernel):
+  """Stride-2 transposed convolution (as `torch.nn.functional.conv_transpose2d`, no padding).
+
+  `[B, H, W, I]` and `[k, k, I, O]` -> `[B, 2H + k - 2, 2W + k - 2, O]`; output pixel `2i + t` receives
+  `x[i] * kernel[t]`. Computed as four stride-1 convolutions, one per output parity (see module docstring).
+  """
+  b, h, w, _ = x.shape
+  k = kernel.shape[0]
+  if kernel.shape[1] != k or k < 2:
+    raise ValueError(f"conv_transpose2x needs a square kernel of size >= 2, got {kernel.shape[:2]}")
+  size = 2 * h + k - 2
+  rows = []
+  for py in (0, 1):
+    row = []
+    for px in (0, 1):
+      sub = _phase_kernel(_phase_kernel(kernel, py, 0), px, 1)
+      ty, tx = sub.shape[0] - 1, sub.shape[1] - 1
+      # Output pixel m of parity p sums x[m - j] * kernel[p + 2j]: a correlation with the reversed taps.
+      out_y, out_x = (size - py + 1) // 2, (2 * w + k - 2 - px + 1) // 2
+      pad_y = (ty, out_y - h)
+      pad_x = (tx, out_x - w)
+      row.append(lax.conv_general_dilated(x, sub, (1, 1), (pad_y, pad_x), dimension_numbers=_DIMS))
+    rows.append(row)
+  # Interleave the parities: pad every phase to the size of phase 0, stack, reshape, crop.
+  n0y, n0x = rows[0][0].shape[1], rows[0][0].shape[2]
+
+  def grow(a):
+    return jnp.pad(a, ((0, 0), (0, n0y - a.shape[1]), (0, n0x - a.shape[2]), (0, 0)))
+
+  y = jnp.stack([jnp.stack([grow(a) for a in row], axis=3) for row in rows], axis=2)  # [B, n0y, 2, n0x, 2, O]
+  y = y.reshape(b, 2 * n0y, 2 * n0x, y.shape[-1])
+  return y[:, :size, :2 * w + k - 2]
+
+
+def conv2d_resample(x, kernel, taps: np.ndarray | None = None, *, up: int = 1, down: int = 1):
+  """NVlabs `conv2d_resample` with 'same' padding: a conv preceded (down=2) or followed (up=2) by FIR filtering.
+
+  `[B, H, W, I]` -> `[B, H*up/down, W*up/down, O]`; `kernel` `[k, k, I, O]` with odd k, applied as a
+  correlation (`up=1`) or as a transposed convolution (`up=2`), as in NVlabs.
+  """
+  k = kernel.shape[0]
+  p = k // 2
+  if up == 1 and down == 1:
+    return conv2d(x, kernel, padding=p)
+  n = taps.size
+  if up == 2 and down == 1:
+    pad0, pad1 = p + (n + 1) // 2, p + (n - 2) // 2
+    if k == 1:
+      return upfirdn2d(conv2d(x, kernel), taps, up=2, padding=(pad0, pad1), gain=4.0)
+    # NVlabs flips nothing here: conv_transpose2d with the stored kernel, then the FIR filter.
+    y = conv_transpose2x(x, kernel)
+    return upfirdn2d(y, taps, padding=(pad0 - (k - 1), pad1 - (k - 2)), gain=4.0)
+  if down == 2 and up == 1:
+    pad0, pad1 = p + (n - 1) // 2, p + (n - 2) // 2
+    if k == 1:
+      return conv2d(upfirdn2d(x, taps, down=2, padding=(pad0, pad1)), kernel)
+    return conv2d(upfirdn2d(x, taps, padding=(pad0, pad1)), kernel, stride=2)
+  raise ValueError(f"unsupported resampling up={up}, down={down} (StyleGAN2 uses 1 or 2).")
+
+
+def modulated_conv2d(x, kernel, styles, taps: np.ndarray | None = None, *, demodulate: bool = True,
+                     up: int = 1):
+  """Style-modulated convolution, computed by scaling activations around one conv with a shared kernel.
+
+  Args:
+    x: `[B, H, W, I]` activations (compute dtype).
+    kernel: `[k, k, I, O]` raw (unscaled) weights, shared by the batch.
+    styles: `[B, I]` float32 per-sample input scales.
+    taps: FIR taps for `up=2`.
+    demodulate: rescale each output channel to unit expected variance, `rsqrt(sum_{kh,kw,i} (w*s)^2 + 1e-8)`.
+    up: 1 or 2.
+
+  Returns `[B, H*up, W*up, O]`; equal to NVlabs' grouped "fused" formulation up to float rounding.
+  """
+  styles = styles.astype(jnp.float32)
+  y = conv2d_resample(x * styles[:, None, None, :].astype(x.dtype), kernel.astype(x.dtype), taps, up=up)
+  if demodulate:
+    sq_norms = jnp.sum(jnp.square(kernel.astype(jnp.float32)), axis=(0, 1))  # [I, O]
+    dcoefs = lax.rsqrt(jnp.dot(jnp.square(styles), sq_norms, precision=lax.Precision.HIGHEST) + 1e-8)
+    y = y * dcoefs[:, None, None, :].astype(y.dtype)
+  return y
+
+
+def minibatch_std(x, group_size: int | None, num_channels: int = 1):
+  """Appends `num_channels` feature maps holding the mean within-group std (NVlabs `MinibatchStdLayer`).
+
+  `[N, H, W, C] -> [N, H, W, C + num_channels]`. Groups are strided over the batch as in NVlabs: with group
+  size G, sample `i` is in group `i % (N // G)`. G = min(group_size, N); N must divide by G.
+  """
+  n, h, w, c = x.shape
+  g = n if group_size is None else min(group_size, n)
+  if n % g:
+    raise ValueError(f"minibatch std: batch size {n} is not a multiple of the group size {g}.")
+  f = num_channels
+  y = x.astype(jnp.float32).reshape(g, n // g, h, w, f, c // f)
+  y = y - jnp.mean(y, axis=0)
+  y = jnp.sqrt(jnp.mean(jnp.square(y), axis=0) + 1e-8)  # [n/G, H, W, F, c]
+  y = jnp.mean(y, axis=(1, 2, 4))  # [n/G, F]
+  y = jnp.tile(y, (g, 1))[:, None, None, :]  # sample i -> group i % (n/G)
+  y = jnp.broadcast_to(y, (n, h, w, f)).astype(x.dtype)
+  return jnp.concatenate([x, y], axis=-1)
