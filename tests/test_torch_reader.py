@@ -164,6 +164,21 @@ def test_refuses_code_inside_torch_save_files(torch_files, tmp_path):
   assert not marker.exists()
 
 
+@pytest.mark.parametrize("global_line", [b"torch._utils\n_rebuild_tensor_v2\n", b"collections\nOrderedDict\n",
+                                         b"numpy\ndtype\n", b"builtins\nset\n"])
+def test_pickle_cannot_modify_whitelisted_globals(torch_files, global_line):
+  """BUILD on a whitelisted global itself (not an instance) must fail, not rewrite it for later loads."""
+  folder, expected, _ = torch_files
+  defaults = torch_reader._rebuild_tensor.__defaults__
+  # GLOBAL; state (None, {'__defaults__': (1,), '__setstate__': 2}); BUILD; STOP
+  evil = (b"\x80\x02c" + global_line + b"N}X\x0c\x00\x00\x00__defaults__K\x01\x85sX\x0c\x00\x00\x00__setstate__K\x02s"
+          b"\x86b.")
+  with pytest.raises(TorchFileError):
+    load_torch_file(evil)
+  assert torch_reader._rebuild_tensor.__defaults__ == defaults
+  assert np.array_equal(load_torch_file(folder / "ppa_w_latents.pt"), expected["ppa_w_latents.pt"])
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Broken files give one clear error.
 

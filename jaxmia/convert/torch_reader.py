@@ -20,6 +20,7 @@ import io
 import os
 import pickle
 import struct
+import types
 import zipfile
 from typing import Any, Callable
 
@@ -270,6 +271,21 @@ _HINTS = {
 }
 
 
+class _ReaderFunction:
+  """A whitelisted function as the unpickler hands it out: callable, but a pickle cannot set its attributes
+  (a BUILD on a bare function would otherwise rewrite e.g. its `__defaults__` for later loads)."""
+  __slots__ = ("_function",)
+
+  def __init__(self, function):
+    object.__setattr__(self, "_function", function)
+
+  def __setattr__(self, name, value):
+    raise TorchFileError("the pickle tries to modify a function of the reader")
+
+  def __call__(self, *args, **kwargs):
+    return self._function(*args, **kwargs)
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
   """Unpickler that resolves globals only through `safe_globals` and storages through `storage_for`."""
 
@@ -284,7 +300,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     if target is None:
       hint = next((h for m, h in _HINTS.items() if module == m or module.startswith(m + ".")), "")
       raise UnsafePickleError(f"{module}.{name}", self._source, hint)
-    return target
+    return _ReaderFunction(target) if isinstance(target, types.FunctionType) else target
 
   def persistent_load(self, pid):
     if self._storage_for is None:
