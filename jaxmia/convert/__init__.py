@@ -8,12 +8,17 @@ _EXPORTS = {
     "load_torch_file": "jaxmia.convert.torch_reader",
     "flatten_tensors": "jaxmia.convert.torch_reader",
     "UnsafePickleError": "jaxmia.convert.torch_reader",
+    "TorchFileError": "jaxmia.convert.torch_reader",
+    "read_nvlabs_pickle": "jaxmia.convert.torch_reader",
+    "NVlabsNetwork": "jaxmia.convert.torch_reader",
     "ConversionError": "jaxmia.convert.common",
     "classifier_from_torch": "jaxmia.convert.classifiers",
     "stylegan2_from_torch": "jaxmia.convert.stylegan2",
     "discriminator_from_torch": "jaxmia.convert.stylegan2",
     "save_converted": "jaxmia.convert.store",
     "load_converted": "jaxmia.convert.store",
+    "load_variables": "jaxmia.convert.store",
+    "read_info": "jaxmia.convert.store",
 }
 __all__ = list(_EXPORTS)
 
