@@ -11,6 +11,8 @@ import pytest
 
 import jaxmia
 from jaxmia import models
+from jaxmia.defenses import mid
+from jaxmia.models import stylegan2
 from jaxmia.convert import store
 from jaxmia.convert.__main__ import main
 
@@ -118,6 +120,23 @@ def test_load_converted_builds_the_classifier(tmp_path):
   np.testing.assert_array_equal(logits, apply(variables, x))
   bf16_module, _ = store.load_converted(tmp_path / "resnet", dtype=jnp.bfloat16)
   assert bf16_module == models.create_classifier("resnet18", 7, dtype=jnp.bfloat16)
+
+
+@pytest.mark.parametrize("kind, module_kwargs, build", [
+    ("classifier", {"arch": "densenet121", "num_classes": 3}, lambda kw: models.create_classifier(**kw)),
+    ("stylegan2_generator", {"z_dim": 8, "w_dim": 8, "c_dim": 0, "img_resolution": 8, "img_channels": 3,
+                             "mapping_kwargs": {"num_layers": 2}}, lambda kw: stylegan2.Generator(**kw)),
+    ("stylegan2_discriminator", {"c_dim": 0, "img_resolution": 8, "img_channels": 3,
+                                 "epilogue_kwargs": {"mbstd_group_size": 2}}, lambda kw: stylegan2.Discriminator(**kw)),
+    ("mid_classifier", {"arch": "resnet18", "num_classes": 5, "bottleneck_dim": 16, "base_channels": 8},
+     lambda kw: mid.create_mid_classifier(**kw)),
+])
+def test_every_kind_rebuilds_its_module(tmp_path, kind, module_kwargs, build):
+  variables = {"params": {"x": np.arange(3, dtype=np.float32)}}
+  store.save_converted(tmp_path / kind, variables, kind=kind, module_kwargs=module_kwargs)
+  module, loaded = store.load_converted(tmp_path / kind)
+  assert module == build(module_kwargs)
+  _assert_same_tree(loaded, variables)
 
 
 def test_cli_inspect(fixtures_dir, capsys):
