@@ -36,6 +36,14 @@ def test_resize_is_pytorch_bilinear_without_antialias(fid):
   np.testing.assert_allclose(np.asarray(fid_preprocess(x299)), 2 * x299 - 1, atol=1e-6)
 
 
+def test_shrinking_does_not_antialias():
+  # Halving with half-pixel centres and no antialiasing averages each 2x2 block exactly; an antialiased
+  # resize (torchvision's `resize`) would spread over 4x4 taps.
+  x = np.random.default_rng(0).random((1, 598, 598, 3), dtype=np.float32)
+  block_mean = x.reshape(1, 299, 2, 299, 2, 3).mean(axis=(2, 4))
+  np.testing.assert_allclose(np.asarray(fid_preprocess(x)), 2 * block_mean - 1, atol=1e-6)
+
+
 def test_pool3_and_logits_match_pytorch_fid(fid):
   module, variables, arrays, _ = fid
   # One compile for both inputs: image batch [resize(x256), x299], all 299x299 in [0, 1]. Resizing a

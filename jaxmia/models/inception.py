@@ -28,8 +28,6 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 inception_kernel_init = nn.initializers.normal(0.1)
 
 
-
-
 def _pair(v) -> tuple[int, int]:
   return (v, v) if isinstance(v, int) else tuple(v)
 
@@ -205,7 +203,7 @@ class InceptionV3(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False, return_features: bool = False):
-    """`x` `[B, H, W, 3]` -> logits `[B, num_classes]`, or `(logits, features [B, 2048])`; float32.
+    """`x` `[B, H, W, 3]` in [-1, 1] -> logits `[B, num_classes]`, or `(logits, features [B, 2048])`; float32.
 
     With `num_classes=None` the result is the features alone. Parameters are initialised as in PPA's
     construction (torchvision `init_weights=True`, then a fresh PyTorch `nn.Linear` as `fc`).
