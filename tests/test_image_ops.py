@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import load_fixture, nchw_to_nhwc, recipe
 
-from jaxmia.data import image_ops
+from jaxmia.data import augment, image_ops
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +133,8 @@ def test_horizontal_flip_is_an_involution_and_mirrors():
   assert (flipped ^ kept).all() and 16 < flipped.sum() < 48
   np.testing.assert_array_equal(image_ops.horizontal_flip(x, keys, p=0.0), x)
   np.testing.assert_array_equal(image_ops.horizontal_flip(x, keys, p=1.0), x[:, :, ::-1])
+  raw_keys = jax.random.split(jax.random.PRNGKey(3), 64)   # legacy uint32 keys work too
+  assert image_ops.horizontal_flip(x, raw_keys).shape == x.shape
 
 
 def test_color_jitter_with_zero_strength_is_identity():
@@ -177,3 +179,24 @@ def test_color_jitter_brightness_factor_range():
   assert f.min() >= 0.6 - 1e-6 and f.max() <= 1.4 + 1e-6 and f.min() < 0.7 and f.max() > 1.3
   with pytest.raises(ValueError, match="hue"):
     image_ops.color_jitter(x, keys, hue=0.7)
+
+
+def test_train_augment_range_dtype_and_input_types():
+  images = (np.random.default_rng(6).uniform(size=(4, 20, 20, 3)) * 255).astype(np.uint8)
+  keys = jax.random.split(jax.random.key(8), 4)
+  out = jax.jit(lambda x, k: augment.train_augment(x, k, size=16))(images, keys)
+  assert out.shape == (4, 16, 16, 3) and out.dtype == jnp.float32
+  assert float(out.min()) >= -1.0 and float(out.max()) <= 1.0
+  from_unit = augment.train_augment(images / np.float32(255), keys, size=16)
+  np.testing.assert_allclose(from_unit, out, atol=1e-5)
+
+
+def test_train_augment_without_randomness_is_eval_transform():
+  images = (np.random.default_rng(7).uniform(size=(2, 20, 20, 3)) * 255).astype(np.uint8)
+  keys = jax.random.split(jax.random.key(9), 2)
+  plain = augment.train_augment(images, keys, size=16, crop_scale=(1.0, 1.0), brightness=0.0, contrast=0.0,
+                                saturation=0.0, hue=0.0, flip=False)
+  expected = augment.eval_transform(images, size=16)
+  np.testing.assert_allclose(plain, expected, atol=1e-4)
+  np.testing.assert_allclose(augment.denormalize(expected),
+                             image_ops.resize(augment.to_unit_range(images), 16), atol=1e-6)
