@@ -1,0 +1,291 @@
+"""Stage 2 of the Plug & Play Attack: optimise style vectors `w` until the target model sees the target class.
+
+Also holds the image pipeline every stage shares: `w` -> StyleGAN2 synthesis -> optional clamp to [-1, 1] ->
+centre crop -> antialiased resize (the view of a generated image that the target model gets).
+
+Per-latent independence: each latent has its own PRNG key, the objective is the *sum* of per-latent losses
+(so a latent's gradient is the gradient of its own loss) and Adam is elementwise, so a latent's trajectory
+is the same whether it is optimised alone or in a batch of any size, on any number of devices.
+"""
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+
+from jaxmia import losses, parallel
+from jaxmia.data import image_ops
+
+IDENTITY_LOSSES = {
+    "poincare": losses.poincare_loss,
+    "cross_entropy": losses.cross_entropy_identity_loss,
+    "logit": losses.logit_loss,
+}
+REMAT_POLICIES = {
+    "none": None,
+    "dots": jax.checkpoint_policies.dots_saveable,          # keep conv/matmul outputs, recompute the rest
+    "full": jax.checkpoint_policies.nothing_saveable,       # recompute the whole synthesis network
+}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def resolve_center_crop(center_crop: int, resolution: int) -> int:
+  """`center_crop`, or PPA's 800-of-1024 crop scaled to `resolution` (`round(R * 800 / 1024)`) when it is 0."""
+  crop = center_crop or round(resolution * 800 / 1024)
+  if not 0 < crop <= resolution:
+    raise ValueError(f"center_crop={crop} does not fit the generator's {resolution}x{resolution} images; "
+                     f"use 0 (automatic) or a size in [1, {resolution}].")
+  return crop
+
+
+def with_compute_dtype(module, dtype_name: str):
+  """`module` computing in `dtype_name` ('float32' or 'bfloat16'); parameters are untouched."""
+  if dtype_name not in DTYPES:
+    raise ValueError(f"Unknown compute dtype {dtype_name!r}; choose one of {sorted(DTYPES)}.")
+  dtype = DTYPES[dtype_name]
+  if getattr(module, "dtype", dtype) == dtype:
+    return module
+  if not hasattr(module, "dtype"):
+    raise ValueError(f"{type(module).__name__} has no `dtype` attribute, so it cannot compute in {dtype_name}; "
+                     "use dtype='float32'.")
+  return module.clone(dtype=dtype)
+
+
+def synthesize(generator, generator_variables, w):
+  """StyleGAN2 images `[B, R, R, C]` (unclamped) from `w` `[B, 1 or num_ws, w_dim]` (one w is broadcast)."""
+  ws = jnp.broadcast_to(w, (w.shape[0], generator.num_ws, w.shape[-1]))
+  return generator.apply(generator_variables, ws, noise_mode="const", method="synthesis")
+
+
+def target_view(images, *, clamp: bool, center_crop: int, resize: int):
+  """The target model's input: optional clamp to [-1, 1], centre crop, antialiased resize; `[B, S, S, C]`."""
+  if clamp:
+    images = jnp.clip(images, -1.0, 1.0)
+  return image_ops.resize(image_ops.center_crop(images, center_crop), resize, antialias=True)
+
+
+def latent_keys(key, indices):
+  """One key per latent: `fold_in(key, global latent index)`, so a latent's randomness follows it anywhere."""
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.asarray(indices, jnp.uint32))
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The stage-2 knobs of the attack config, resolved for one generator (hashable: it keys compiled code)."""
+  num_steps: int
+  learning_rate: float
+  b1: float
+  b2: float
+  eps: float
+  lr_schedule: str
+  lr_milestones: tuple[int, ...]
+  lr_gamma: float
+  identity_loss: str
+  discriminator_loss_weight: float
+  clamp: bool
+  center_crop: int
+  resize: int
+  crop_scale: tuple[float, float]
+  crop_ratio: tuple[float, float]
+  remat: str
+  dtype: str
+
+  @classmethod
+  def from_config(cls, config, resolution: int) -> "Settings":
+    settings = cls(
+        num_steps=int(config.num_steps), learning_rate=float(config.learning_rate), b1=float(config.b1),
+        b2=float(config.b2), eps=float(config.eps), lr_schedule=str(config.lr_schedule),
+        lr_milestones=tuple(int(m) for m in config.lr_milestones), lr_gamma=float(config.lr_gamma),
+        identity_loss=str(config.identity_loss),
+        discriminator_loss_weight=float(config.discriminator_loss_weight), clamp=bool(config.clamp),
+        center_crop=resolve_center_crop(int(config.center_crop), resolution), resize=int(config.resize),
+        crop_scale=tuple(float(s) for s in config.crop_scale),
+        crop_ratio=tuple(float(r) for r in config.crop_ratio), remat=str(config.remat), dtype=str(config.dtype))
+    if settings.identity_loss not in IDENTITY_LOSSES:
+      raise ValueError(f"Unknown identity_loss {settings.identity_loss!r}; choose one of {sorted(IDENTITY_LOSSES)}.")
+    if settings.remat not in REMAT_POLICIES:
+      raise ValueError(f"Unknown remat {settings.remat!r}; choose one of {sorted(REMAT_POLICIES)}.")
+    if settings.lr_schedule not in ("constant", "multistep"):
+      raise ValueError(f"Unknown lr_schedule {settings.lr_schedule!r}; choose 'constant' or 'multistep'.")
+    if settings.num_steps < 0:
+      raise ValueError(f"num_steps must be >= 0, got {settings.num_steps}.")
+    return settings
+
+
+def make_optimizer(settings: Settings) -> optax.GradientTransformation:
+  """Adam (PyTorch's update rule; elementwise, so latents never interact) with an optional step-decay schedule.
+
+  'multistep' multiplies the learning rate by `lr_gamma` at every step in `lr_milestones`, like PyTorch's
+  `MultiStepLR` stepped once per optimisation step.
+  """
+  learning_rate = settings.learning_rate
+  if settings.lr_schedule == "multistep":
+    learning_rate = optax.piecewise_constant_schedule(
+        settings.learning_rate, {m: settings.lr_gamma for m in settings.lr_milestones})
+  return optax.adam(learning_rate, b1=settings.b1, b2=settings.b2, eps=settings.eps)
+
+
+def _per_latent_losses(w, targets, step_keys, generator_variables, target_variables, discriminator_variables, *,
+                       generator, target_model, discriminator, settings: Settings):
+  """Attack loss of each latent, `[B]`: identity loss on an augmented view (+ weighted realism loss)."""
+  def render(variables, w):
+    return synthesize(generator, variables, w)
+
+  policy = REMAT_POLICIES[settings.remat]
+  if settings.remat != "none":
+    render = jax.checkpoint(render, policy=policy)
+  images = render(generator_variables, w)
+  loss = jnp.zeros(w.shape[0], jnp.float32)
+  if settings.discriminator_loss_weight > 0:
+    # One image at a time: the discriminator's minibatch-std layer would otherwise couple the latents.
+    def realism_logit(image):
+      return discriminator.apply(discriminator_variables, image[None], None)[0, 0]
+    logits_d = jax.vmap(realism_logit)(images).astype(jnp.float32)
+    loss = loss + settings.discriminator_loss_weight * jax.nn.softplus(-logits_d)
+  view = target_view(images, clamp=settings.clamp, center_crop=settings.center_crop, resize=settings.resize)
+  view = image_ops.random_resized_crop(view, step_keys, settings.resize, settings.crop_scale, settings.crop_ratio)
+  logits = target_model.apply(target_variables, view).astype(jnp.float32)
+  return loss + IDENTITY_LOSSES[settings.identity_loss](logits, targets)
+
+
+def _optimize(w, opt_state, targets, keys, generator_variables, target_variables, discriminator_variables, *,
+              generator, target_model, discriminator, settings: Settings):
+  """`num_steps` Adam steps on `w` in one on-device loop; returns the final `(w, opt_state)`."""
+  tx = make_optimizer(settings)
+
+  def total_loss(w, step_keys):
+    return jnp.sum(_per_latent_losses(
+        w, targets, step_keys, generator_variables, target_variables, discriminator_variables,
+        generator=generator, target_model=target_model, discriminator=discriminator, settings=settings))
+
+  def step(i, carry):
+    w, opt_state = carry
+    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, i)
+    grads = jax.grad(total_loss)(w, step_keys)
+    updates, opt_state = tx.update(grads, opt_state, w)
+    return optax.apply_updates(w, updates), opt_state
+
+  return jax.lax.fori_loop(0, settings.num_steps, step, (w, opt_state))
+
+
+_COMPILED: dict[Any, Any] = {}
+
+
+def cached_jit(name: str, modules, settings, build):
+  """The jitted function `build()` for these modules and settings, built once per process.
+
+  Flax modules with equal `repr` are the same network, so converted models loaded twice share compiled code.
+  """
+  cache_key = (name, tuple(repr(m) for m in modules), settings)
+  if cache_key not in _COMPILED:
+    _COMPILED[cache_key] = build()
+  return _COMPILED[cache_key]
+
+
+def _compiled(generator, target_model, discriminator, settings: Settings):
+  """`(init, run)`: jitted state initialisation and the jitted optimisation loop (w and Adam state donated)."""
+  def build():
+    def init(w_init):
+      w = jnp.array(w_init, jnp.float32, copy=True)
+      return w, make_optimizer(settings).init(w)
+
+    def run(w, opt_state, targets, keys, gv, tv, dv):
+      return _optimize(w, opt_state, targets, keys, gv, tv, dv, generator=generator, target_model=target_model,
+                       discriminator=discriminator, settings=settings)
+
+    return jax.jit(init), jax.jit(run, donate_argnums=(0, 1))
+
+  return cached_jit("optimize", (generator, target_model, discriminator), settings, build)
+
+
+def _as_key_array(keys):
+  keys = jnp.asarray(keys) if not isinstance(keys, jax.Array) else keys
+  return keys if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(keys)
+
+
+def optimize_latents(w_init, targets, keys, *, generator, generator_variables, target_model, target_variables,
+                     config, discriminator=None, discriminator_variables=None, mesh=None):
+  """Optimises one batch of latents; returns the optimised `w` with the shape of `w_init`.
+
+  Args:
+    w_init: `[B, 1, w_dim]` (one w per image, broadcast to all `num_ws` layers) or `[B, num_ws, w_dim]` (W+).
+    targets: int `[B]`, the class each latent should become.
+    keys: `[B]` PRNG keys, one per latent (augmentation randomness of step `t` is `fold_in(key, t)`).
+    generator, generator_variables: StyleGAN2 `Generator` and its variables (frozen).
+    target_model, target_variables: classifier taking `[B, H, W, 3]` in [-1, 1] (frozen, eval mode).
+    config: the attack config's `attack` section (num_steps, learning_rate, b1, b2, eps, lr_schedule,
+      lr_milestones, lr_gamma, identity_loss, discriminator_loss_weight, clamp, center_crop, resize,
+      crop_scale, crop_ratio, remat, dtype).
+    discriminator, discriminator_variables: StyleGAN2 discriminator, needed only if
+      `config.discriminator_loss_weight > 0`.
+    mesh: a `('data',)` mesh to shard the batch over (variables are replicated); None runs where the inputs are.
+  """
+  settings = Settings.from_config(config, generator.img_resolution)
+  if settings.discriminator_loss_weight > 0 and discriminator is None:
+    raise ValueError("config.discriminator_loss_weight > 0 needs a discriminator; pass discriminator= and "
+                     "discriminator_variables=, or set the weight to 0.")
+  if settings.discriminator_loss_weight == 0:
+    discriminator, discriminator_variables = None, None
+  w_init = jnp.asarray(w_init) if not isinstance(w_init, jax.Array) else w_init
+  if w_init.ndim != 3 or w_init.shape[1] not in (1, generator.num_ws) or w_init.shape[2] != generator.w_dim:
+    raise ValueError(f"w_init must have shape [B, 1 or {generator.num_ws}, {generator.w_dim}], got {w_init.shape}.")
+  targets = jnp.asarray(targets, jnp.int32)
+  keys = _as_key_array(keys)
+  if not targets.shape == keys.shape == w_init.shape[:1]:
+    raise ValueError(f"targets {targets.shape} and keys {keys.shape} need one entry per latent "
+                     f"(w_init has {w_init.shape[0]}).")
+  variables = (generator_variables, target_variables, discriminator_variables)
+  if mesh is not None:
+    parallel.check_batch_size(w_init.shape[0], mesh, "attack batch size")
+    w_init, targets, keys = jax.device_put((w_init, targets, keys), parallel.data_sharding(mesh))
+    variables = parallel.replicate(variables, mesh)
+  generator = with_compute_dtype(generator, settings.dtype)
+  target_model = with_compute_dtype(target_model, settings.dtype)
+  if discriminator is not None:
+    discriminator = with_compute_dtype(discriminator, settings.dtype)
+  init, run = _compiled(generator, target_model, discriminator, settings)
+  w, opt_state = init(w_init)
+  w, _ = run(w, opt_state, targets, keys, *variables)
+  return w
+
+
+def to_host(tree):
+  """A pytree of (possibly multi-process sharded) arrays as host numpy arrays holding the global values."""
+  if jax.process_count() > 1:
+    return multihost_utils.process_allgather(tree, tiled=True)
+  return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def map_in_batches(fn, inputs, batch_size: int, *, mesh=None, progress=None):
+  """`fn` applied to consecutive `batch_size`-row slices of `inputs`; returns its outputs concatenated on host.
+
+  `inputs` is a tuple of arrays with equal leading size N; the last slice is padded by repeating row N-1, so
+  `fn` (a jitted per-batch function) compiles once, and the padding rows are dropped from the result. With a
+  `mesh`, each slice is sharded over `'data'` (`batch_size` must divide by the device count). The next batch
+  is dispatched before the previous one is copied to host. `progress(rows_done)` is called after each batch.
+  """
+  num_rows = len(inputs[0])
+  if mesh is not None:
+    parallel.check_batch_size(batch_size, mesh)
+  results, pending = [], None
+  for start in range(0, num_rows, batch_size):
+    rows = np.minimum(np.arange(start, start + batch_size), num_rows - 1)
+    batch = tuple(x[rows] for x in inputs)
+    if mesh is not None:
+      batch = jax.device_put(batch, parallel.data_sharding(mesh))
+    outputs = fn(*batch)
+    if pending is not None:
+      results.append(to_host(pending))
+      if progress:
+        progress(start)
+    pending = outputs
+  if pending is not None:
+    results.append(to_host(pending))
+    if progress:
+      progress(num_rows)
+  if not results:
+    raise ValueError("map_in_batches got no rows to process.")
+  return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts)[:num_rows], *results)

@@ -1,0 +1,280 @@
+"""Plug & Play Attack: selection rules, per-latent independence, device-count invariance, resume.
+
+Closed-form tests use stand-in modules (a flat-colour "generator" and a mean-colour linear "classifier", whose
+scores are known exactly); the optimisation tests use the real StyleGAN2 Generator and ResNet-18 at a tiny size.
+"""
+import importlib.util
+import json
+import pathlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmia import attack, convert, models, parallel
+from jaxmia.attack import optimize
+from jaxmia.attack import run as attack_run
+from jaxmia.models.stylegan2 import Generator
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def load_config(name="attack_facescrub_ffhq.py", variant="smoke"):
+  spec = importlib.util.spec_from_file_location(name[:-3], CONFIGS / name)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Stand-ins with known answers.
+
+class FlatColourGenerator(nn.Module):
+  """Generator interface; the image of `w` is flat, with colour `tanh(mean of its ws)` (w_dim = 3)."""
+  z_dim: int = 3
+  c_dim: int = 0
+  w_dim: int = 3
+  img_resolution: int = 8
+  img_channels: int = 3
+
+  @property
+  def num_ws(self):
+    return 2
+
+  def mapping(self, z, c=None, truncation_psi=1.0, truncation_cutoff=None):
+    return jnp.broadcast_to(z[:, None, :], (z.shape[0], self.num_ws, self.w_dim))
+
+  def synthesis(self, ws, noise_mode="const"):
+    colour = jnp.tanh(ws.mean(axis=1))
+    return jnp.broadcast_to(colour[:, None, None, :], (ws.shape[0], self.img_resolution, self.img_resolution, 3))
+
+
+class MeanColourClassifier(nn.Module):
+  """Logits = mean colour @ kernel; crops, resizes and flips of a flat image do not change them."""
+  num_classes: int = 4
+
+  @nn.compact
+  def __call__(self, x):
+    return x.mean(axis=(1, 2)) @ self.param("kernel", nn.initializers.normal(3.0), (3, self.num_classes))
+
+
+def flat_colour_scores(w, kernel):
+  """The exact target softmax of the stand-ins for latents `w` `[N, 3]`: `[N, C]`."""
+  return np.asarray(jax.nn.softmax(jnp.tanh(jnp.asarray(w)) @ kernel, axis=-1))
+
+
+@pytest.fixture(scope="module")
+def stand_ins():
+  generator, classifier = FlatColourGenerator(), MeanColourClassifier()
+  variables = classifier.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+  return generator, classifier, variables
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Pure selection rules.
+
+def test_top_candidates_per_class_takes_best_distinct_candidates():
+  confidences = np.array([
+      # class 0  1     2
+      [0.10, 0.55, 0.20],  # candidate 0
+      [0.80, 0.05, 0.15],  # candidate 1
+      [0.50, 0.30, 0.20],  # candidate 2
+      [0.60, 0.60, 0.90],  # candidate 3: the best for classes 1 and 2, second best for class 0
+      [0.50, 0.10, 0.40],  # candidate 4: ties with candidate 2 for class 0
+  ])
+  targets = np.array([2, 0, 0, 1, 0, 0, 2])
+  indices = attack.top_candidates_per_class(confidences, targets)
+  # Class 0 takes its four best (1, 3, then the tie 2 before 4), class 1 its best, class 2 its two best;
+  # candidate 3 serves all three classes but never one class twice.
+  np.testing.assert_array_equal(indices, [3, 1, 3, 3, 2, 4, 4])
+  for cls in (0, 1, 2):
+    chosen = indices[targets == cls]
+    assert len(set(chosen)) == len(chosen)
+  with pytest.raises(ValueError, match="search_space_size"):
+    attack.top_candidates_per_class(confidences, np.zeros(6, np.int32))
+
+
+def test_top_per_class_keeps_best_scores_of_each_class():
+  scores = np.array([0.2, 0.9, 0.4, 0.9, 0.1, 0.7, 0.3])
+  targets = np.array([5, 1, 5, 5, 1, 5, 1])
+  np.testing.assert_array_equal(attack.top_per_class(scores, targets, 2), [1, 6, 3, 5])
+  np.testing.assert_array_equal(attack.top_per_class(scores, targets, 10), [1, 6, 4, 3, 5, 2, 0])
+
+
+def test_resolve_targets():
+  np.testing.assert_array_equal(attack.resolve_targets("all", 4), [0, 1, 2, 3])
+  np.testing.assert_array_equal(attack.resolve_targets(3, 10), [0, 1, 2])
+  np.testing.assert_array_equal(attack.resolve_targets("3", 10), [0, 1, 2])
+  np.testing.assert_array_equal(attack.resolve_targets("[7, 2]", 10), [7, 2])
+  np.testing.assert_array_equal(attack.resolve_targets((4, 4), 10), [4, 4])
+  for bad in (11, "[3, 10]", "some"):
+    with pytest.raises(ValueError, match="targets"):
+      attack.resolve_targets(bad, 10)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Stages 1 and 3 on the stand-ins: the answer is known in closed form.
+
+def test_initial_selection_picks_known_top_candidates(stand_ins):
+  generator, classifier, variables = stand_ins
+  config = load_config().candidates
+  config.search_space_size, config.batch_size, config.resize = 20, 8, 8
+  key = jax.random.key(3)
+  targets = np.repeat([2, 0], 3)
+  initial = attack.select_initial_latents(key, targets, generator=generator, generator_variables={},
+                                          target_model=classifier, target_variables=variables, config=config,
+                                          mesh=parallel.make_mesh(4))
+  z = np.asarray(jax.random.normal(key, (20, 3)))
+  expected = flat_colour_scores(z, variables["params"]["kernel"])
+  for cls in (2, 0):
+    np.testing.assert_array_equal(initial.indices[targets == cls], np.argsort(-expected[:, cls])[:3])
+  np.testing.assert_allclose(initial.scores, expected[initial.indices, targets], rtol=1e-5)
+  np.testing.assert_array_equal(initial.w, z[initial.indices][:, None, :])
+
+
+def test_final_selection_keeps_known_most_robust_latents(stand_ins):
+  generator, classifier, variables = stand_ins
+  config = load_config().final_selection
+  config.iterations, config.batch_size, config.samples_per_target, config.resize = 3, 8, 2, 8
+  w = np.asarray(jax.random.normal(jax.random.key(5), (10, 1, 3)))
+  targets = np.array([1, 3, 1, 1, 3, 1, 3, 1, 3, 3])
+  keys = optimize.latent_keys(jax.random.key(6), np.arange(10))
+  selection = attack.select_final_latents(w, targets, keys, generator=generator, generator_variables={},
+                                          target_model=classifier, target_variables=variables, config=config,
+                                          mesh=parallel.make_mesh(4))
+  expected = flat_colour_scores(w[:, 0], variables["params"]["kernel"])[np.arange(10), targets]
+  np.testing.assert_allclose(selection.scores, expected, rtol=1e-5)
+  best = [np.flatnonzero(targets == c)[np.argsort(-expected[targets == c])[:2]] for c in (1, 3)]
+  np.testing.assert_array_equal(selection.indices, np.concatenate(best))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Stage 2 on the real StyleGAN2 generator and ResNet-18 (tiny).
+
+GENERATOR_KWARGS = dict(z_dim=8, c_dim=0, w_dim=8, img_resolution=8, img_channels=3,
+                        mapping_kwargs={"num_layers": 1}, synthesis_kwargs={"channel_base": 64, "channel_max": 8})
+TARGET_KWARGS = dict(arch="resnet18", num_classes=3, base_channels=4)
+
+
+def tiny_config():
+  config = load_config()
+  config.seed = 7
+  config.targets = "[2, 0]"
+  config.candidates.search_space_size = 12
+  config.candidates.num_candidates = 8
+  config.candidates.batch_size = 4
+  config.attack.batch_size = 8
+  config.attack.num_steps = 4
+  config.attack.resize = 16                       # shared by all stages (a FieldReference)
+  config.final_selection.iterations = 2
+  config.final_selection.batch_size = 8
+  config.final_selection.samples_per_target = 3
+  return config
+
+
+@pytest.fixture(scope="module")
+def real():
+  generator = Generator(**GENERATOR_KWARGS)
+  generator_variables = generator.init(jax.random.key(0), jnp.zeros((1, 8)), None)
+  target = models.create_classifier(**TARGET_KWARGS)
+  target_variables = target.init(jax.random.key(1), jnp.zeros((1, 16, 16, 3)))
+  w_init = generator.apply(generator_variables, jax.random.normal(jax.random.key(2), (8, 8)), None,
+                           truncation_psi=0.5, truncation_cutoff=8, method="mapping")[:, :1]
+  return dict(generator=generator, generator_variables=generator_variables, target_model=target,
+              target_variables=target_variables, w_init=np.asarray(w_init), targets=np.arange(8) % 3,
+              keys=optimize.latent_keys(jax.random.key(3), np.arange(8)), config=tiny_config())
+
+
+def optimize_real(real, rows, mesh):
+  return np.asarray(attack.optimize_latents(
+      real["w_init"][rows], real["targets"][rows], real["keys"][rows], generator=real["generator"],
+      generator_variables=real["generator_variables"], target_model=real["target_model"],
+      target_variables=real["target_variables"], config=real["config"].attack, mesh=mesh))
+
+
+@pytest.fixture(scope="module")
+def optimized_on_4_devices(real):
+  return optimize_real(real, np.arange(8), parallel.make_mesh(4))
+
+
+def test_latent_trajectory_does_not_depend_on_its_batch(real, optimized_on_4_devices):
+  assert np.abs(optimized_on_4_devices - real["w_init"]).max() > 1e-3  # the latents did move
+  for i in range(8):
+    alone = optimize_real(real, np.array([i]), mesh=None)
+    np.testing.assert_allclose(alone[0], optimized_on_4_devices[i], rtol=0, atol=1e-6)
+
+
+def test_four_devices_match_one_device(real, optimized_on_4_devices):
+  one = optimize_real(real, np.arange(8), parallel.make_mesh(1))
+  np.testing.assert_allclose(one, optimized_on_4_devices, rtol=0, atol=1e-6)
+
+  def select(mesh):
+    return attack.select_final_latents(
+        optimized_on_4_devices, real["targets"], real["keys"], generator=real["generator"],
+        generator_variables=real["generator_variables"], target_model=real["target_model"],
+        target_variables=real["target_variables"], config=real["config"].final_selection, mesh=mesh)
+
+  on_one, on_four = select(parallel.make_mesh(1)), select(parallel.make_mesh(4))
+  np.testing.assert_allclose(on_one.scores, on_four.scores, rtol=1e-5, atol=1e-7)
+  np.testing.assert_array_equal(on_one.indices, on_four.indices)
+  with pytest.raises(ValueError, match="divisible by the number of devices"):
+    optimize_real(real, np.arange(6), parallel.make_mesh(4))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The full run: outputs, and an interrupted run resumes to exactly the uninterrupted result.
+
+@pytest.fixture(scope="module")
+def weights(real, tmp_path_factory):
+  folder = tmp_path_factory.mktemp("weights")
+  convert.save_converted(folder / "generator", real["generator_variables"], kind="stylegan2_generator",
+                         module_kwargs=GENERATOR_KWARGS)
+  convert.save_converted(folder / "target", real["target_variables"], kind="classifier",
+                         module_kwargs=TARGET_KWARGS)
+  return folder
+
+
+def test_interrupted_run_resumes_to_uninterrupted_result(weights, tmp_path, monkeypatch):
+  config = tiny_config()
+  config.generator, config.target = str(weights / "generator"), str(weights / "target")
+  attack.run_attack(config, tmp_path / "full")
+
+  real_optimize, calls = optimize.optimize_latents, []
+
+  def interrupted_after_one_batch(*args, **kwargs):
+    if calls:
+      raise KeyboardInterrupt
+    calls.append(1)
+    return real_optimize(*args, **kwargs)
+
+  monkeypatch.setattr(optimize, "optimize_latents", interrupted_after_one_batch)
+  with pytest.raises(KeyboardInterrupt):
+    attack.run_attack(config, tmp_path / "resumed")
+  assert sorted(p.name for p in (tmp_path / "resumed" / "stage2").iterdir()) == ["batch_00000.npz"]
+
+  def counted(*args, **kwargs):
+    calls.append(1)
+    return real_optimize(*args, **kwargs)
+
+  monkeypatch.setattr(optimize, "optimize_latents", counted)
+  calls.clear()
+  summary = attack.run_attack(config, tmp_path / "resumed")
+  assert len(calls) == 1  # only the unfinished batch was optimised again
+
+  with np.load(tmp_path / "full" / "latents.npz") as full, np.load(tmp_path / "resumed" / "latents.npz") as resumed:
+    assert sorted(full.files) == sorted(resumed.files)
+    for name in full.files:
+      np.testing.assert_array_equal(full[name], resumed[name], err_msg=name)
+    np.testing.assert_array_equal(full["targets"], np.repeat([2, 0], 8))
+    assert full["optimized_w"].shape == (16, 1, 8)
+    np.testing.assert_array_equal(full["selected_targets"], [0, 0, 0, 2, 2, 2])
+    np.testing.assert_array_equal(full["selected_w"], full["optimized_w"][full["selected_indices"]])
+  assert summary["num_selected"] == 6
+  assert json.loads((tmp_path / "full" / "summary.json").read_text())["config"]["attack"]["num_steps"] == 4
+  assert sorted(p.name for p in (tmp_path / "full" / "images").iterdir()) == ["class_0000.png", "class_0002.png"]
+
+  config.seed = 8
+  with pytest.raises(ValueError, match="different settings"):
+    attack.run_attack(config, tmp_path / "resumed")
