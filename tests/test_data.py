@@ -5,6 +5,7 @@ its file: this checks labels, the PPA split order and the image content at once.
 """
 import hashlib
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -107,6 +108,8 @@ def test_facescrub_split_is_a_function_of_the_seed(facescrub_dir, tmp_path):
   first = train_colours(tmp_path / 'a', 42)
   assert train_colours(tmp_path / 'b', 42) == first  # independent preparation, same seed
   assert train_colours(tmp_path / 'a', 42) == first  # second call reuses the prepared data
+  prepared = data.load_split(_config('facescrub', None, tmp_path / 'a'), 'train')  # no manual_dir needed now
+  assert prepared.num_examples == len(first)
   assert set(train_colours(tmp_path / 'a', 7)) != set(first)
 
 
@@ -146,8 +149,15 @@ def test_facescrub_layout_errors(facescrub_dir, tmp_path):
   _save(broken / 'actors' / 'faces' / 'Al_Actor' / 'a.png', (1, 2, 3))
   with pytest.raises(builders.ManualDirError, match=r'Missing folder .*actresses/faces'):
     data.load_split(_config('facescrub', broken, tmp_path / 'out'), 'train')
+  _save(broken / 'actresses' / 'faces' / 'Al_Actor' / 'a.png', (1, 2, 3))
+  with pytest.raises(builders.ManualDirError, match="'Al_Actor' appears under both"):
+    data.load_split(_config('facescrub', broken, tmp_path / 'out'), 'train')
+  shutil.rmtree(broken / 'actresses' / 'faces' / 'Al_Actor')
   (broken / 'actresses' / 'faces' / 'Empty_Actress').mkdir(parents=True)
   with pytest.raises(builders.ManualDirError, match=r'Empty_Actress has no images'):
+    data.load_split(_config('facescrub', broken, tmp_path / 'out'), 'train')
+  (broken / 'actresses' / 'faces' / 'Empty_Actress' / 'corrupt.jpg').write_bytes(b'not a jpeg')
+  with pytest.raises(OSError, match=r'Cannot read image .*corrupt.jpg'):
     data.load_split(_config('facescrub', broken, tmp_path / 'out'), 'train')
   assert not (tmp_path / 'out' / 'jaxmia_facescrub').exists() or not any(
       (tmp_path / 'out' / 'jaxmia_facescrub').rglob('dataset_info.json'))

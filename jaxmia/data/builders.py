@@ -34,6 +34,7 @@ import xml.etree.ElementTree
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from PIL import Image
 
 
@@ -90,7 +91,7 @@ def fit_image(image: Image.Image, size: int, mode: str) -> Image.Image:
 
 def _encode_png(image: Image.Image) -> bytes:
   buffer = io.BytesIO()
-  image.save(buffer, format='PNG')
+  image.save(buffer, format='PNG', compress_level=1)  # ~5x faster than the default level, files ~15% larger
   return buffer.getvalue()
 
 
@@ -190,7 +191,7 @@ class _ImageFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
           manual_dir, cls.LAYOUT)
     root = pathlib.Path(manual_dir).expanduser()
     if not root.is_dir():
-      raise _layout_error(f'Manual directory {root} does not exist.', root, cls.LAYOUT)
+      raise _layout_error('The manual directory does not exist.', root, cls.LAYOUT)
     return root
 
   def _list_examples(self, root: pathlib.Path) -> tuple[list[_Item], list[str]]:
@@ -219,12 +220,16 @@ class _ImageFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
                     'again.') from error
 
   def _generate_examples(self, items: list[_Item]):
-    chunk = 256
-    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-      for start in range(0, len(items), chunk):
-        encoded = pool.map(self._load, items[start:start + chunk])
-        for offset, (item, png) in enumerate(zip(items[start:start + chunk], encoded)):
-          yield start + offset, {'image': png, 'label': item.label}
+    return _encoded_examples(self._load, items, [item.label for item in items])
+
+
+def _encoded_examples(encode, items, labels, chunk_size=256):
+  """Yields (i, {'image': encode(items[i]), 'label': labels[i]}) in order; PIL work runs in threads."""
+  with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    for start in range(0, len(items), chunk_size):
+      encoded = pool.map(encode, items[start:start + chunk_size])
+      for offset, png in enumerate(encoded):
+        yield start + offset, {'image': png, 'label': int(labels[start + offset])}
 
 
 def _image_files(folder: pathlib.Path) -> list[pathlib.Path]:
@@ -274,8 +279,13 @@ class FaceScrub(_ImageFolderBuilder, skip_registration=True):
         if not files:
           raise _layout_error(f'Identity folder {folder} has no images ({", ".join(IMAGE_EXTENSIONS)}).',
                               root, self.LAYOUT)
+        if folder.name in names:
+          raise _layout_error(f'Identity {folder.name!r} appears under both actors/ and actresses/; class '
+                              'names must be unique.', root, self.LAYOUT)
         items.extend(_Item(str(f), len(names)) for f in files)
         names.append(folder.name)
+    if len(names) != 530:
+      logging.warning('FaceScrub has 530 identities but %s holds %d.', root, len(names))
     return items, names
 
 
@@ -416,6 +426,8 @@ class StanfordDogs(_ImageFolderBuilder, skip_registration=True):
     if missing:
       raise _layout_error(f'{len(missing)} files named in train_list.mat/test_list.mat are missing, e.g. '
                           f'{missing[:5]}.', root, self.LAYOUT)
+    if len(names) != 120:
+      logging.warning('Stanford Dogs has 120 breeds but %s holds %d.', root / 'Images', len(names))
     return items, names
 
 
@@ -479,11 +491,12 @@ class MnistEmbedded(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self.info.metadata['labels'] = {name: labels[idx].tolist() for name, idx in parts.items()}
     return {name: self._generate_examples(images[idx], labels[idx]) for name, idx in parts.items()}
 
-  def _generate_examples(self, images, labels):
+  def _encode(self, digit: np.ndarray) -> bytes:
     config = self.builder_config
-    for i, (image, label) in enumerate(zip(images, labels)):
-      fitted = fit_image(Image.fromarray(image, mode='L'), config.image_size, config.resize)
-      yield i, {'image': _encode_png(fitted), 'label': int(label)}
+    return _encode_png(fit_image(Image.fromarray(digit, mode='L'), config.image_size, config.resize))
+
+  def _generate_examples(self, images, labels):
+    return _encoded_examples(self._encode, list(images), labels)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -514,5 +527,9 @@ def prepare(builder: tfds.core.DatasetBuilder, manual_dir: str | None) -> None:
     return
   if not isinstance(builder, MnistEmbedded):
     manual_dir = builder.check_manual_dir(manual_dir)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir, try_download_gcs=False))
+  try:
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=manual_dir, try_download_gcs=False))
+  except OSError:
+    if not builder.is_prepared():  # else another process sharing data_dir renamed its copy in first
+      raise

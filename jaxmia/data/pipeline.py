@@ -17,6 +17,7 @@ labels and `split_seed`, so changing them never re-prepares the data:
 """
 import dataclasses
 import math
+import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -147,13 +148,15 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def batches(split: Split, batch_size: int, seed: int, epoch: int, shuffle: bool = True, start_batch: int = 0,
             drop_remainder: bool = True, *, process_index: int | None = None,
-            process_count: int | None = None, num_threads: int = 8) -> Iterator[Mapping[str, np.ndarray]]:
+            process_count: int | None = None,
+            num_threads: int | None = None) -> Iterator[Mapping[str, np.ndarray]]:
   """This process's part of each global batch of one epoch, from global batch `start_batch` on.
 
   The epoch's order is a pure function of (seed, epoch) (grain's index shuffle, no buffer); global batch `k`
   holds shuffled positions `[k * batch_size, (k + 1) * batch_size)` and process `p` of `P` gets the contiguous
   block `[p * b, (p + 1) * b)` of it with `b = batch_size // P`, as `{'image': uint8 [b, S, S, 3],
-  'label': int32 [b]}`. `process_index`/`process_count` default to JAX's; `num_threads` batches are read ahead.
+  'label': int32 [b]}`. `process_index`/`process_count` default to JAX's; `num_threads` (default: one per
+  CPU) batches are read ahead in threads (image decoding releases the GIL).
   """
   import grain  # pylint: disable=g-import-not-at-top
   if process_index is None or process_count is None:
@@ -174,6 +177,7 @@ def batches(split: Split, batch_size: int, seed: int, epoch: int, shuffle: bool 
     dataset = dataset.shuffle(seed=epoch_seed(seed, epoch))
   dataset = dataset.batch(batch_size // process_count, drop_remainder=drop_remainder)
   dataset = dataset[process_index:num_batches * process_count:process_count][start_batch:]
+  num_threads = os.cpu_count() or 1 if num_threads is None else num_threads
   read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=num_threads)
   return iter(dataset.to_iter_dataset(read_options))
 
