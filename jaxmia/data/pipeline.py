@@ -25,21 +25,16 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
-# Storage options of each dataset (they select the prepared TFDS variant) and their defaults.
-_DATASET_DEFAULTS = {
-    'facescrub': dict(image_size=224, resize='stretch'),
-    'celeba': dict(image_size=224, resize='center_crop', num_identities=1000),
-    'stanford_dogs': dict(image_size=224, resize='stretch', crop_to_bbox=False),
-    'mnist_embedded': dict(image_size=32, resize='pad', test_fraction=0.2, public_fraction=0.5),
-}
+DATASETS = ('facescrub', 'celeba', 'stanford_dogs', 'mnist_embedded')
+# Config fields that select the prepared TFDS variant (the stored bytes); the others only select views.
 _STORAGE_FIELDS = ('image_size', 'resize', 'split_seed', 'test_fraction', 'num_identities', 'crop_to_bbox',
                    'public_fraction')
 
 
 def get_dataset_config(name: str) -> ml_collections.ConfigDict:
-  """Default config of dataset `name` ('facescrub', 'celeba', 'stanford_dogs', 'mnist_embedded')."""
-  if name not in _DATASET_DEFAULTS:
-    raise ValueError(f'Unknown dataset {name!r}; expected one of {sorted(_DATASET_DEFAULTS)}.')
+  """Default config of dataset `name` (one of `DATASETS`), with PPA's settings."""
+  if name not in DATASETS:
+    raise ValueError(f'Unknown dataset {name!r}; expected one of {DATASETS}.')
   config = ml_collections.ConfigDict()
   config.name = name
   # Root of the manual download (layout in the builder's error message); not needed once prepared, nor for
@@ -52,12 +47,20 @@ def get_dataset_config(name: str) -> ml_collections.ConfigDict:
   config.test_fraction = 0.1            # PPA's 90/10 split
   config.samples_per_class = config_dict.placeholder(int)  # keep only k training images per class
   config.validation_fraction = 0.0      # fraction of the stored train split held out as 'validation'
-  for key, value in _DATASET_DEFAULTS[name].items():
-    config[key] = value
+  if name == 'celeba':
+    config.resize = 'center_crop'       # PPA: shorter side to image_size, then centre crop
+    config.num_identities = 1000        # keep the identities with most images
+  elif name == 'stanford_dogs':
+    config.crop_to_bbox = False         # crop to the first annotated box (PPA: targets False, evaluation True)
+  elif name == 'mnist_embedded':
+    config.image_size = 32              # 28x28 digits zero-padded to 32x32
+    config.resize = 'pad'
+    config.test_fraction = 0.2          # of the private part: 2,000 train / 500 test images
+    config.public_fraction = 0.5        # per class, for the GAN prior ('public' split, 2,500 images)
   return config
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class IndexedSource:
   """grain random-access source: example `i` is `records[indices[i]]` as `{'image', 'label': int32}`."""
   records: Any
@@ -74,7 +77,7 @@ class IndexedSource:
     return f'IndexedSource({self.records!r}, {len(self.indices)} of {len(self.records)} examples)'
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Split:
   """A split: `source[i]` -> `{'image': uint8 [S, S, 3], 'label': int32}`; `labels`: int32 [num_examples]."""
   source: IndexedSource
