@@ -1,21 +1,27 @@
 """Plug & Play Attack on a FaceScrub classifier with the FFHQ StyleGAN2 prior (the paper's settings).
 
-`python -m jaxmia.attack --config=configs/attack_facescrub_ffhq.py --workdir=runs/attack_facescrub_ffhq`
-(`--config=configs/attack_facescrub_ffhq.py:smoke` for a few-second pipeline check). PPA's
-`configs/attacking/FaceScrub_FFHQ.yaml`: 2000 search latents, 200 candidates and 50 kept samples per
-class, 50 Adam steps (lr 0.005, betas 0.1/0.1) on one w per image, Poincaré loss, 100 crops to select.
+    python -m jaxmia.attack --config=configs/attack_facescrub_ffhq.py --workdir=runs/attack_facescrub_ffhq
+
+The target is what `python -m jaxmia.train --config=configs/faces.py --workdir=runs/faces` exports; the
+generator is NVlabs' `ffhq.pkl` converted with `python -m jaxmia.convert stylegan2 --input ffhq.pkl
+--output converted_weights/ffhq`. Settings of PPA's `configs/attacking/FaceScrub_FFHQ.yaml`: 2000 search
+latents, 200 candidates and 50 kept samples per class, 50 Adam steps (lr 0.005, betas 0.1/0.1) on one w per
+image, Poincaré loss, 100 random crops for the final selection. `:smoke` is a few-second pipeline check.
 """
 import ml_collections
 from ml_collections import config_dict
 
 
-def get_config(variant: str = "") -> ml_collections.ConfigDict:
+def get_config(arg=None) -> ml_collections.ConfigDict:
+  """`arg`: None for the paper's settings, 'smoke' for a few-second pipeline check."""
   config = ml_collections.ConfigDict()
-  config.seed = 42                                          # seeds the search space and every latent's augmentations
-  config.generator = "converted_weights/stylegan2_ffhq"     # load_converted dir of the StyleGAN2 generator (FFHQ-1024)
-  config.discriminator = ""    # load_converted dir of its discriminator; read only if attack.discriminator_loss_weight > 0
-  config.target = "runs/facescrub_resnet152/model"          # load_converted dir of the target classifier (530 classes)
-  config.targets = "all"       # "all", "N" (the first N classes) or a list of class indices, e.g. "[0, 7, 42]"
+  config.seed = 42                # seeds the search space and every latent's augmentations
+  config.generator = "converted_weights/ffhq"  # load_converted dir of the StyleGAN2 generator (FFHQ-1024)
+  # load_converted dir of the generator's discriminator (`python -m jaxmia.convert stylegan2 --network D`);
+  # read only if attack.discriminator_loss_weight > 0.
+  config.discriminator = "converted_weights/ffhq_discriminator"
+  config.target = "runs/faces/model"  # load_converted dir of the target classifier (530 classes)
+  config.targets = "all"          # "all", "N" (the first N classes) or a list of classes, e.g. "[0, 7, 42]"
 
   # Shared by all stages: how a generated image becomes the target model's input.
   center_crop = config_dict.FieldReference(0)    # centre crop in generator pixels; 0 = round(R * 800 / 1024)
@@ -71,7 +77,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.output.images_per_class = 10           # selected images in each class's grid (0: no grids)
   config.output.image_size = 128                # pixel size of each grid image
 
-  if variant == "smoke":
+  if arg == "smoke":
     config.targets = "2"
     config.candidates.search_space_size = 16
     config.candidates.num_candidates = 4
@@ -82,6 +88,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.final_selection.iterations = 2
     config.final_selection.batch_size = 8
     config.output.images_per_class = 2
-  elif variant:
-    raise ValueError(f"Unknown variant {variant!r}; use '' or 'smoke'.")
+  elif arg is not None:
+    raise ValueError(f"Unknown attack config variant {arg!r}; use no variant or ':smoke'.")
   return config

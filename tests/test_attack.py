@@ -278,3 +278,14 @@ def test_interrupted_run_resumes_to_uninterrupted_result(weights, tmp_path, monk
   config.seed = 8
   with pytest.raises(ValueError, match="different settings"):
     attack.run_attack(config, tmp_path / "resumed")
+
+
+@pytest.mark.parametrize("name", ["attack_facescrub_ffhq.py", "attack_celeba_ffhq.py", "attack_digits.py"])
+@pytest.mark.parametrize("variant", [None, "smoke"])
+def test_configs_resolve(name, variant):
+  config = load_config(name, variant)
+  settings = optimize.Settings.from_config(config.attack, resolution=1024)
+  assert settings.center_crop == (32 if name == "attack_digits.py" else 800)  # PPA's 800 of 1024 pixels
+  for section in ("candidates", "final_selection"):
+    assert config[section].center_crop == config.attack.center_crop  # one shared image pipeline
+    assert config[section].resize == config.attack.resize

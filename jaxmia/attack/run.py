@@ -28,9 +28,11 @@ from PIL import Image
 import jaxmia
 from jaxmia import convert, parallel
 from jaxmia.attack import final_selection, initial_selection, optimize
+from jaxmia.models import stylegan2
 
 # Config sections whose values decide the results of stages 1 and 2 (checked when resuming).
-_RESUME_KEYS = ("seed", "generator", "discriminator", "target", "targets", "candidates", "attack")
+_RESUME_KEYS = ("seed", "generator", "random_generator", "discriminator", "target", "targets", "candidates",
+                "attack")
 
 
 def resolve_targets(spec, num_classes: int) -> np.ndarray:
@@ -81,9 +83,21 @@ def _load(path: str, what: str, config_field: str):
   return convert.load_converted(path)
 
 
+def _generator(config):
+  """The configured generator, or (`generator = ""`) the seeded random StyleGAN2 of `config.random_generator`."""
+  if config.generator or "random_generator" not in config:
+    return _load(config.generator, "StyleGAN2 generator", "generator")
+  generator = stylegan2.Generator(**config.random_generator.to_dict())
+  logging.warning("config.generator is empty: the prior is a randomly initialised StyleGAN2 (seed %d), not a "
+                  "trained one; set --config.generator for a real attack.", config.seed)
+  z = jnp.zeros((1, generator.z_dim))
+  return generator, jax.jit(generator.init)(jax.random.fold_in(jax.random.key(config.seed), 0), z, None)
+
+
 def _check_resume(workdir: pathlib.Path, config) -> None:
   """Records the stage 1-2 settings, or checks that a resumed run uses the same ones."""
-  current = {k: json.loads(json.dumps(config.to_dict()[k], default=str)) for k in _RESUME_KEYS}
+  values = config.to_dict()
+  current = {k: json.loads(json.dumps(values.get(k), default=str)) for k in _RESUME_KEYS}
   path = workdir / "run.json"
   if path.exists():
     previous = json.loads(path.read_text())
@@ -148,7 +162,7 @@ def run_attack(config, workdir) -> dict:
   parallel.check_batch_size(int(config.attack.batch_size), mesh, "attack.batch_size")
   parallel.check_batch_size(int(config.final_selection.batch_size), mesh, "final_selection.batch_size")
 
-  generator, generator_variables = _load(config.generator, "StyleGAN2 generator", "generator")
+  generator, generator_variables = _generator(config)
   target_model, target_variables = _load(config.target, "Target model", "target")
   discriminator = discriminator_variables = None
   if config.attack.discriminator_loss_weight > 0:
@@ -161,7 +175,7 @@ def run_attack(config, workdir) -> dict:
   classes = resolve_targets(config.targets, num_classes)
   targets = np.repeat(classes, int(config.candidates.num_candidates))
   seed_key = jax.random.key(config.seed)
-  logging.info("Attacking %d classes with %d latents on %d devices; workdir %s.", len(classes), len(targets),
+  logging.info("Attacking %d classes with %d latents on %d device(s); workdir %s.", len(classes), len(targets),
                mesh.devices.size, workdir)
   timings = {}
 

@@ -1,0 +1,39 @@
+"""Plug & Play Attack on the embedded digits target (no download): a minute-scale run on 2 CPU cores.
+
+    python -m jaxmia.train --config=configs/digits.py --workdir=runs/digits
+    python -m jaxmia.attack --config=configs/attack_digits.py --workdir=runs/attack_digits
+
+No pretrained StyleGAN2 of digits ships with jaxmia: with `generator = ""` the attack uses a randomly
+initialised 32x32 StyleGAN2 (`random_generator`, seeded by `seed`), which exercises the whole pipeline but is
+no image prior, so expect adversarial-looking images. For a real attack, train StyleGAN2 on the digits' public
+split, convert it (`python -m jaxmia.convert stylegan2`) and pass `--config.generator=DIR`.
+All other fields and their meaning: configs/attack_facescrub_ffhq.py.
+"""
+from ml_collections import ConfigDict
+
+from configs import attack_facescrub_ffhq
+
+
+def get_config(arg=None):
+  """`arg`: None for the digits attack, 'smoke' for a few-second pipeline check."""
+  config = attack_facescrub_ffhq.get_config(arg)
+  config.generator = ""                 # load_converted dir of a 32x32 StyleGAN2; "" = random_generator below
+  config.discriminator = ""
+  config.random_generator = ConfigDict(dict(  # NVlabs Generator kwargs of the seeded random prior
+      z_dim=64, c_dim=0, w_dim=64, img_resolution=32, img_channels=3, mapping_kwargs=dict(num_layers=2),
+      synthesis_kwargs=dict(channel_base=2048, channel_max=64)))
+  config.target = "runs/digits/model"   # what configs/digits.py exports (ResNet-18, 10 classes, 32x32)
+  config.attack.center_crop = 32        # digits are centred: no crop (shared by all stages)
+  config.attack.resize = 32             # the target's input size (shared by all stages)
+  if arg is None:
+    config.candidates.search_space_size = 500
+    config.candidates.num_candidates = 20
+    config.candidates.batch_size = 20
+    config.attack.batch_size = 20
+    config.attack.num_steps = 30
+    config.final_selection.samples_per_target = 5
+    config.final_selection.iterations = 20
+    config.final_selection.batch_size = 40
+    config.output.images_per_class = 5
+    config.output.image_size = 64
+  return config
