@@ -117,7 +117,7 @@ def classifier_module_kwargs(arch: str, source, num_classes: int | None, **modul
   """
   spec = _spec(arch)
   state = classifier_state_dict(source)
-  infer = getattr(importlib.import_module(spec.module), spec.module_kwargs, None) if spec.module_kwargs else None
+  infer = getattr(importlib.import_module(spec.module), spec.module_kwargs) if spec.module_kwargs else None
   inferred = infer(state, num_classes) if infer else {}
   return {**inferred, **module_kwargs}
 
