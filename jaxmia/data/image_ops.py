@@ -221,6 +221,7 @@ def rgb_to_grayscale(x: Array) -> Array:
   return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b)[..., None]
 
 
+@jax.jit
 def adjust_brightness(x: Array, factor) -> Array:
   """Scales RGB `[..., H, W, 3]` in [0, 1] by `factor` (scalar or `[B]`), clipped to [0, 1]."""
   return jnp.clip(x * _per_sample(factor, x), 0.0, 1.0)
@@ -231,11 +232,13 @@ def _blend(x: Array, other: Array, factor) -> Array:
   return jnp.clip(factor * x + (1.0 - factor) * other, 0.0, 1.0)
 
 
+@jax.jit
 def adjust_contrast(x: Array, factor) -> Array:
   """Blends each image with its mean luma (one value per image), as torchvision's `adjust_contrast`."""
   return _blend(x, jnp.mean(rgb_to_grayscale(x), axis=(-3, -2, -1), keepdims=True), factor)
 
 
+@jax.jit
 def adjust_saturation(x: Array, factor) -> Array:
   """Blends each image with its own grayscale version, as torchvision's `adjust_saturation`."""
   return _blend(x, rgb_to_grayscale(x), factor)
@@ -266,6 +269,7 @@ def hsv_to_rgb(x: Array) -> Array:
   return jnp.stack(channels, axis=-1)
 
 
+@jax.jit
 def adjust_hue(x: Array, factor) -> Array:
   """Rotates the hue of RGB `[..., H, W, 3]` in [0, 1] by `factor` turns (scalar or `[B]`)."""
   hsv = rgb_to_hsv(x)

@@ -26,7 +26,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   """`|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr sqrt(S1 S2)` for Gaussians N(mu1, S1), N(mu2, S2)."""
   mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
   sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-  if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
+  if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
     raise ValueError(f"mismatched statistics: means {mu1.shape} and {mu2.shape}, covariances "
                      f"{sigma1.shape} and {sigma2.shape}; both sets must use the same feature network.")
   root1 = _psd_sqrt(sigma1)
