@@ -1,0 +1,98 @@
+"""Sample a converted StyleGAN2 generator into a PNG grid.
+
+    python -m jaxmia.generate --weights converted_weights/ffhq --num 16 --truncation-psi 0.7 --seed 0 \\
+        --out grid.png
+
+`z` is drawn from `jax.random.key(seed)`; the same seed, count and weights always give the same grid.
+Images are clamped to [-1, 1] for display only (the generator itself never clamps).
+"""
+import argparse
+import math
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+
+def generate_images(generator, variables, key, num: int, *, truncation_psi: float = 1.0,
+                    truncation_cutoff: int | None = None, class_idx: int | None = None,
+                    noise_mode: str = "const", batch_size: int = 8) -> np.ndarray:
+  """`num` images `[num, R, R, C]` float32 (not clamped) from latents `z ~ N(0, I)` drawn with `key`.
+
+  All batches have `batch_size` rows (the last one padded), so the generator compiles once. For noise mode
+  'random' the noise key is split from `key` per batch. Conditional generators need `class_idx`.
+  """
+  if generator.c_dim and class_idx is None:
+    raise ValueError(f"This generator is conditional ({generator.c_dim} classes): pass a class index.")
+  if class_idx is not None and not 0 <= class_idx < max(generator.c_dim, 1):
+    raise ValueError(f"class index {class_idx} is out of range for a generator with c_dim {generator.c_dim}.")
+  z_key, noise_key = jax.random.split(key)
+  z = jax.random.normal(z_key, (num, generator.z_dim))
+  c = jax.nn.one_hot(jnp.full((batch_size,), class_idx), generator.c_dim) if generator.c_dim else None
+
+  @jax.jit
+  def run(z_batch, batch_key):
+    ws = generator.apply(variables, z_batch, c, truncation_psi, truncation_cutoff, method="mapping")
+    return generator.apply(variables, ws, noise_mode=noise_mode, method="synthesis", rngs={"noise": batch_key})
+
+  batches = []
+  for i, start in enumerate(range(0, num, batch_size)):
+    z_batch = z[start:start + batch_size]
+    pad = batch_size - z_batch.shape[0]
+    z_batch = jnp.pad(z_batch, ((0, pad), (0, 0)))
+    batches.append(np.asarray(run(z_batch, jax.random.fold_in(noise_key, i)))[:batch_size - pad])
+  return np.concatenate(batches)
+
+
+def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
+  """`[N, H, W, C]` images in [-1, 1] (clamped) -> one uint8 `[rows*H, columns*W, C]` grid, row-major."""
+  n, h, w, ch = images.shape
+  columns = columns or math.ceil(math.sqrt(n))
+  rows = math.ceil(n / columns)
+  pixels = np.rint((np.clip(images, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+  grid = np.zeros((rows * columns, h, w, ch), np.uint8)
+  grid[:n] = pixels
+  return grid.reshape(rows, columns, h, w, ch).transpose(0, 2, 1, 3, 4).reshape(rows * h, columns * w, ch)
+
+
+def save_png(grid: np.ndarray, path: str):
+  Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--weights", required=True, help="weights folder of a converted StyleGAN2 generator")
+  parser.add_argument("--num", type=int, default=16, help="number of images")
+  parser.add_argument("--truncation-psi", type=float, default=1.0)
+  parser.add_argument("--truncation-cutoff", type=int, default=None, help="truncate only the first N ws")
+  parser.add_argument("--class-idx", type=int, default=None, help="class of a conditional generator")
+  parser.add_argument("--noise-mode", default="const", choices=["const", "random", "none"])
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--batch-size", type=int, default=8)
+  parser.add_argument("--columns", type=int, default=None, help="grid columns (default: about sqrt(num))")
+  parser.add_argument("--out", required=True, help="output PNG file")
+  args = parser.parse_args(argv)
+  if args.num < 1 or args.batch_size < 1:
+    parser.error("--num and --batch-size must be positive")
+
+  from jaxmia.convert import store  # pylint: disable=import-outside-toplevel
+  try:
+    info = store.read_info(args.weights)
+    if info["kind"] != "stylegan2_generator":
+      raise ValueError(f"{args.weights} holds a {info['kind']!r}, not a StyleGAN2 generator; convert one with "
+                       "`python -m jaxmia.convert stylegan2 --input FILE.pkl --output DIR`.")
+    generator, variables = store.load_converted(args.weights)
+    images = generate_images(generator, variables, jax.random.key(args.seed), args.num,
+                             truncation_psi=args.truncation_psi, truncation_cutoff=args.truncation_cutoff,
+                             class_idx=args.class_idx, noise_mode=args.noise_mode,
+                             batch_size=min(args.batch_size, args.num))
+  except (FileNotFoundError, ValueError) as error:
+    sys.exit(f"error: {error}")
+  save_png(image_grid(images, args.columns), args.out)
+  print(f"Wrote {args.num} images ({generator.img_resolution}x{generator.img_resolution}) to {args.out}")
+
+
+if __name__ == "__main__":
+  main()
