@@ -1,0 +1,109 @@
+"""Fig. 1 of the label-smoothing paper: a 2-D toy classifier per α and a gradient attack's path to class 2.
+
+    python scripts/toy_2d.py --outdir runs/toy_2d                # 5 seeds, α in {0, 0.05, -0.05}
+    python scripts/toy_2d.py --num-seeds 1 --alphas 0 0.1 -0.1
+
+Writes to `--outdir`: `toy_2d.json` and `toy_2d.md` (attack steps and distance to the nearest class-2 training
+point, mean ± sd over seeds beside the paper's numbers, and whether the paper's ordering holds),
+`toy_2d_alpha_<α>.png` (confidence map and attack path of the first seed, one per α) and
+`toy_2d_all_seeds.png` (every seed and α). All randomness comes from `--seed`; the settings are the paper's
+(`jaxmia.analysis.toy.ToySettings`).
+"""
+import argparse
+import dataclasses
+import pathlib
+
+import numpy as np
+
+from jaxmia.analysis import report, toy
+
+CLASS_STYLES = (dict(c="#69c765", marker="o", s=20), dict(c="#5cd0f7", marker="s", s=20),
+                dict(c="#fcc947", marker="p", s=40))
+
+
+def draw_panel(ax, result: toy.ToyResult, seed_index: int, alpha_index: int, alpha: float, xs: np.ndarray):
+  steps = int(result.steps[seed_index, alpha_index])
+  contour = ax.contourf(xs, xs, result.confidence_maps[seed_index, alpha_index], levels=np.arange(0.0, 1.01, 0.05),
+                        cmap="RdPu", alpha=0.7)
+  points = result.points[seed_index]
+  for label, style in enumerate(CLASS_STYLES):
+    ax.scatter(*points[result.labels == label].T, edgecolors="k", linewidths=0.5, **style)
+  path = result.paths[seed_index, alpha_index, :steps + 1]
+  ax.plot(path[:, 0], path[:, 1], "-", c="yellow", linewidth=3.0)
+  ax.plot(*path[-1], "x", c="k", markersize=8)
+  ax.set_xlim(xs[0], xs[-1])
+  ax.set_ylim(xs[0], xs[-1])
+  ax.set_xticks([])
+  ax.set_yticks([])
+  ax.set_title(f"α = {alpha:g}: {steps} steps\nclosest class-2 sample {result.distance[seed_index, alpha_index]:.2f}",
+               fontsize=10)
+  return contour
+
+
+def plot(result: toy.ToyResult, alphas, xs, outdir):
+  plt = report.pyplot()
+  for j, alpha in enumerate(alphas):
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig.colorbar(draw_panel(ax, result, 0, j, alpha, xs), ax=ax, ticks=[0.0, 0.25, 0.5, 0.75, 1.0],
+                 label="max softmax")
+    fig.savefig(outdir / f"toy_2d_alpha_{alpha:g}.png", dpi=150, bbox_inches="tight")
+    plt.close(fig)
+  num_seeds = result.steps.shape[0]
+  fig, axes = plt.subplots(num_seeds, len(alphas), figsize=(3.2 * len(alphas), 3.2 * num_seeds), squeeze=False)
+  for s in range(num_seeds):
+    for j, alpha in enumerate(alphas):
+      draw_panel(axes[s, j], result, s, j, alpha, xs)
+    axes[s, 0].set_ylabel(f"seed {s}")
+  fig.tight_layout()
+  fig.savefig(outdir / "toy_2d_all_seeds.png", dpi=100)
+  plt.close(fig)
+
+
+def markdown(summary: dict, args) -> str:
+  rows = []
+  for e in summary["per_alpha"]:
+    rows.append([f"{e['alpha']:g}", report.format_mean_sd(e["steps"], 0), e.get("paper_steps", "–"),
+                 report.format_mean_sd(e["distance"]), e.get("paper_distance", "–"),
+                 f"{e['num_reached']}/{e['num_seeds']}", report.format_mean_sd(e["steps_reached"], 0),
+                 report.format_mean_sd(e["distance_reached"])])
+  text = (f"# Toy 2-D experiment (Fig. 1)\n\n{args.num_seeds} seeds from --seed {args.seed}; mean ± sd over "
+          "seeds. 'reached': attacks whose target softmax passed the threshold within the step limit (the others "
+          "stall where the model is flat and count with the step limit).\n\n")
+  text += report.markdown_table(
+      ["α", "steps", "paper steps", "distance", "paper distance", "reached", "steps (reached)",
+       "distance (reached)"], rows)
+  if "paper_ordering" in summary:
+    text += "\nPaper's ordering (steps −0.05 < 0 < 0.05; distance 0.05 < 0 < −0.05):\n\n"
+    text += "".join(f"- {k}: {v}\n" for k, v in summary["paper_ordering"].items())
+  return text
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--outdir", default="runs/toy_2d", help="output directory")
+  parser.add_argument("--seed", type=int, default=0, help="root seed of data, weights (per seed: fold_in(seed, s))")
+  parser.add_argument("--num-seeds", type=int, default=5, help="independent repetitions")
+  parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.05, -0.05], help="label smoothing factors")
+  parser.add_argument("--train-steps", type=int, default=toy.ToySettings.train_steps)
+  parser.add_argument("--attack-max-steps", type=int, default=toy.ToySettings.attack_max_steps)
+  parser.add_argument("--grid-size", type=int, default=100, help="confidence map resolution")
+  args = parser.parse_args()
+  if args.num_seeds < 1:
+    parser.error("--num-seeds must be >= 1")
+
+  outdir = pathlib.Path(args.outdir)
+  outdir.mkdir(parents=True, exist_ok=True)
+  settings = dataclasses.replace(toy.ToySettings(), train_steps=args.train_steps,
+                                 attack_max_steps=args.attack_max_steps)
+  result = toy.run_toy(args.seed, args.num_seeds, args.alphas, settings, grid_size=args.grid_size)
+  summary = toy.summarize_toy(result, args.alphas, settings.attack_threshold)
+  summary["settings"] = dataclasses.asdict(settings) | {"seed": args.seed, "num_seeds": args.num_seeds}
+  xs, _ = toy.confidence_grid(15.0, args.grid_size)
+  plot(result, args.alphas, xs, outdir)
+  text = markdown(summary, args)
+  report.write_outputs(outdir, "toy_2d", summary, text)
+  print(text)
+
+
+if __name__ == "__main__":
+  main()
