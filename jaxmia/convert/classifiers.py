@@ -29,7 +29,8 @@ _TORCH_LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "mea
 _WRAPPER_PREFIXES = ("model.", "_orig_mod.")
 
 # Old torchvision DenseNet files (e.g. the ImageNet `densenet121-a639ec97.pth`) name `norm1` as `norm.1`.
-_OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var))$")
+_OLD_DENSENET_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var))$")
 
 # Input used only to trace the module's variable shapes (no computation happens); large enough for every arch.
 _TEMPLATE_INPUT_SHAPE = (1, 299, 299, 3)
