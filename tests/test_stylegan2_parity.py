@@ -5,12 +5,13 @@ Weights come from the fixtures' recipes, converted with `convert.stylegan2_from_
 1e-4 * max|ref| for images, 1e-5 for discriminator logits (tight enough to catch a wrong mbstd grouping).
 """
 import functools
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_fixture, nchw_to_nhwc
+from conftest import load_fixture, nchw_to_nhwc, recipe
 
 from jaxmia.convert import stylegan2 as convert_sg2
 from jaxmia.convert.common import ConversionError
@@ -18,6 +19,8 @@ from jaxmia.models import stylegan2 as sg2
 
 GENERATOR_FIXTURES = ["stylegan2_tiny32_skip", "stylegan2_tiny32_resnet", "stylegan2_tiny32_orig",
                       "stylegan2_ffhq256"]
+# Configurations beyond the shared fixtures, written by scripts/make_stylegan2_goldens.py.
+GOLDENS = sorted((pathlib.Path(__file__).parent / "golden").glob("stylegan2_golden_*.npz"))
 
 
 def assert_image_close(actual, ref, rtol=1e-4):
@@ -87,6 +90,32 @@ def test_discriminator_matches_nvlabs(name):
     logits2, _ = run(grouped, variables, img, c)
     np.testing.assert_allclose(logits2, arrays["output/logits_mbstd2"], rtol=1e-5, atol=1e-5)
     assert np.abs(arrays["output/logits_mbstd2"] - arrays["output/logits"]).max() > 1e-4
+
+
+@pytest.mark.parametrize("path", GOLDENS, ids=lambda p: p.stem)
+def test_more_configurations_match_nvlabs(path):
+  """Conditional G and D, 1 and 4 image channels, resolutions 4..64, custom filter/activation, skip/orig D."""
+  manifest, _, state, arrays = recipe.load_fixture(str(path))
+  spec = manifest["spec"]
+  c = arrays.get("input/c")
+  if spec["kind"] == "D":
+    discriminator, variables = convert_sg2.discriminator_from_torch((state, manifest["kwargs"]))
+    logits = jax.jit(discriminator.apply)(variables, nchw_to_nhwc(arrays["input/img"]), c)
+    np.testing.assert_allclose(logits, arrays["output/logits"], rtol=1e-5, atol=1e-5)
+    return
+  generator, variables = convert_sg2.stylegan2_from_torch((state, manifest["kwargs"]))
+
+  @jax.jit
+  def run(variables, z, c, ws_in):
+    ws = generator.apply(variables, z, c, spec["psi"], spec["cutoff"], method="mapping")
+    img = generator.apply(variables, ws, noise_mode="const", method="synthesis")
+    return ws, img, generator.apply(variables, ws_in, noise_mode="none", method="synthesis")
+
+  ws, img, img_none = run(variables, arrays["input/z"], c, arrays["input/ws_in"])
+  np.testing.assert_allclose(ws, arrays["output/ws"], rtol=1e-5, atol=1e-5)
+  assert_image_close(img, nchw_to_nhwc(arrays["output/img"]))
+  if "output/img_ws_none" in arrays:
+    assert_image_close(img_none, nchw_to_nhwc(arrays["output/img_ws_none"]))
 
 
 def test_noise_modes():

@@ -1,0 +1,151 @@
+"""Writes small StyleGAN2 golden files (`tests/golden/stylegan2_*.npz`) from NVlabs' PyTorch networks.
+
+Development tool, run with a Python that has torch and numpy (never needed by jaxmia or its tests):
+
+    /tmp/torchvenv/bin/python scripts/make_stylegan2_goldens.py --sg2-dir /tmp/ref/NVlabs+stylegan2-ada-pytorch \\
+        --recipe ../shared/fixtures/recipe.py --out tests/golden
+
+It imports `training.networks` from `--sg2-dir` at run time (nothing of NVlabs is stored), builds each
+configuration in `CONFIGS` (settings the shared fixtures do not cover: conditional generators, other
+resolutions and channel counts, custom filters and activations, skip / orig discriminators), loads weights
+made by the fixtures' `recipe.py` rules and stores only the manifest, the seed, inputs and outputs in the
+fixtures' format, so `recipe.load_fixture` rebuilds the weights in the tests.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import sys
+
+import numpy as np
+
+SEED = 20240611
+
+CONFIGS = {
+    # Conditional generator at 64x64 (c_dim 5, one-hot labels of two classes), skip, clamp active.
+    "stylegan2_golden_g64_cond": dict(
+        kind="G", batch=2, psi=0.5, cutoff=3, outputs=("img",),
+        kwargs=dict(z_dim=16, c_dim=5, w_dim=32, img_resolution=64, img_channels=3,
+                    mapping_kwargs=dict(num_layers=3, embed_features=24, layer_features=40),
+                    synthesis_kwargs=dict(channel_base=512, channel_max=32, architecture="skip", conv_clamp=4,
+                                          num_fp16_res=2))),
+    # Grey-scale 16x16 'orig' generator with a [1, 2, 1] filter, relu synthesis and mapping lr multiplier 0.1.
+    "stylegan2_golden_g16_orig_gray": dict(
+        kind="G", batch=2, psi=0.8, cutoff=None, outputs=("img", "img_ws_none"),
+        kwargs=dict(z_dim=8, c_dim=0, w_dim=16, img_resolution=16, img_channels=1,
+                    mapping_kwargs=dict(num_layers=2, lr_multiplier=0.1, activation="relu"),
+                    synthesis_kwargs=dict(channel_base=256, channel_max=24, architecture="orig",
+                                          resample_filter=[1, 2, 1], activation="relu"))),
+    # 8x8 resnet generator with an active clamp (conv1 clamp scaled by sqrt(0.5)), 4 image channels.
+    "stylegan2_golden_g8_resnet": dict(
+        kind="G", batch=3, psi=0.6, cutoff=1, outputs=("img", "img_ws_none"),
+        kwargs=dict(z_dim=8, c_dim=0, w_dim=8, img_resolution=8, img_channels=4,
+                    mapping_kwargs=dict(num_layers=1),
+                    synthesis_kwargs=dict(channel_base=128, channel_max=16, architecture="resnet", conv_clamp=0.5))),
+    # A single 4x4 block.
+    "stylegan2_golden_g4": dict(
+        kind="G", batch=2, psi=0.7, cutoff=None, outputs=("img", "img_ws_none"),
+        kwargs=dict(z_dim=8, c_dim=2, w_dim=8, img_resolution=4, img_channels=3,
+                    mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=64, channel_max=8))),
+    # Conditional skip discriminator at 16x16: cmap_dim 16, mbstd groups of 2 with 2 channels.
+    "stylegan2_golden_d16_skip_cond": dict(
+        kind="D", batch=4,
+        kwargs=dict(c_dim=3, img_resolution=16, img_channels=3, architecture="skip", channel_base=256,
+                    channel_max=32, conv_clamp=2, cmap_dim=16, mapping_kwargs=dict(num_layers=2),
+                    epilogue_kwargs=dict(mbstd_group_size=2, mbstd_num_channels=2))),
+    # Grey-scale orig discriminator at 8x8, one mbstd group over the whole batch, [1, 2, 1] filter.
+    "stylegan2_golden_d8_orig": dict(
+        kind="D", batch=3,
+        kwargs=dict(c_dim=0, img_resolution=8, img_channels=1, architecture="orig", channel_base=128,
+                    channel_max=16, block_kwargs=dict(resample_filter=[1, 2, 1]),
+                    epilogue_kwargs=dict(mbstd_group_size=None))),
+}
+
+
+def weight_rule(key: str, lr_multiplier: float):
+  """(rule, args) of the fixtures' StyleGAN2 weight rules for one state-dict key."""
+  name = key.rsplit(".", 1)[-1]
+  in_mapping = key.startswith("mapping.") and not key.startswith("mapping.embed")
+  scale = 1.0 / lr_multiplier if in_mapping else 1.0
+  if name == "resample_filter":
+    return "fixed", {}
+  if name == "noise_strength":
+    return "uniform", {"low": 0.1, "high": 0.3}
+  if name in ("noise_const", "const"):
+    return "normal", {"mean": 0.0, "std": 1.0}
+  if name == "w_avg":
+    return "normal", {"mean": 0.0, "std": 0.5}
+  if name == "bias":
+    mean = 1.0 if ".affine." in key else 0.0
+    return "normal", {"mean": mean, "std": 0.1 * scale}
+  return "normal", {"mean": 0.0, "std": scale}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--sg2-dir", required=True)
+  parser.add_argument("--recipe", required=True, help="path of the shared fixtures' recipe.py")
+  parser.add_argument("--out", required=True)
+  args = parser.parse_args()
+  import torch  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, os.path.abspath(args.sg2_dir))
+  from training import networks  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location("recipe", args.recipe)
+  recipe = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(recipe)
+  torch.set_num_threads(1)
+  os.makedirs(args.out, exist_ok=True)
+
+  for name, cfg in CONFIGS.items():
+    cls = networks.Generator if cfg["kind"] == "G" else networks.Discriminator
+    net = cls(**cfg["kwargs"]).eval()
+    lr = cfg["kwargs"].get("mapping_kwargs", {}).get("lr_multiplier", 0.01)
+    tensors, fixed = [], {}
+    for key, value in net.state_dict().items():
+      rule, rule_args = weight_rule(key, lr)
+      if rule == "fixed":
+        fixed[key] = value.numpy()
+      tensors.append({"key": key, "shape": list(value.shape), "dtype": "float32", "rule": rule, "args": rule_args})
+    manifest = {"format": recipe.FORMAT, "name": name, "builder": f"stylegan2_ada.{cls.__name__}",
+                "kwargs": cfg["kwargs"], "spec": {k: v for k, v in cfg.items() if k != "kwargs"}, "tensors": tensors}
+    state = recipe.make_state(manifest, SEED, fixed)
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    b = cfg["batch"]
+    arrays = {}
+    with torch.no_grad():
+      if cfg["kind"] == "G":
+        z = recipe.make_input((b, net.z_dim), SEED, "z", dist="normal")
+        ws_in = recipe.make_input((b, net.num_ws, net.w_dim), SEED, "ws_in", dist="normal")
+        arrays["input/z"], arrays["input/ws_in"] = z, ws_in
+        c = None
+        if net.c_dim:
+          labels = np.arange(b) % net.c_dim
+          c = np.eye(net.c_dim, dtype=np.float32)[labels]
+          arrays["input/c"] = c
+          c = torch.from_numpy(c)
+        ws = net.mapping(torch.from_numpy(z), c, truncation_psi=cfg["psi"], truncation_cutoff=cfg["cutoff"])
+        arrays["output/ws"] = ws.numpy()
+        if "img" in cfg["outputs"]:
+          arrays["output/img"] = net.synthesis(ws, noise_mode="const", force_fp32=True).numpy()
+        if "img_ws_none" in cfg["outputs"]:
+          arrays["output/img_ws_none"] = net.synthesis(torch.from_numpy(ws_in), noise_mode="none",
+                                                       force_fp32=True).numpy()
+      else:
+        res, ch = net.img_resolution, net.img_channels
+        low = np.repeat(np.repeat(recipe.make_input((b, ch, 4, 4), SEED, "img_lowres"), res // 4, 2), res // 4, 3)
+        img = (0.8 * low + 0.2 * recipe.make_input((b, ch, res, res), SEED, "img")).astype(np.float32)
+        arrays["input/img"] = img
+        c = None
+        if net.c_dim:
+          c = np.eye(net.c_dim, dtype=np.float32)[np.arange(b) % net.c_dim]
+          arrays["input/c"] = c
+          c = torch.from_numpy(c)
+        arrays["output/logits"] = net(torch.from_numpy(img), c, force_fp32=True).numpy()
+    path = os.path.join(args.out, name + ".npz")
+    np.savez_compressed(path, manifest=json.dumps(manifest), seed=np.int64(SEED), meta=json.dumps(
+        {"torch": torch.__version__}), **{"fixed/" + k: v for k, v in fixed.items()}, **arrays)
+    print(f"{path}: {os.path.getsize(path) / 1024:.0f} kB, outputs {[k for k in arrays if k.startswith('output')]}")
+
+
+if __name__ == "__main__":
+  main()
