@@ -98,3 +98,23 @@ def test_train_mode_on_sharded_batch_uses_global_batch_statistics():
   # Per-device statistics (as in PyTorch DataParallel) would have given something else.
   _, first_shard_updates = step(variables, x[:2])
   assert not np.allclose(first_shard_updates["batch_stats"]["mean"], updates["batch_stats"]["mean"], atol=0.1)
+
+
+# Parameter and buffer (running mean/var) counts of torchvision's 1000-class models, from torchvision 0.28.
+TORCHVISION_SIZES = {
+    "resnet34": (21797672, 17024),
+    "resnet101": (44549160, 105344),
+    "resnext101_32x8d": (88791336, 202880),
+    "densenet161": (28681000, 219936),
+    "densenet169": (14149480, 158400),
+    "densenet201": (20013928, 229056),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(TORCHVISION_SIZES))
+def test_architectures_without_fixture_have_torchvision_sizes(arch):
+  """The variants without a golden output have exactly torchvision's parameter and buffer counts."""
+  module = models.create_classifier(arch, 1000)
+  shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
+  assert (count(shapes["params"]), count(shapes["batch_stats"])) == TORCHVISION_SIZES[arch]

@@ -55,6 +55,7 @@ class _ArchSpec(NamedTuple):
 
 
 _RESNET = _ArchSpec(__name__, "torchvision_key", None, "fc")
+_DENSENET = _ArchSpec(__name__, "torchvision_key", None, "classifier")
 _ARCH_SPECS = {
     "resnet18": _RESNET,
     "resnet34": _RESNET,
@@ -62,7 +63,11 @@ _ARCH_SPECS = {
     "resnet101": _RESNET,
     "resnet152": _RESNET,
     "resnext50_32x4d": _RESNET,
-    "densenet121": _ArchSpec(__name__, "torchvision_key", None, "classifier"),
+    "resnext101_32x8d": _RESNET,
+    "densenet121": _DENSENET,
+    "densenet161": _DENSENET,
+    "densenet169": _DENSENET,
+    "densenet201": _DENSENET,
     "inception_v3": _ArchSpec("jaxmia.convert.inception", "inception_v3_torch_key", "inception_v3_module_kwargs",
                               "fc"),
     "inception_resnet_v1": _ArchSpec("jaxmia.convert.inception", "facenet_torch_key", "facenet_module_kwargs",

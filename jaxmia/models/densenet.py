@@ -86,3 +86,16 @@ class DenseNet(nn.Module):
 
 def densenet121(num_classes: int | None, dtype=jnp.float32, **kwargs) -> DenseNet:
   return DenseNet(num_classes, dtype=dtype, **kwargs)
+
+
+def densenet161(num_classes: int | None, dtype=jnp.float32, **kwargs) -> DenseNet:
+  return DenseNet(num_classes, growth_rate=48, block_config=(6, 12, 36, 24), num_init_features=96, dtype=dtype,
+                  **kwargs)
+
+
+def densenet169(num_classes: int | None, dtype=jnp.float32, **kwargs) -> DenseNet:
+  return DenseNet(num_classes, block_config=(6, 12, 32, 32), dtype=dtype, **kwargs)
+
+
+def densenet201(num_classes: int | None, dtype=jnp.float32, **kwargs) -> DenseNet:
+  return DenseNet(num_classes, block_config=(6, 12, 48, 32), dtype=dtype, **kwargs)

@@ -20,7 +20,11 @@ _BUILDERS = {
     "resnet101": ("jaxmia.models.resnet", "resnet101"),
     "resnet152": ("jaxmia.models.resnet", "resnet152"),
     "resnext50_32x4d": ("jaxmia.models.resnet", "resnext50_32x4d"),
+    "resnext101_32x8d": ("jaxmia.models.resnet", "resnext101_32x8d"),
     "densenet121": ("jaxmia.models.densenet", "densenet121"),
+    "densenet161": ("jaxmia.models.densenet", "densenet161"),
+    "densenet169": ("jaxmia.models.densenet", "densenet169"),
+    "densenet201": ("jaxmia.models.densenet", "densenet201"),
     "inception_v3": ("jaxmia.models.inception", "inception_v3"),
     "inception_resnet_v1": ("jaxmia.models.facenet", "inception_resnet_v1"),
 }
@@ -30,8 +34,8 @@ ARCHITECTURES = tuple(_BUILDERS)
 def create_classifier(arch: str, num_classes: int | None, *, dtype=jnp.float32, **kwargs):
   """Builds the Flax module for `arch` with a `num_classes`-way head.
 
-  `num_classes=None` is only meaningful for `inception_resnet_v1` (FaceNet), where it yields L2-normalised
-  512-d embeddings instead of logits.
+  `num_classes=None` builds no head: the module returns the pooled penultimate features (for
+  `inception_resnet_v1`, FaceNet, the L2-normalised 512-d embedding).
   """
   if arch not in _BUILDERS:
     raise ValueError(f"Unknown architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES)}.")

@@ -196,3 +196,7 @@ def resnet152(num_classes: int | None, dtype=jnp.float32, **kwargs) -> ResNet:
 
 def resnext50_32x4d(num_classes: int | None, dtype=jnp.float32, **kwargs) -> ResNet:
   return ResNet((3, 4, 6, 3), Bottleneck, num_classes, groups=32, width_per_group=4, dtype=dtype, **kwargs)
+
+
+def resnext101_32x8d(num_classes: int | None, dtype=jnp.float32, **kwargs) -> ResNet:
+  return ResNet((3, 4, 23, 3), Bottleneck, num_classes, groups=32, width_per_group=8, dtype=dtype, **kwargs)
