@@ -1,11 +1,18 @@
 """Tests of the analysis cores (`jaxmia.analysis`): toy experiment, embedding geometry, gradient stability."""
 import dataclasses
+import importlib.util
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from flax import linen as nn
 
-from jaxmia.analysis import toy
+from jaxmia import attack
+from jaxmia.analysis import geometry, gradients, toy
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
 # ----------------------------------------------------------------------------------------------- toy (Fig. 1)
@@ -94,3 +101,155 @@ def test_toy_training_confidence_follows_alpha():
   # The head has no bias and BatchNorm keeps running statistics (PyTorch's architecture).
   assert set(variables["params"]["head"]) == {"kernel"}
   assert variables["batch_stats"]["bn0"]["mean"].shape == (3, 20)
+
+
+# ----------------------------------------------------------------------------------------------- geometry (Figs. 4-5)
+
+
+def test_class_distance_stats_hand_made():
+  # Two classes on a line (embedded in 3-D, far from the origin): class 0 at x = 0, 1; class 1 at x = 10, 13.
+  x = np.array([0.0, 10.0, 1.0, 13.0])
+  features = np.stack([x, np.zeros(4), np.zeros(4)], 1) + 1000.0
+  labels = np.array([0, 1, 0, 1])
+  stats = geometry.class_distance_stats(features, labels, block_size=3)  # 2 blocks, the last one padded
+  np.testing.assert_allclose(stats.intra_mean, [1, 3, 1, 3], rtol=1e-4)
+  np.testing.assert_allclose(stats.inter_mean, [11.5, 9.5, 10.5, 12.5], rtol=1e-4)
+  np.testing.assert_allclose(stats.intra_nearest, [1, 3, 1, 3], rtol=1e-4)
+  np.testing.assert_allclose(stats.inter_nearest, [10, 9, 9, 12], rtol=1e-4)
+  assert abs(stats.max_distance - 13.0) < 1e-3
+  scaled = stats.scaled()
+  np.testing.assert_allclose(scaled.inter_nearest, np.array([10, 9, 9, 12]) / 13, rtol=1e-4)
+
+
+def test_class_distance_stats_brute_force_and_singletons():
+  rng = np.random.default_rng(0)
+  features = rng.normal(size=(37, 5)) * 3.0
+  labels = rng.integers(0, 4, size=37) * 7  # sparse label values
+  labels[5] = 100  # a class with one sample: no intra-class values
+  stats = geometry.class_distance_stats(features, labels, block_size=8)
+  dist = np.linalg.norm(features[:, None] - features[None], axis=-1)
+  same = labels[:, None] == labels[None]
+  intra = same & ~np.eye(37, dtype=bool)
+  for i in range(37):
+    if i == 5:
+      assert np.isnan(stats.intra_mean[i]) and np.isnan(stats.intra_nearest[i])
+    else:
+      np.testing.assert_allclose(stats.intra_mean[i], dist[i, intra[i]].mean(), rtol=1e-4)
+      np.testing.assert_allclose(stats.intra_nearest[i], dist[i, intra[i]].min(), rtol=1e-4)
+    np.testing.assert_allclose(stats.inter_mean[i], dist[i, ~same[i]].mean(), rtol=1e-4)
+    np.testing.assert_allclose(stats.inter_nearest[i], dist[i, ~same[i]].min(), rtol=1e-4)
+  np.testing.assert_allclose(stats.max_distance, dist.max(), rtol=1e-4)
+
+
+def test_select_classes_is_seeded_and_complete():
+  labels = np.repeat(np.arange(10), 3)
+  rows = geometry.select_classes(labels, 4, seed=1)
+  assert len(np.unique(labels[rows])) == 4 and len(rows) == 12
+  np.testing.assert_array_equal(rows, geometry.select_classes(labels, 4, seed=1))
+  np.testing.assert_array_equal(geometry.select_classes(labels, None), np.arange(30))
+
+
+class _PooledFeatures(nn.Module):
+  """A stand-in classifier: features = ReLU(Dense(mean colour)), with the classifiers' call signature."""
+
+  @nn.compact
+  def __call__(self, x, train=False, return_features=False):
+    features = nn.relu(nn.Dense(6)(x.mean(axis=(1, 2))))
+    logits = nn.Dense(3)(features)
+    return (logits, features) if return_features else logits
+
+
+def test_penultimate_features_match_direct_apply():
+  model = _PooledFeatures()
+  images = np.random.default_rng(0).integers(0, 256, size=(5, 8, 8, 3), dtype=np.uint8)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+  features = geometry.penultimate_features(model, variables, images, image_size=8, batch_size=2)
+  _, expected = model.apply(variables, jnp.asarray(images, jnp.float32) / 127.5 - 1.0, return_features=True)
+  assert features.shape == (5, 6) and np.abs(features).sum() > 0
+  np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------- gradient stability
+
+
+def test_cosine_similarity_known_vectors():
+  a = jnp.array([[1.0, 0.0], [1.0, 1.0], [2.0, 0.0], [0.0, 0.0]])
+  b = jnp.array([[0.0, 3.0], [2.0, 2.0], [-1.0, 0.0], [1.0, 0.0]])
+  sim = np.asarray(gradients.cosine_similarity(a, b))
+  np.testing.assert_allclose(sim[:3], [0.0, 1.0, -1.0], atol=1e-6)
+  assert np.isnan(sim[3])
+  # [T, B, H, W, C]: step 1 rotates latent 0 by 60 degrees (cos 0.5), step 2 flips latent 1's sign.
+  g = np.zeros((3, 2, 2, 1, 1), np.float32)
+  g[:, 0, :, 0, 0] = [[1.0, 0.0], [0.5, np.sqrt(0.75)], [0.5, np.sqrt(0.75)]]
+  g[:, 1, :, 0, 0] = [[1.0, 2.0], [3.0, 6.0], [-3.0, -6.0]]
+  np.testing.assert_allclose(gradients.consecutive_cosine_similarity(g), [[0.5, 1.0], [1.0, -1.0]], atol=1e-6)
+
+
+class _RampGenerator(nn.Module):
+  """Generator interface; pixel (h, w) of the image of `w` is `tanh(w averaged over layers) * (1 + 0.1 h)`."""
+  z_dim: int = 3
+  c_dim: int = 0
+  w_dim: int = 3
+  img_resolution: int = 8
+  img_channels: int = 3
+  num_ws: int = 2
+
+  def synthesis(self, ws, noise_mode="const"):
+    ramp = jnp.broadcast_to(1.0 + 0.1 * jnp.arange(8.0)[:, None, None], (8, 8, 1))
+    return jnp.tanh(ws.mean(axis=1))[:, None, None, :] * ramp
+
+
+class _MeanColourClassifier(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    return x.mean(axis=(1, 2)) @ self.param("kernel", nn.initializers.normal(2.0), (3, 4))
+
+
+def _attack_config(num_steps, crop_scale):
+  spec = importlib.util.spec_from_file_location("attack_config", CONFIGS / "attack_facescrub_ffhq.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("smoke").attack
+  config.num_steps, config.identity_loss, config.learning_rate = num_steps, "cross_entropy", 0.3
+  config.center_crop, config.resize, config.crop_scale = 8, 8, crop_scale
+  return config
+
+
+@pytest.fixture(scope="module")
+def ramp_attack():
+  generator, classifier = _RampGenerator(), _MeanColourClassifier()
+  variables = classifier.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+  inputs = dict(w_init=jax.random.normal(jax.random.key(1), (3, 1, 3)), targets=jnp.array([0, 2, 3]),
+                keys=jax.random.split(jax.random.key(2), 3))
+  models = dict(generator=generator, generator_variables={}, target_model=classifier, target_variables=variables)
+  return inputs, models
+
+
+def test_attack_gradient_similarity_optimises_like_the_attack(ramp_attack):
+  """With random crops (which change the logits of the ramp images) the latents follow `optimize_latents`."""
+  inputs, models = ramp_attack
+  config = _attack_config(3, (0.3, 1.0))
+  w_final, _ = gradients.attack_gradient_similarity(**inputs, **models, config=config)
+  np.testing.assert_allclose(w_final, attack.optimize_latents(**inputs, **models, config=config), rtol=1e-5,
+                             atol=1e-6)
+  assert np.abs(np.asarray(w_final) - np.asarray(inputs["w_init"])).max() > 1e-2
+
+
+def test_attack_gradient_similarity_closed_form(ramp_attack):
+  """Without crops, d loss / d pixel = kernel @ (softmax - onehot) / 64 at every pixel; the mean colour is 1.35 tanh(w)."""
+  inputs, models = ramp_attack
+  num_steps = 3
+  _, similarity = gradients.attack_gradient_similarity(**inputs, **models, config=_attack_config(num_steps, (1.0, 1.0)))
+  assert similarity.shape == (3, num_steps - 1)
+  trajectory = [np.asarray(inputs["w_init"])] + [
+      np.asarray(attack.optimize_latents(**inputs, **models, config=_attack_config(t, (1.0, 1.0))))
+      for t in range(1, num_steps)]
+  kernel = np.asarray(models["target_variables"]["params"]["kernel"], np.float64)
+  colour = 1.35 * np.tanh(np.stack(trajectory)[:, :, 0])           # [T, B, 3]
+  probs = np.asarray(jax.nn.softmax(colour @ kernel))
+  direction = (probs - np.eye(4)[np.asarray(inputs["targets"])]) @ kernel.T  # [T, B, 3]
+  expected = np.sum(direction[:-1] * direction[1:], -1) / (
+      np.linalg.norm(direction[:-1], axis=-1) * np.linalg.norm(direction[1:], axis=-1))
+  np.testing.assert_allclose(similarity, expected.T, atol=1e-4)
+  assert np.all(np.abs(expected) < 0.9999)  # the direction really changes between steps

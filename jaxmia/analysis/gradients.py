@@ -1,0 +1,101 @@
+"""Gradient stability of the attack (the paper's Fig. 6b, Eq. 4): do consecutive attack steps agree on a direction?
+
+For every latent and step t of the Plug & Play optimisation, the cosine similarity between the gradients of the
+attack loss w.r.t. the generated image at steps t-1 and t. The optimisation itself is the attack's (its
+Adam, image pipeline, augmentation keys and identity loss, from `jaxmia.attack.optimize`), run in a loop
+that also exposes the image-space gradient of every step.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxmia.attack import optimize
+from jaxmia.data import image_ops
+
+
+def cosine_similarity(a, b, axis=None):
+  """Cosine similarity of `a` and `b` over the non-batch axes (`axis`, default: all but the first): `[B]`.
+
+  NaN where one of the two vectors is zero.
+  """
+  a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+  axis = tuple(range(1, a.ndim)) if axis is None else axis
+  dot = jnp.sum(a * b, axis=axis)
+  norms = jnp.sqrt(jnp.sum(a * a, axis=axis) * jnp.sum(b * b, axis=axis))
+  return jnp.where(norms > 0, dot / jnp.where(norms > 0, norms, 1.0), jnp.nan)
+
+
+def consecutive_cosine_similarity(gradients):
+  """`[T - 1, B]` similarities between steps t-1 and t of `gradients` `[T, B, ...]` (Eq. 4 of the paper)."""
+  gradients = jnp.asarray(gradients)
+  return jax.vmap(cosine_similarity)(gradients[:-1], gradients[1:])
+
+
+def _image_loss(images, targets, step_keys, target_variables, *, target_model, settings):
+  """Sum over latents of the attack's identity loss of each image `[B, R, R, C]` (as in the attack)."""
+  view = optimize.target_view(images, clamp=settings.clamp, center_crop=settings.center_crop,
+                              resize=settings.resize)
+  view = image_ops.random_resized_crop(view, step_keys, settings.resize, settings.crop_scale, settings.crop_ratio)
+  logits = target_model.apply(target_variables, view).astype(jnp.float32)
+  return jnp.sum(optimize.IDENTITY_LOSSES[settings.identity_loss](logits, targets))
+
+
+def _trajectory(w, targets, keys, generator_variables, target_variables, *, generator, target_model, settings):
+  """Stage-2 loop of the attack that also returns the image-gradient similarities, `(w, [B, num_steps - 1])`."""
+  tx = optimize.make_optimizer(settings)
+  render = functools.partial(optimize.synthesize, generator)
+  if settings.remat != "none":
+    render = jax.checkpoint(render, policy=optimize.REMAT_POLICIES[settings.remat])
+  image_grad = jax.grad(functools.partial(_image_loss, target_model=target_model, settings=settings))
+
+  def step(carry, t):
+    w, opt_state, previous = carry
+    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, t)
+    images, pullback = jax.vjp(lambda w: render(generator_variables, w), w)
+    grad_images = image_grad(images, targets, step_keys, target_variables)
+    (grad_w,) = pullback(grad_images)
+    updates, opt_state = tx.update(grad_w, opt_state, w)
+    similarity = cosine_similarity(previous, grad_images)
+    return (optax.apply_updates(w, updates), opt_state, grad_images.astype(jnp.float32)), similarity
+
+  w = jnp.asarray(w, jnp.float32)
+  images = jax.eval_shape(lambda w: render(generator_variables, w), w)
+  init = (w, tx.init(w), jnp.zeros(images.shape, jnp.float32))
+  (w, _, _), similarity = jax.lax.scan(step, init, jnp.arange(settings.num_steps))
+  return w, similarity[1:].T
+
+
+def compiled_trajectory(generator, target_model, settings):
+  """`fn(w, targets, keys, generator_variables, target_variables) -> (w, similarity)`, jitted once per setup."""
+  return optimize.cached_jit("gradient_similarity", (generator, target_model), settings, lambda: jax.jit(
+      functools.partial(_trajectory, generator=generator, target_model=target_model, settings=settings)))
+
+
+def resolve_settings(config, generator, target_model):
+  """(settings, generator, target_model) for `config` (the attack section), models in its compute dtype."""
+  settings = optimize.Settings.from_config(config, generator.img_resolution)
+  if settings.discriminator_loss_weight > 0:
+    raise ValueError("the gradient-stability analysis does not support the discriminator realism loss; set "
+                     "attack.discriminator_loss_weight=0.")
+  if settings.num_steps < 2:
+    raise ValueError(f"gradient similarity needs at least 2 attack steps, got num_steps={settings.num_steps}.")
+  return (settings, optimize.with_compute_dtype(generator, settings.dtype),
+          optimize.with_compute_dtype(target_model, settings.dtype))
+
+
+def attack_gradient_similarity(w_init, targets, keys, *, generator, generator_variables, target_model,
+                               target_variables, config):
+  """Runs the attack's stage-2 optimisation and returns `(w_final, similarity [B, num_steps - 1])`.
+
+  `similarity[i, t - 1]` is the cosine similarity of latent i's image-space loss gradients at steps t-1 and t
+  (the gradient w.r.t. the generator output, before crop, resize and augmentation, which are part of the loss).
+  Arguments as `jaxmia.attack.optimize_latents` (`config`: the attack config's `attack` section); the
+  discriminator realism loss is not supported. `w_final` equals `optimize_latents`' result.
+  """
+  settings, generator, target_model = resolve_settings(config, generator, target_model)
+  if not jax.dtypes.issubdtype(jnp.asarray(keys).dtype, jax.dtypes.prng_key):
+    keys = jax.random.wrap_key_data(keys)
+  run = compiled_trajectory(generator, target_model, settings)
+  return run(w_init, jnp.asarray(targets, jnp.int32), keys, generator_variables, target_variables)
