@@ -150,6 +150,58 @@ def test_final_selection_keeps_known_most_robust_latents(stand_ins):
   np.testing.assert_array_equal(selection.indices, np.concatenate(best))
 
 
+class BatchCoupledDiscriminator(nn.Module):
+  """Realism logit that mixes the batch (as StyleGAN2's minibatch-std layer does) unless it sees one image."""
+
+  @nn.compact
+  def __call__(self, images, c):
+    means = images.mean(axis=(1, 2, 3))
+    return (means * means.sum() + self.param("bias", nn.initializers.ones, ()))[:, None]
+
+
+def test_stage2_options_keep_latents_independent_and_remat_is_exact(stand_ins):
+  generator, classifier, variables = stand_ins
+  discriminator = BatchCoupledDiscriminator()
+  config = load_config().attack
+  config.num_steps, config.resize, config.discriminator_loss_weight = 3, 8, 20.0
+  config.identity_loss, config.clamp = "cross_entropy", True
+  config.lr_schedule, config.lr_milestones = "multistep", (1,)
+  # W+ latents (one w per layer). Latent 2 is bright and the others dark, so a realism logit computed on the
+  # whole batch would push latent 2 the other way than the logit of latent 2 alone.
+  w = np.array([-2.0, -2.0, 0.3, -2.0])[:, None, None] + 0.1 * np.asarray(jax.random.normal(jax.random.key(8),
+                                                                                           (4, 2, 3)))
+  targets = np.array([0, 3, 1, 3])
+  keys = optimize.latent_keys(jax.random.key(9), np.arange(4))
+
+  def run(rows, remat):
+    config.remat = remat
+    return np.asarray(attack.optimize_latents(
+        w[rows], targets[rows], keys[rows], generator=generator, generator_variables={}, target_model=classifier,
+        target_variables=variables, config=config, discriminator=discriminator,
+        discriminator_variables=discriminator.init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)), None)))
+
+  batch = run(np.arange(4), "none")
+  assert batch.shape == w.shape and np.abs(batch - w).max() > 1e-3
+  np.testing.assert_allclose(run(np.array([2]), "none")[0], batch[2], rtol=0, atol=1e-6)
+  for remat in ("dots", "full"):
+    np.testing.assert_allclose(run(np.arange(4), remat), batch, rtol=0, atol=1e-6)
+  with pytest.raises(ValueError, match="needs a discriminator"):
+    attack.optimize_latents(w, targets, keys, generator=generator, generator_variables={}, target_model=classifier,
+                            target_variables=variables, config=config)
+
+
+def test_multistep_schedule_decays_like_pytorch_multisteplr():
+  config = load_config().attack
+  config.lr_schedule, config.lr_milestones, config.lr_gamma = "multistep", (3, 5), 0.1
+  tx = optimize.make_optimizer(optimize.Settings.from_config(config, resolution=1024))
+  params = jnp.zeros(2)
+  state, steps = tx.init(params), []
+  for _ in range(7):  # a constant gradient: every Adam step moves by lr (bias-corrected m / sqrt(v) = 1)
+    updates, state = tx.update(jnp.ones(2), state, params)
+    steps.append(float(-updates[0]))
+  np.testing.assert_allclose(steps, [5e-3] * 3 + [5e-4] * 2 + [5e-5] * 2, rtol=1e-4)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Stage 2 on the real StyleGAN2 generator and ResNet-18 (tiny).
 

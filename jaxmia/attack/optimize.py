@@ -8,6 +8,7 @@ Per-latent independence: each latent has its own PRNG key, the objective is the 
 is the same whether it is optimised alone or in a batch of any size, on any number of devices.
 """
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -24,10 +25,10 @@ IDENTITY_LOSSES = {
     "cross_entropy": losses.cross_entropy_identity_loss,
     "logit": losses.logit_loss,
 }
+# Rematerialisation of the synthesis network in the backward pass ('none' keeps every activation).
 REMAT_POLICIES = {
-    "none": None,
-    "dots": jax.checkpoint_policies.dots_saveable,          # keep conv/matmul outputs, recompute the rest
-    "full": jax.checkpoint_policies.nothing_saveable,       # recompute the whole synthesis network
+    "dots": jax.checkpoint_policies.dots_saveable,    # keep conv/matmul outputs, recompute the elementwise ops
+    "full": jax.checkpoint_policies.nothing_saveable,  # keep only the inputs, recompute the whole forward pass
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -106,8 +107,8 @@ class Settings:
         crop_ratio=tuple(float(r) for r in config.crop_ratio), remat=str(config.remat), dtype=str(config.dtype))
     if settings.identity_loss not in IDENTITY_LOSSES:
       raise ValueError(f"Unknown identity_loss {settings.identity_loss!r}; choose one of {sorted(IDENTITY_LOSSES)}.")
-    if settings.remat not in REMAT_POLICIES:
-      raise ValueError(f"Unknown remat {settings.remat!r}; choose one of {sorted(REMAT_POLICIES)}.")
+    if settings.remat not in ("none", *REMAT_POLICIES):
+      raise ValueError(f"Unknown remat {settings.remat!r}; choose 'none', 'dots' or 'full'.")
     if settings.lr_schedule not in ("constant", "multistep"):
       raise ValueError(f"Unknown lr_schedule {settings.lr_schedule!r}; choose 'constant' or 'multistep'.")
     if settings.num_steps < 0:
@@ -131,12 +132,9 @@ def make_optimizer(settings: Settings) -> optax.GradientTransformation:
 def _per_latent_losses(w, targets, step_keys, generator_variables, target_variables, discriminator_variables, *,
                        generator, target_model, discriminator, settings: Settings):
   """Attack loss of each latent, `[B]`: identity loss on an augmented view (+ weighted realism loss)."""
-  def render(variables, w):
-    return synthesize(generator, variables, w)
-
-  policy = REMAT_POLICIES[settings.remat]
+  render = functools.partial(synthesize, generator)
   if settings.remat != "none":
-    render = jax.checkpoint(render, policy=policy)
+    render = jax.checkpoint(render, policy=REMAT_POLICIES[settings.remat])
   images = render(generator_variables, w)
   loss = jnp.zeros(w.shape[0], jnp.float32)
   if settings.discriminator_loss_weight > 0:
