@@ -1,8 +1,8 @@
 """Figs. 4-5 of the label-smoothing paper: penultimate-feature geometry of training samples per α.
 
-    python scripts/embedding_geometry.py --outdir runs/geometry \
-        --model runs/faces_ls-0.05/model --label "α=-0.05" \
-        --model runs/faces/model --label "α=0" \
+    python scripts/embedding_geometry.py --outdir runs/geometry \\
+        --model runs/faces_ls-0.05/model --label "α=-0.05" \\
+        --model runs/faces/model --label "α=0" \\
         --model runs/faces_ls0.1/model --label "α=0.1"
 
 For each model (a `load_converted` folder; its dataset and input size come from the training run's

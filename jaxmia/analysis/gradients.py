@@ -9,8 +9,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from jaxmia import parallel
 from jaxmia.attack import optimize
 from jaxmia.data import image_ops
 
@@ -99,3 +101,36 @@ def attack_gradient_similarity(w_init, targets, keys, *, generator, generator_va
     keys = jax.random.wrap_key_data(keys)
   run = compiled_trajectory(generator, target_model, settings)
   return run(w_init, jnp.asarray(targets, jnp.int32), keys, generator_variables, target_variables)
+
+
+def random_attack_inputs(key, num_latents: int, num_classes: int, *, generator, generator_variables, config):
+  """`(w [N, 1 or num_ws, w_dim], targets [N], keys [N])`: random latents and target classes for the analysis.
+
+  z ~ N(0, I) mapped with the stage-1 truncation (`config.candidates`), one w per image if
+  `config.attack.single_w`; targets uniform over `num_classes`; per-latent keys as the attack derives them.
+  The same `key` gives the same inputs for every target model of that many classes (a paired comparison).
+  """
+  z = jax.random.normal(jax.random.fold_in(key, 1), (num_latents, generator.z_dim), jnp.float32)
+  targets = jax.random.randint(jax.random.fold_in(key, 2), (num_latents,), 0, num_classes, jnp.int32)
+  keys = optimize.latent_keys(jax.random.fold_in(key, 3), np.arange(num_latents))
+  mapping = jax.jit(lambda v, z: generator.apply(
+      v, z, None, truncation_psi=float(config.candidates.truncation_psi),
+      truncation_cutoff=int(config.candidates.truncation_cutoff), method="mapping"))
+  w = optimize.map_in_batches(lambda z: mapping(generator_variables, z), (np.asarray(z),),
+                              int(config.candidates.batch_size))
+  return (w[:, :1] if config.attack.single_w else w), np.asarray(targets), keys
+
+
+def similarity_for_latents(w, targets, keys, *, generator, generator_variables, target_model, target_variables,
+                           config, batch_size: int, mesh=None, progress=None):
+  """`[N, num_steps - 1]` image-gradient similarities of all latents, computed `batch_size` at a time.
+
+  `config` is the attack config's `attack` section; with a `mesh` each batch is sharded over `'data'`.
+  """
+  settings, generator, target_model = resolve_settings(config, generator, target_model)
+  run = compiled_trajectory(generator, target_model, settings)
+  if mesh is not None:
+    generator_variables, target_variables = parallel.replicate((generator_variables, target_variables), mesh)
+  return optimize.map_in_batches(lambda w, t, k: run(w, t, k, generator_variables, target_variables)[1],
+                                 (np.asarray(w, np.float32), np.asarray(targets, np.int32), keys), batch_size,
+                                 mesh=mesh, progress=progress)

@@ -1,0 +1,105 @@
+"""Fig. 6b / Eq. 4 of the label-smoothing paper: stability of the attack's image-space gradients per α.
+
+    python scripts/gradient_stability.py --attack_config=configs/attack_facescrub_ffhq.py \\
+        --model=runs/faces_ls-0.05/model --label="α=-0.05" --model=runs/faces/model --label="α=0" \\
+        --model=runs/faces_ls0.1/model --label="α=0.1" --num_latents=1000 --outdir=runs/gradient_stability
+
+For N random latents (z ~ N(0, I) with the config's stage-1 truncation) and random target classes, the
+attack's stage-2 optimisation (the config's `attack` section: steps, Adam, identity loss, augmentation) runs
+against each model, and at every step the cosine similarity between the gradients of the attack loss w.r.t.
+the generated image at the previous and the current step is recorded. The same latents, targets and
+augmentation keys serve every model. Writes `gradient_stability.json`/`.md` (mean ± sd per step and over all
+steps) and `gradient_stability.png` (mean ± sd per step, one line per model).
+Override any attack setting with `--attack_config.attack.num_steps=70` etc.
+"""
+import pathlib
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxmia import convert, parallel
+from jaxmia.analysis import gradients, report, runs
+
+config_flags.DEFINE_config_file("attack_config", None, "Attack config (configs/attack_*.py[:variant]).",
+                                lock_config=True)
+flags.DEFINE_multi_string("model", None, "Target model folder (repeat for several α).")
+flags.DEFINE_multi_string("label", None, "Label of each --model (default: the folder path).")
+flags.DEFINE_integer("num_latents", 1000, "Random latents (and targets) per model.")
+flags.DEFINE_integer("batch_size", 0, "Latents per batch (0: the config's attack.batch_size).")
+flags.DEFINE_integer("seed", None, "Seed of latents, targets and augmentations (default: the config's seed).")
+flags.DEFINE_string("outdir", "runs/gradient_stability", "Output directory.")
+FLAGS = flags.FLAGS
+
+
+def plot(similarities: dict, path: pathlib.Path):
+  plt = report.pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name, sim in similarities.items():
+    steps = np.arange(1, sim.shape[1] + 1)
+    mean, sd = np.nanmean(sim, 0), np.nanstd(sim, 0, ddof=1) if len(sim) > 1 else np.zeros(sim.shape[1])
+    ax.plot(steps, mean, label=name)
+    ax.fill_between(steps, mean - sd, mean + sd, alpha=0.2)
+  ax.set_xlabel("attack step t")
+  ax.set_ylabel("cos(∇x L at t-1, ∇x L at t)")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=150)
+  plt.close(fig)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  labels = FLAGS.label or FLAGS.model
+  if len(labels) != len(FLAGS.model):
+    raise app.UsageError(f"give one --label per --model ({len(FLAGS.model)} models, {len(labels)} labels).")
+  config = FLAGS.attack_config
+  outdir = pathlib.Path(FLAGS.outdir)
+  outdir.mkdir(parents=True, exist_ok=True)
+  mesh = parallel.make_mesh()
+  batch_size = FLAGS.batch_size or int(config.attack.batch_size)
+  parallel.check_batch_size(batch_size, mesh, "--batch_size")
+  generator, generator_variables = runs.load_generator(config)
+  seed = config.seed if FLAGS.seed is None else FLAGS.seed
+
+  similarities, numbers, inputs = {}, {"num_latents": FLAGS.num_latents, "seed": seed, "models": []}, None
+  for name, model_dir in zip(labels, FLAGS.model):
+    target_model, target_variables = convert.load_converted(model_dir)
+    size = int(config.attack.resize)
+    num_classes = jax.eval_shape(lambda v: target_model.apply(v, jax.numpy.zeros((1, size, size, 3))),
+                                 target_variables).shape[-1]
+    if inputs is None:
+      inputs = gradients.random_attack_inputs(jax.random.key(seed), FLAGS.num_latents, num_classes,
+                                              generator=generator, generator_variables=generator_variables,
+                                              config=config)
+      numbers["num_classes"] = num_classes
+    elif num_classes != numbers["num_classes"]:
+      raise ValueError(f"{model_dir} has {num_classes} classes, {FLAGS.model[0]} {numbers['num_classes']}; the "
+                       "models must share one label set.")
+    sim = gradients.similarity_for_latents(*inputs, generator=generator, generator_variables=generator_variables,
+                                           target_model=target_model, target_variables=target_variables,
+                                           config=config.attack, batch_size=batch_size, mesh=mesh)
+    similarities[name] = sim
+    per_step = [report.mean_sd(s[np.isfinite(s)]) for s in sim.T]
+    numbers["models"].append({"label": name, "model": model_dir,
+                              "overall": report.mean_sd(np.nanmean(sim, 1)),
+                              "per_step": per_step})
+    print(f"{name}: mean similarity {numbers['models'][-1]['overall']['mean']:.4f}")
+
+  plot(similarities, outdir / "gradient_stability.png")
+  table = report.markdown_table(
+      ["model", "mean over steps (± sd over latents)", "first step", "last step"],
+      [[e["label"], report.format_mean_sd(e["overall"], 4), report.format_mean_sd(e["per_step"][0], 4),
+        report.format_mean_sd(e["per_step"][-1], 4)] for e in numbers["models"]])
+  text = (f"# Gradient stability (Fig. 6b)\n\n{FLAGS.num_latents} random latents and targets, "
+          f"{int(config.attack.num_steps)} attack steps; cosine similarity of consecutive image-space gradients "
+          "of the attack loss.\n\n" + table)
+  report.write_outputs(outdir, "gradient_stability", numbers, text)
+  print(text)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["attack_config", "model"])
+  app.run(main)
