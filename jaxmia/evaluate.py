@@ -1,0 +1,629 @@
+"""Attack evaluation: `python -m jaxmia.evaluate --config=configs/evaluate_faces.py --run_dir=runs/attack_x`.
+
+Reads a finished attack run (`latents.npz`, `summary.json` from `jaxmia.attack`) and writes to
+`<run_dir>/evaluation/` (or `--out_dir`):
+
+  report.json   every metric (null with a reason in "unavailable" when a run cannot compute it)
+  report.md     the same as a table, with settings and the image grid
+  per_class.csv the per-class numbers
+  nearest_neighbours.png  selected samples (top row of each class) above their nearest training images
+
+Metrics (PPA, Struppek et al. 2022; the label-smoothing paper's Table 1):
+  Acc@1 / Acc@5, mean target confidence: the evaluation model on the selected images and on all optimised ones.
+  δ_face / δ_eval: squared L2 distance from each selected image to the nearest training image of its target
+    class, in FaceNet embedding space / in the evaluation model's penultimate features, averaged over images.
+  FID: pool3 features of the FID Inception, selected images vs the training images of the attacked classes.
+  Precision, recall, density, coverage (k=3): per attacked class, averaged over classes.
+  Test Acc, ECE (10 bins): the target on its test split.
+  ξ_train / ξ_test: knowledge extraction score (`jaxmia.metrics.knowledge_extraction`).
+
+Images are generated from the latents batch by batch inside one jitted function (synthesis -> clamp to
+[-1, 1] -> the attack's centre crop -> antialiased resize to each network's input), sharded over the
+`('data',)` mesh; only features leave the devices. Training-image features are computed once per class and
+network and cached as npz files under `feature_cache_dir/<network>-<hash of weights + preprocessing>/
+<hash of the dataset config>/`. `ppa_compat=True` reproduces PPA's numbers: unclamped generated images,
+the FID network fed images in [-1, 1] where it expects [0, 1] (so it sees [-3, 1]), and PPA's
+precision / recall / density definitions (`metrics.prdc`).
+"""
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+from PIL import Image
+
+from jaxmia import convert, data, metrics, parallel, report
+from jaxmia.attack import optimize
+from jaxmia.data import augment, image_ops
+from jaxmia.data.pipeline import IndexedSource
+from jaxmia.metrics import knowledge_extraction
+
+OUTPUT_DIR = report.EVALUATION_DIR
+NETWORK_NAMES = ("evaluation", "facenet", "fid")
+
+
+# ------------------------------------------------------------------------------------------------ attack run
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackRun:
+  """The parts of a finished attack run the evaluation reads."""
+  run_dir: pathlib.Path
+  config: dict               # the attack config (summary.json)
+  targets: np.ndarray        # int [N]: target class of each optimised latent
+  optimized_w: np.ndarray    # [N, 1 or num_ws, w_dim]
+  selected: np.ndarray       # int [M]: rows of optimized_w kept by the final selection
+
+  @property
+  def selected_w(self) -> np.ndarray:
+    return self.optimized_w[self.selected]
+
+  @property
+  def selected_targets(self) -> np.ndarray:
+    return self.targets[self.selected]
+
+
+def load_attack_run(run_dir) -> AttackRun:
+  """Reads `latents.npz` and `summary.json` of a finished `jaxmia.attack` run."""
+  run_dir = pathlib.Path(run_dir)
+  latents_path, summary_path = run_dir / "latents.npz", run_dir / "summary.json"
+  for path in (latents_path, summary_path):
+    if not path.is_file():
+      raise FileNotFoundError(f"{path} not found: {run_dir} is not a finished attack run. Run (or resume) "
+                              f"`python -m jaxmia.attack --workdir={run_dir}` to the end first.")
+  with np.load(latents_path) as f:
+    missing = {"targets", "optimized_w", "selected_indices"} - set(f.files)
+    if missing:
+      raise ValueError(f"{latents_path} lacks {sorted(missing)}; it was not written by jaxmia.attack.")
+    targets, optimized_w, selected = (np.asarray(f["targets"], np.int32), np.asarray(f["optimized_w"], np.float32),
+                                      np.asarray(f["selected_indices"], np.int64))
+  if optimized_w.ndim != 3 or len(optimized_w) != len(targets) or not len(selected) or (
+      selected.min() < 0 or selected.max() >= len(targets)):
+    raise ValueError(f"{latents_path} is inconsistent: optimized_w {optimized_w.shape}, targets {targets.shape}, "
+                     f"{len(selected)} selected indices; rerun the attack's final stage.")
+  config = json.loads(summary_path.read_text()).get("config")
+  if not isinstance(config, dict) or "attack" not in config:
+    raise ValueError(f"{summary_path} holds no attack config; it was not written by jaxmia.attack.")
+  return AttackRun(run_dir, config, targets, optimized_w, selected)
+
+
+def class_subset(split, classes) -> tuple[Any, np.ndarray]:
+  """`(split restricted to the given classes, positions of its examples in split)`, in split order."""
+  positions = np.flatnonzero(np.isin(split.labels, np.asarray(classes)))
+  subset = data.Split(IndexedSource(split.source, positions), num_classes=split.num_classes,
+                      num_examples=len(positions), class_names=split.class_names, labels=split.labels[positions])
+  return subset, positions
+
+
+# ------------------------------------------------------------------------------------------------ networks
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureNetwork:
+  """A frozen network scoring images, and how images reach it.
+
+  kind: 'classifier' (logits and penultimate features), 'features' (a jaxmia model without head: FaceNet
+  embeddings or pooled features) or 'pytorch_fid' (pool3 of the FID Inception, inputs [0, 1]).
+  """
+  name: str
+  kind: str
+  module: Any
+  image_size: int
+  weights_id: str            # content hash of the weights (keys the feature cache)
+
+  def outputs(self, variables, x, ppa_compat: bool) -> dict:
+    """`x` `[B, image_size, image_size, 3]` in [-1, 1] -> `{'features' [B, D]}` (+ `'logits'` for classifiers)."""
+    if self.kind == "classifier":
+      logits, features = self.module.apply(variables, x, return_features=True)
+      return {"logits": logits.astype(jnp.float32), "features": features.astype(jnp.float32)}
+    if self.kind == "pytorch_fid":
+      # pytorch-fid expects [0, 1]; PPA passes its [-1, 1] images unchanged.
+      x = x if ppa_compat else augment.denormalize(x)
+      return {"features": self.module.apply(variables, x, method="fid_features").astype(jnp.float32)}
+    return {"features": self.module.apply(variables, x).astype(jnp.float32)}
+
+  def cache_key(self, ppa_compat: bool) -> str:
+    settings = {"kind": self.kind, "image_size": self.image_size, "weights": self.weights_id,
+                "ppa_input": ppa_compat and self.kind == "pytorch_fid"}
+    return f"{self.name}-{_digest(settings)}"
+
+
+def _digest(value) -> str:
+  return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_digest(path: pathlib.Path) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _num_classes(net: FeatureNetwork, variables) -> int:
+  x = jax.ShapeDtypeStruct((1, net.image_size, net.image_size, 3), jnp.float32)
+  return jax.eval_shape(lambda v, x: net.module.apply(v, x), variables, x).shape[-1]
+
+
+def _load_weights(path: str, what: str, field: str, **overrides):
+  if not pathlib.Path(path).exists():
+    raise FileNotFoundError(f"{what} not found at {path!r}; set --config.{field} to a weights folder written by "
+                            "jaxmia.convert.save_converted (or a jaxmia training export), or to '' to skip the "
+                            "metrics that need it.")
+  module, variables = convert.load_converted(path, **overrides)
+  return module, variables, _digest(convert.read_info(path))
+
+
+def load_network(name: str, section: ml_collections.ConfigDict, field: str):
+  """`(FeatureNetwork, variables)` for `section.weights`, or `(None, reason)` when it is ''."""
+  weights = section.weights
+  if not weights:
+    return None, f"no {name} network configured (config.{field}.weights is '')"
+  path = pathlib.Path(weights)
+  if name == "fid" and path.is_file():
+    from jaxmia.convert.inception import fid_inception_from_torch  # reads pytorch-fid's .pth
+    module, variables = fid_inception_from_torch(path)
+    from jaxmia.models.inception import FID_RESOLUTION
+    return FeatureNetwork(name, "pytorch_fid", module, FID_RESOLUTION, _file_digest(path)), variables
+  if name == "evaluation":
+    module, variables, weights_id = _load_weights(weights, "Evaluation model", f"{field}.weights")
+    return FeatureNetwork(name, "classifier", module, int(section.image_size), weights_id), variables
+  module, variables, weights_id = _load_weights(weights, f"{name} network", f"{field}.weights", num_classes=None)
+  return FeatureNetwork(name, "features", module, int(section.image_size), weights_id), variables
+
+
+# ------------------------------------------------------------------------------------------------ jitted cores
+
+
+def fake_scores_fn(generator, networks: tuple, *, crop: int, clamp: bool, ppa_compat: bool, num_classes: int):
+  """Jitted `(w [B, ...], targets [B], generator_variables, network_variables) -> dict of [B, ...]`.
+
+  Renders each latent once and feeds every network. For the evaluation model: `top1`, `top5` (bool),
+  `confidence` (softmax at the target), `prediction`, `evaluation` features; other networks: their features.
+  """
+  top_k = min(5, num_classes)
+
+  def scores(w, targets, generator_variables, network_variables):
+    images = optimize.synthesize(generator, generator_variables, w).astype(jnp.float32)
+    images = image_ops.center_crop(jnp.clip(images, -1.0, 1.0) if clamp else images, crop)
+    resized, out = {}, {}
+    for net in networks:
+      if net.image_size not in resized:
+        resized[net.image_size] = image_ops.resize(images, net.image_size, antialias=True)
+      outputs = net.outputs(network_variables[net.name], resized[net.image_size], ppa_compat)
+      out[net.name] = outputs["features"]
+      if "logits" in outputs:
+        logits = outputs["logits"]
+        out["top1"] = metrics.topk_correct(logits, targets, 1)
+        out["top5"] = metrics.topk_correct(logits, targets, top_k)
+        out["confidence"] = jnp.take_along_axis(jax.nn.softmax(logits), targets[:, None], axis=1)[:, 0]
+        out["prediction"] = jnp.argmax(logits, axis=-1)
+    return out
+
+  return scores
+
+
+def real_features_fn(networks: tuple, *, ppa_compat: bool):
+  """Jitted `(images uint8 [B, S, S, 3], network_variables) -> {network name: features [B, D]}`."""
+  def features(images, network_variables):
+    x = augment.normalize(augment.to_unit_range(images))
+    return {net.name: net.outputs(network_variables[net.name],
+                                  x if x.shape[1] == net.image_size else image_ops.resize(x, net.image_size),
+                                  ppa_compat)["features"]
+            for net in networks}
+  return features
+
+
+def _jit(fn, mesh, num_sharded: int, num_replicated: int):
+  repl, sharded = parallel.replicated(mesh), parallel.data_sharding(mesh)
+  return jax.jit(fn, in_shardings=(sharded,) * num_sharded + (repl,) * num_replicated, out_shardings=repl)
+
+
+def map_batches(fn, batches, batch_size: int, mesh, *constants):
+  """Yields `(num_rows, host outputs)` of `fn(*batch, *constants)` for each host batch (a tuple of arrays of
+  at most `batch_size` global rows; the last is padded by repeating its final row).
+
+  Every process passes the same global batches and feeds its own rows; outputs are replicated, so every
+  process gets them whole. The next batch is dispatched before the previous one is copied to the host.
+  """
+  rows = parallel.process_slice(batch_size)
+  pending = None
+  for batch in batches:
+    n = len(batch[0])
+    index = np.minimum(np.arange(batch_size), n - 1)
+    outputs = fn(*parallel.shard_batch(tuple(np.asarray(x)[index][rows] for x in batch), mesh), *constants)
+    if pending is not None:
+      yield pending[0], jax.device_get(pending[1])
+    pending = (n, outputs)
+  if pending is not None:
+    yield pending[0], jax.device_get(pending[1])
+
+
+def _latent_batches(w, targets, batch_size):
+  for start in range(0, len(w), batch_size):
+    yield w[start:start + batch_size], targets[start:start + batch_size]
+
+
+def nearest_training_distances(fake_features, fake_labels, real_features, real_labels) -> dict:
+  """Squared L2 distance from each fake to the nearest real of its own class.
+
+  Returns `{'distances' [Q], 'nearest' [Q] (row of real_features), 'per_class' {class: mean}, 'mean'}`;
+  `mean` averages over all fakes. Every fake's class needs at least one real.
+  """
+  fake_labels, real_labels = np.asarray(fake_labels), np.asarray(real_labels)
+  missing = np.setdiff1d(fake_labels, real_labels)
+  if len(missing):
+    raise ValueError(f"No training images for classes {missing[:10].tolist()}; the dataset does not match the "
+                     "attacked model's classes.")
+  distances, nearest = metrics.nearest_neighbours(jnp.asarray(fake_features), jnp.asarray(real_features),
+                                                  fake_labels, real_labels)
+  distances, nearest = np.asarray(distances, np.float64), np.asarray(nearest)
+  per_class = {int(c): float(distances[fake_labels == c].mean()) for c in np.unique(fake_labels)}
+  return {"distances": distances, "nearest": nearest, "per_class": per_class, "mean": float(distances.mean())}
+
+
+# ------------------------------------------------------------------------------------------------ feature cache
+
+
+def _dataset_key(dataset_config) -> str:
+  settings = {k: v for k, v in dataset_config.to_dict().items() if k not in ("manual_dir", "data_dir")}
+  return f"{dataset_config.name}-{_digest(settings)}"
+
+
+def training_features(networks, network_variables, split, classes, *, cache_dir: pathlib.Path, dataset_key: str,
+                      batch_size: int, mesh, ppa_compat: bool) -> dict:
+  """`{network name: (features [R, D], labels [R], positions [R])}` of the training images of `classes`.
+
+  Positions index `split`. Features of each (network, class) are read from, or written to,
+  `cache_dir/<network key>/<dataset_key>/class_XXXXX.npz`.
+  """
+  folders = {net.name: cache_dir / net.cache_key(ppa_compat) / dataset_key for net in networks}
+  file = lambda name, c: folders[name] / f"class_{int(c):05d}.npz"
+  counts = {int(c): int(np.sum(split.labels == c)) for c in classes}
+
+  def cached(name, c):
+    path = file(name, c)
+    if not path.is_file():
+      return False
+    with np.load(path) as f:
+      return len(f["positions"]) == counts[int(c)]
+
+  todo = {net.name: [c for c in classes if not cached(net.name, c)] for net in networks}
+  missing_classes = sorted(set().union(*todo.values()))
+  computing = tuple(net for net in networks if todo[net.name])
+  if missing_classes:
+    subset, positions = class_subset(split, missing_classes)
+    logging.info("Computing training-image features of %d classes (%d images) for %s.", len(missing_classes),
+                 len(positions), ", ".join(n.name for n in computing))
+    fn = _jit(real_features_fn(computing, ppa_compat=ppa_compat), mesh, 1, 1)
+    variables = parallel.replicate({n.name: network_variables[n.name] for n in computing}, mesh)
+    batches = ((b["image"],) for b in data.batches(subset, batch_size, seed=0, epoch=0, shuffle=False,
+                                                     drop_remainder=False, process_index=0, process_count=1))
+    parts = [jax.tree.map(lambda x: x[:n], out) for n, out in map_batches(fn, batches, batch_size, mesh, variables)]
+    features = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    if jax.process_index() == 0:
+      for net in computing:
+        folders[net.name].mkdir(parents=True, exist_ok=True)
+        for c in todo[net.name]:
+          rows = subset.labels == c
+          _atomic_write(file(net.name, c), lambda f: np.savez(f, features=features[net.name][rows],
+                                                                positions=positions[rows]))
+  result = {}
+  for net in networks:
+    per_class = []
+    for c in classes:
+      with np.load(file(net.name, c)) as f:
+        per_class.append((f["features"], np.full(len(f["positions"]), c, np.int32), f["positions"]))
+    result[net.name] = tuple(np.concatenate(parts) for parts in zip(*per_class))
+  return result
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+
+def _atomic_write(path: pathlib.Path, write) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  with open(tmp, "wb") as f:
+    write(f)
+  os.replace(tmp, path)
+
+
+def _to_uint8(images) -> np.ndarray:
+  return np.asarray(np.round((np.clip(images, -1.0, 1.0) + 1.0) * 127.5), np.uint8)
+
+
+def nearest_neighbour_grid(fake_images: np.ndarray, real_images: np.ndarray, rows: int, gap: int = 4) -> Image.Image:
+  """PNG grid: class blocks of two rows, fakes `[rows * k, S, S, 3]` uint8 above their nearest reals."""
+  n, size = fake_images.shape[0], fake_images.shape[1]
+  per_row = n // rows
+  block = 2 * size + gap
+  grid = np.full((rows * block - gap, per_row * size, 3), 255, np.uint8)
+  for i in range(n):
+    r, c = divmod(i, per_row)
+    top = r * block
+    grid[top:top + size, c * size:(c + 1) * size] = fake_images[i]
+    grid[top + size:top + 2 * size, c * size:(c + 1) * size] = real_images[i]
+  return Image.fromarray(grid)
+
+
+def _write_csv(path: pathlib.Path, rows: list[dict]) -> None:
+  text = io.StringIO()
+  writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+  writer.writeheader()
+  writer.writerows(rows)
+  _atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+
+
+def _finite_or_none(value):
+  return None if value is None or not np.isfinite(value) else float(value)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+def evaluate_attack(config: ml_collections.ConfigDict, run_dir, out_dir=None, mesh=None) -> dict:
+  """Evaluates the attack run in `run_dir` (see the module docstring); returns the report dict."""
+  t_start = time.monotonic()
+  run = load_attack_run(run_dir)
+  out_dir = pathlib.Path(out_dir) if out_dir else run.run_dir / OUTPUT_DIR
+  mesh = mesh or parallel.make_mesh()
+  batch_size = int(config.batch_size)
+  parallel.check_batch_size(batch_size, mesh, "batch_size")
+  ppa_compat = bool(config.ppa_compat)
+  timings = {}
+  values, unavailable, details, per_class = {}, {}, {}, {}
+
+  generator, generator_variables, _ = _load_weights(config.generator or run.config["generator"],
+                                                    "StyleGAN2 generator", "generator")
+  crop = optimize.resolve_center_crop(int(run.config["attack"]["center_crop"]), generator.img_resolution)
+  classes = np.unique(run.selected_targets)
+  selected_targets = run.selected_targets
+
+  networks, network_variables = [], {}
+  for name, field in (("evaluation", "evaluation_model"), ("facenet", "facenet"), ("fid", "fid")):
+    net, variables = load_network(name, config[field], field)
+    if net is None:
+      reason = variables
+      keys = {"evaluation": ("acc_top1", "acc_top5", "delta_eval"), "facenet": ("delta_face",),
+              "fid": ("fid", "precision", "recall", "density", "coverage")}[name]
+      unavailable.update({k: reason for k in keys})
+    else:
+      networks.append(net)
+      network_variables[name] = variables
+  networks = tuple(networks)
+  by_name = {net.name: net for net in networks}
+
+  train_split = data.load_split(config.dataset, "train")
+  test_split = data.load_split(config.dataset, "test")
+  num_classes = _num_classes(by_name["evaluation"], network_variables["evaluation"]) if "evaluation" in by_name else 1
+
+  # 1. Generated images: every optimised latent once, features kept for the selected ones.
+  t0 = time.monotonic()
+  fake = {}
+  if networks:
+    scores = _jit(fake_scores_fn(generator, networks, crop=crop, clamp=not ppa_compat, ppa_compat=ppa_compat,
+                                 num_classes=num_classes), mesh, 2, 2)
+    gv, nv = parallel.replicate((generator_variables, network_variables), mesh)
+    keep = np.zeros(len(run.targets), bool)
+    keep[run.selected] = True
+    per_row, features = {k: [] for k in ("top1", "top5", "confidence", "prediction")}, {n.name: [] for n in networks}
+    start = 0
+    for n, out in map_batches(scores, _latent_batches(run.optimized_w, run.targets, batch_size), batch_size,
+                              mesh, gv, nv):
+      kept = keep[start:start + n]
+      for key in per_row:
+        if key in out:
+          per_row[key].append(out[key][:n])
+      for name in features:
+        features[name].append(out[name][:n][kept])
+      start += n
+    order = np.searchsorted(np.flatnonzero(keep), run.selected)   # kept rows are in index order
+    fake = {name: np.concatenate(parts)[order] for name, parts in features.items()}
+    per_row = {k: np.concatenate(v) for k, v in per_row.items() if v}
+  timings["generated_images_seconds"] = time.monotonic() - t0
+
+  if "evaluation" in by_name:
+    sel = run.selected
+    values["acc_top1"] = float(per_row["top1"][sel].mean())
+    values["acc_top5"] = float(per_row["top5"][sel].mean())
+    details["mean_target_confidence"] = float(per_row["confidence"][sel].mean())
+    details["acc_top1_all_optimized"] = float(per_row["top1"].mean())
+    details["acc_top5_all_optimized"] = float(per_row["top5"].mean())
+    details["mean_target_confidence_all_optimized"] = float(per_row["confidence"].mean())
+    for c in classes:
+      rows_sel, rows_all = sel[selected_targets == c], np.flatnonzero(run.targets == c)
+      per_class.setdefault(int(c), {}).update(
+          acc_top1=per_row["top1"][rows_sel].mean(), acc_top5=per_row["top5"][rows_sel].mean(),
+          mean_target_confidence=per_row["confidence"][rows_sel].mean(),
+          acc_top1_all_optimized=per_row["top1"][rows_all].mean(),
+          acc_top5_all_optimized=per_row["top5"][rows_all].mean(),
+          mean_target_confidence_all_optimized=per_row["confidence"][rows_all].mean())
+  details["num_classes_attacked"] = len(classes)
+  details["num_optimized"] = len(run.targets)
+  details["num_selected"] = len(run.selected)
+
+  # 2. Training images of the attacked classes: features (cached), distances, FID, PRDC.
+  t0 = time.monotonic()
+  real = {}
+  if networks:
+    cache_dir = pathlib.Path(config.feature_cache_dir) if config.feature_cache_dir else out_dir / "feature_cache"
+    real = training_features(networks, network_variables, train_split, classes, cache_dir=cache_dir,
+                             dataset_key=_dataset_key(config.dataset), batch_size=batch_size, mesh=mesh,
+                             ppa_compat=ppa_compat)
+  timings["training_features_seconds"] = time.monotonic() - t0
+
+  t0 = time.monotonic()
+  nearest = {}
+  for name, key in (("facenet", "delta_face"), ("evaluation", "delta_eval")):
+    if name in real:
+      result = nearest_training_distances(fake[name], selected_targets, real[name][0], real[name][1])
+      values[key] = result["mean"]
+      nearest[name] = result["nearest"]
+      for c, v in result["per_class"].items():
+        per_class.setdefault(c, {})[key] = v
+  if "fid" in real:
+    real_fid, real_labels, _ = real["fid"]
+    if len(real_fid) < 2 or len(fake["fid"]) < 2:
+      unavailable["fid"] = "FID needs at least 2 selected and 2 training images"
+    else:
+      values["fid"] = metrics.fid_from_features(real_fid, fake["fid"])
+    k = int(config.fid.prdc_k)
+    prdc_classes = {}
+    for c in classes:
+      real_c, fake_c = real_fid[real_labels == c], fake["fid"][selected_targets == c]
+      if min(len(real_c), len(fake_c)) > k:
+        prdc_classes[int(c)] = metrics.prdc(real_c, fake_c, k=k, ppa_compat=ppa_compat)
+        per_class.setdefault(int(c), {}).update(prdc_classes[int(c)])
+    if prdc_classes:
+      for key in ("precision", "recall", "density", "coverage"):
+        values[key] = float(np.mean([v[key] for v in prdc_classes.values()]))
+      details["prdc_classes"] = len(prdc_classes)
+    else:
+      for key in ("precision", "recall", "density", "coverage"):
+        unavailable[key] = f"no attacked class has more than k={k} selected and training images"
+  timings["feature_metrics_seconds"] = time.monotonic() - t0
+
+  # 3. Target utility on its test split.
+  t0 = time.monotonic()
+  from jaxmia import train  # pylint: disable=import-outside-toplevel  (see the CLI flags below)
+  target, target_variables, _ = _load_weights(config.target or run.config["target"], "Target model", "target")
+  state = train.TrainState(step=0, apply_fn=target.apply, params=target_variables["params"],
+                           batch_stats=target_variables.get("batch_stats", {}), tx=None, opt_state=None)
+  size = int(config.target_image_size) or int(run.config["attack"]["resize"])
+  eval_step = train.make_eval_step(ml_collections.ConfigDict({"image_size": size}), mesh)
+  utility = train.evaluate(eval_step, parallel.replicate(state, mesh), test_split, batch_size, mesh, "test")
+  values["test_accuracy"], values["ece"] = utility["test_accuracy"], utility["test_ece"]
+  details["test_top5_accuracy"] = utility["test_top5_accuracy"]
+  timings["target_utility_seconds"] = time.monotonic() - t0
+
+  # 4. Knowledge extraction.
+  t0 = time.monotonic()
+  ke = config.knowledge_extraction
+  if not ke.enabled:
+    unavailable.update(xi_train="knowledge extraction disabled (config.knowledge_extraction.enabled)",
+                       xi_test="knowledge extraction disabled (config.knowledge_extraction.enabled)")
+  else:
+    size, clamp = int(ke.image_size), not ppa_compat
+
+    def render(variables, w):
+      images = optimize.synthesize(generator, variables, w).astype(jnp.float32)
+      return image_ops.resize(image_ops.center_crop(jnp.clip(images, -1, 1) if clamp else images, crop), size)
+
+    score = knowledge_extraction.knowledge_extraction_score(
+        run.selected_w, selected_targets, render=render, render_variables=generator_variables,
+        train_split=class_subset(train_split, classes)[0], test_split=class_subset(test_split, classes)[0],
+        config=ke, mesh=mesh)
+    values["xi_train"], values["xi_test"] = score["xi_train"], score["xi_test"]
+  timings["knowledge_extraction_seconds"] = time.monotonic() - t0
+
+  # 5. Outputs.
+  out_dir.mkdir(parents=True, exist_ok=True)
+  files = {}
+  grid_caption = ""
+  space = next((n for n in ("facenet", "evaluation") if n in nearest), None)
+  if space and int(config.grid.num_classes) > 0 and int(config.grid.samples_per_class) > 0:
+    shown = classes[:int(config.grid.num_classes)]
+    per = int(config.grid.samples_per_class)
+    counts = [min(per, int(np.sum(selected_targets == c))) for c in shown]
+    per = min(counts)
+    rows = np.concatenate([np.flatnonzero(selected_targets == c)[:per] for c in shown])
+    size = int(config.grid.image_size)
+
+    def render_grid(w, gv):
+      images = optimize.synthesize(generator, gv, w).astype(jnp.float32)
+      return image_ops.resize(image_ops.center_crop(jnp.clip(images, -1, 1), crop), size)
+
+    fn = _jit(render_grid, mesh, 1, 1)
+    gv = parallel.replicate(generator_variables, mesh)
+    fakes = np.concatenate([out[:n] for n, out in map_batches(
+        fn, ((w,) for w, _ in _latent_batches(run.selected_w[rows], selected_targets[rows], batch_size)),
+        batch_size, mesh, gv)])
+    positions = real[space][2][nearest[space][rows]]
+    reals = np.stack([train_split.source[int(p)]["image"] for p in positions])
+    reals = image_ops.resize(augment.normalize(augment.to_unit_range(reals)), size)
+    grid = nearest_neighbour_grid(_to_uint8(fakes), _to_uint8(reals), rows=len(shown))
+    if jax.process_index() == 0:
+      _atomic_write(out_dir / "nearest_neighbours.png", lambda f: grid.save(f, format="PNG"))
+    files["grid"] = "nearest_neighbours.png"
+    grid_caption = (f"Classes {', '.join(str(int(c)) for c in shown)} (one block each, top to bottom): "
+                    f"{per} selected samples above the training image of the same class nearest to each in "
+                    f"{'FaceNet' if space == 'facenet' else 'evaluation-model'} feature space.")
+
+  names = train_split.class_names
+  csv_rows = []
+  for c in classes:
+    row = {"class": int(c), "class_name": names[c] if c < len(names) else "",
+           "num_selected": int(np.sum(selected_targets == c)), "num_optimized": int(np.sum(run.targets == c))}
+    row["num_training_images"] = int(np.sum(train_split.labels == c))
+    for key in ("acc_top1", "acc_top5", "mean_target_confidence", "acc_top1_all_optimized",
+                "acc_top5_all_optimized", "mean_target_confidence_all_optimized", "delta_face", "delta_eval",
+                "precision", "recall", "density", "coverage"):
+      value = per_class.get(int(c), {}).get(key)
+      row[key] = "" if value is None else f"{float(value):.6g}"
+    csv_rows.append(row)
+  if jax.process_index() == 0:
+    _write_csv(out_dir / "per_class.csv", csv_rows)
+  files["per_class"] = "per_class.csv"
+
+  timings["total_seconds"] = time.monotonic() - t_start
+  metrics_out = {}
+  for key in report.COLUMN_KEYS:
+    metrics_out[key] = _finite_or_none(values.get(key))
+    if metrics_out[key] is None:
+      unavailable.setdefault(key, "not finite" if key in values else "not computed")
+  result = {
+      "name": run.run_dir.resolve().name,
+      "run_dir": str(run.run_dir),
+      "metrics": metrics_out,
+      "unavailable": {k: v for k, v in unavailable.items() if metrics_out.get(k) is None},
+      "details": details,
+      "settings": {
+          "ppa_compat": ppa_compat, "clamp_generated_images": not ppa_compat, "center_crop": crop,
+          "evaluation_model": config.evaluation_model.weights, "facenet": config.facenet.weights,
+          "fid_network": config.fid.weights, "prdc_k": int(config.fid.prdc_k),
+          "dataset": config.dataset.name,
+          "generator": config.generator or run.config["generator"], "target": config.target or run.config.get("target"),
+      },
+      "files": files,
+      "grid_caption": grid_caption,
+      "timings": timings,
+      "config": json.loads(config.to_json_best_effort()),
+  }
+  if jax.process_index() == 0:
+    _atomic_write(out_dir / report.REPORT_FILE, lambda f: f.write(json.dumps(result, indent=2).encode()))
+    _atomic_write(out_dir / "report.md", lambda f: f.write(report.run_markdown(result).encode()))
+  logging.info("Evaluation of %s written to %s:\n%s", run.run_dir, out_dir, report.comparison_table([result]))
+  return result
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+# `allow_override`: jaxmia.train, which the knowledge extraction imports, registers a --config flag as well.
+config_flags.DEFINE_config_file("config", None, "Evaluation config (configs/evaluate_*.py[:variant]).",
+                                lock_config=True, allow_override=True)
+flags.DEFINE_string("run_dir", None, "Attack run directory (written by python -m jaxmia.attack).")
+flags.DEFINE_string("out_dir", None, "Where to write the report; default <run_dir>/evaluation.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  parallel.initialize_distributed()
+  config, run_dir, out_dir = flags.FLAGS.config, flags.FLAGS.run_dir, flags.FLAGS.out_dir
+  evaluate_attack(config, run_dir, out_dir)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "run_dir"])
+  app.run(main)

@@ -1,0 +1,197 @@
+"""Knowledge extraction score ξ (Struppek et al., 2022): how much of the target's task a student learns from
+attack results alone.
+
+A student classifier is trained only on the attack's images, rendered from their latents at every step and
+augmented, with the attacked classes as labels (remapped to 0..K-1). Its top-1 accuracy on the target's real
+training and test images of those classes is ξ_train and ξ_test.
+
+Training reuses `jaxmia.train`'s jitted train step (augmentation, BatchNorm updates, data sharding) with
+PyTorch-style SGD: momentum, L2 weight decay added to the gradients, and a cosine learning rate that changes
+once per epoch (PyTorch's `CosineAnnealingLR` stepped per epoch; PPA: 0.1 -> 1e-4 over 75 epochs).
+
+`student_config()` holds the settings (the `knowledge_extraction` section of the evaluation configs).
+"""
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxmia import models, parallel
+from jaxmia.data import augment
+
+# `render(render_variables, latents [B, ...]) -> images [B, S, S, 3]` in [-1, 1], jit-able.
+Render = Callable[[Any, jax.Array], jax.Array]
+
+
+def student_config() -> ml_collections.ConfigDict:
+  """PPA's knowledge-extraction student: ImageNet ResNet-50 at 224x224, SGD 0.1, 75 epochs."""
+  config = ml_collections.ConfigDict()
+  config.arch = "resnet50"                # any jaxmia.models architecture
+  config.builder_kwargs = ml_collections.ConfigDict()  # extra kwargs of the architecture's builder
+  config.init_weights = "converted_weights/resnet50_imagenet"  # weights folder or .pth; '' = random init
+  config.dtype = "float32"                # compute dtype: 'float32' or 'bfloat16'
+  config.image_size = 224                 # student input size (render output and real images are resized to it)
+  config.num_epochs = 75                  # passes over the attack images
+  config.batch_size = 32                  # global batch (divisible by the device count)
+  config.eval_batch_size = 64             # global batch for the real train/test images
+  config.learning_rate = 0.1              # SGD learning rate at epoch 0
+  config.final_learning_rate = 1e-4       # cosine floor (PyTorch CosineAnnealingLR eta_min)
+  config.momentum = 0.9                   # SGD momentum (PyTorch semantics, no dampening)
+  config.weight_decay = 1e-4              # L2 term added to the gradients
+  config.crop_scale = (0.8, 1.0)          # random resized crop: area fraction
+  config.crop_ratio = (1.0, 1.0)          # random resized crop: aspect ratio
+  config.flip = True                      # random horizontal flip
+  config.seed = 0                         # student init, data order and augmentation
+  return config
+
+
+def remap_labels(targets) -> tuple[np.ndarray, np.ndarray]:
+  """Targets (any class ids) -> (labels in 0..K-1 `[N]`, sorted class ids `[K]`), `labels = searchsorted(classes)`."""
+  classes, labels = np.unique(np.asarray(targets), return_inverse=True)
+  return labels.astype(np.int32).reshape(-1), classes.astype(np.int32)
+
+
+def epoch_cosine_schedule(learning_rate: float, final_learning_rate: float, num_epochs: int,
+                          steps_per_epoch: int) -> optax.Schedule:
+  """`final + (lr - final) * (1 + cos(pi * epoch / num_epochs)) / 2` with `epoch = step // steps_per_epoch`."""
+  def schedule(step):
+    epoch = (step // steps_per_epoch).astype(jnp.float32)
+    return final_learning_rate + (learning_rate - final_learning_rate) * 0.5 * (
+        1.0 + jnp.cos(jnp.pi * epoch / num_epochs))
+  return schedule
+
+
+def student_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
+  """PyTorch `SGD(lr, momentum, weight_decay)`: the decay is added to the gradient before the momentum."""
+  schedule = epoch_cosine_schedule(config.learning_rate, config.final_learning_rate, config.num_epochs,
+                                   steps_per_epoch)
+  return optax.chain(optax.add_decayed_weights(config.weight_decay),
+                     optax.sgd(schedule, momentum=config.momentum or None))
+
+
+def _train_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The student settings in `jaxmia.train`'s config layout (what its train and eval steps read)."""
+  return ml_collections.ConfigDict({
+      "image_size": config.image_size,
+      "init_weights": config.init_weights,
+      "model": {"arch": config.arch, "builder_kwargs": config.builder_kwargs.to_dict(), "aux_loss_weight": 0.0,
+                "dtype": config.dtype},
+      "defense": {"name": "none"},
+      "augment": {"size": config.image_size, "crop_scale": tuple(config.crop_scale),
+                  "crop_ratio": tuple(config.crop_ratio), "brightness": 0.0, "contrast": 0.0, "saturation": 0.0,
+                  "hue": 0.0, "flip": bool(config.flip)},
+  })
+
+
+def create_student(config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: int):
+  """A fresh student `TrainState` (host arrays): random head, backbone from `init_weights` if given."""
+  from jaxmia import train  # jaxmia.train imports jaxmia.metrics: import it when a student is built
+  train_config = _train_config(config)
+  module = models.create_classifier(config.arch, num_classes, dtype=jnp.dtype(config.dtype),
+                                    **config.builder_kwargs.to_dict())
+  init = jax.jit(lambda key: module.init({"params": key}, jnp.zeros((1, config.image_size, config.image_size, 3))))
+  # An 'rbg' key: XLA's RngBitGenerator compiles several times faster than threefry for a whole network.
+  variables = jax.device_get(init(jax.random.key(config.seed, impl="rbg")))
+  variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
+  if config.init_weights:
+    variables = train.merge_pretrained(variables, train.pretrained_variables(train_config))
+  return train.TrainState.create(apply_fn=module.apply, params=variables["params"],
+                                 batch_stats=variables.get("batch_stats", {}),
+                                 tx=student_optimizer(config, steps_per_epoch))
+
+
+def train_student(latents, labels, *, render: Render, render_variables, num_classes: int,
+                  config: ml_collections.ConfigDict, mesh=None, progress=None):
+  """Trains a student on rendered latents; returns its `TrainState` (replicated over the mesh).
+
+  Args:
+    latents: `[N, ...]` host array, one latent per training image.
+    labels: int `[N]` in `[0, num_classes)`.
+    render: `render(render_variables, latents [B, ...])` -> `[B, S, S, 3]` in [-1, 1] (e.g. StyleGAN2
+      synthesis, centre crop, resize to `config.image_size`); jitted here, clamped to [-1, 1] afterwards.
+    config: `student_config()` settings.
+    progress: optional `progress(step)` callback.
+
+  Each epoch visits the latents in a fresh order (`default_rng([seed, epoch])`); the last batch of an epoch is
+  filled up from the start of the same order, so every step has the full batch and compiles once.
+  """
+  from jaxmia import train  # see create_student
+  latents, labels = np.asarray(latents), np.asarray(labels, np.int32)
+  if len(latents) != len(labels) or not len(latents):
+    raise ValueError(f"train_student needs one label per latent and at least one latent; got {len(latents)} "
+                     f"latents and {len(labels)} labels.")
+  if labels.min() < 0 or labels.max() >= num_classes:
+    raise ValueError(f"labels must lie in [0, {num_classes}); remap class ids with remap_labels().")
+  mesh = mesh or parallel.make_mesh()
+  batch_size = int(config.batch_size)
+  parallel.check_batch_size(batch_size, mesh, "knowledge_extraction.batch_size")
+  steps_per_epoch = math.ceil(len(latents) / batch_size)
+  state = parallel.replicate(create_student(config, num_classes, steps_per_epoch), mesh)
+  train_step = train.jit_train_step(train.make_train_step(_train_config(config), num_classes), mesh)
+  repl, sharded = parallel.replicated(mesh), parallel.data_sharding(mesh)
+
+  def to_unit_images(variables, w):
+    return jnp.clip(augment.denormalize(render(variables, w).astype(jnp.float32)), 0.0, 1.0)
+
+  render_batch = jax.jit(to_unit_images, in_shardings=(repl, sharded), out_shardings=sharded)
+  render_variables = parallel.replicate(render_variables, mesh)
+  key = jax.device_put(jax.random.key(config.seed), repl)
+  alpha = jax.device_put(jnp.float32(0.0), repl)
+  rows = parallel.process_slice(batch_size)
+  step = 0
+  for epoch in range(int(config.num_epochs)):
+    order = np.resize(np.random.default_rng([config.seed, epoch]).permutation(len(latents)),
+                      steps_per_epoch * batch_size)
+    for batch in order.reshape(steps_per_epoch, batch_size):
+      local = batch[rows]
+      w, y = parallel.shard_batch((latents[local], labels[local]), mesh)
+      state, _ = train_step(state, {"image": render_batch(render_variables, w), "label": y}, key, alpha)
+      step += 1
+      if progress:
+        progress(step)
+  return state
+
+
+def make_student_eval_step(image_size: int, mesh):
+  """`jaxmia.train`'s jitted eval step for a student taking `image_size` inputs (build once, reuse)."""
+  from jaxmia import train  # see create_student
+  return train.make_eval_step(ml_collections.ConfigDict({"image_size": image_size}), mesh)
+
+
+def student_accuracy(state, split, classes, *, eval_step, batch_size: int, mesh) -> float:
+  """Top-1 accuracy of the student on `split` (a `jaxmia.data.Split` holding only images of `classes`).
+
+  The split's labels are original class ids; the student predicts positions in the sorted `classes`.
+  `eval_step` from `make_student_eval_step`.
+  """
+  from jaxmia import train  # see create_student
+  classes = np.asarray(classes)
+  if split.num_examples == 0:
+    raise ValueError("student_accuracy got an empty split; the attacked classes have no real images there.")
+  logits, labels = train.predict(eval_step, state, split, batch_size, mesh)
+  positions = np.searchsorted(classes, labels)
+  if np.any(positions >= len(classes)) or np.any(classes[np.minimum(positions, len(classes) - 1)] != labels):
+    raise ValueError("The split holds images of classes the student was not trained on; restrict it to "
+                     "the attacked classes first.")
+  return float(np.mean(np.argmax(logits, axis=-1) == positions))
+
+
+def knowledge_extraction_score(latents, targets, *, render: Render, render_variables, train_split, test_split,
+                               config: ml_collections.ConfigDict, mesh=None, progress=None) -> dict:
+  """`{'xi_train', 'xi_test', 'num_classes'}`: student trained on rendered `latents`, tested on real images.
+
+  `targets` `[N]`: the class id of each latent (any ids; remapped to 0..K-1). `train_split` / `test_split`:
+  the target's real splits restricted to those K classes (labels are the original ids).
+  """
+  labels, classes = remap_labels(targets)
+  mesh = mesh or parallel.make_mesh()
+  state = train_student(latents, labels, render=render, render_variables=render_variables,
+                        num_classes=len(classes), config=config, mesh=mesh, progress=progress)
+  eval_step = make_student_eval_step(config.image_size, mesh)
+  accuracy = lambda split: student_accuracy(state, split, classes, eval_step=eval_step,
+                                            batch_size=config.eval_batch_size, mesh=mesh)
+  return {"xi_train": accuracy(train_split), "xi_test": accuracy(test_split), "num_classes": len(classes)}

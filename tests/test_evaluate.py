@@ -1,0 +1,249 @@
+"""Attack evaluation: the full report on a tiny attack run (real StyleGAN2 generator and classifiers at a tiny
+size, random weights, the embedded digits), checked against direct computations; nearest-training-image
+distances against brute force; the knowledge-extraction student on a separable problem."""
+import csv
+import importlib
+import json
+import math
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+from jaxmia import convert, data, evaluate, models, parallel, report
+from jaxmia.attack import optimize
+from jaxmia.data import augment, image_ops, pipeline
+from jaxmia.metrics import knowledge_extraction
+from jaxmia.models.stylegan2 import Generator
+
+sys.path.insert(0, str(REPO))  # configs/*.py import each other as `configs.<name>`
+
+GENERATOR_KWARGS = dict(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3,
+                        mapping_kwargs={"num_layers": 1}, synthesis_kwargs={"channel_base": 64, "channel_max": 8})
+SIZE = 16                                    # input size of the tiny networks
+EVAL_SIZE = 32                               # the tiny DenseNet's input (16 pixels would pool to nothing)
+CLASSES = np.array([3, 7, 1])                # attacked classes, deliberately unsorted
+PER_CLASS, SELECTED_PER_CLASS = 7, 5
+
+
+def _random_variables(module, seed, size):
+  """Random variables without compiling an init: kernels N(0, 1 / fan_in), BatchNorm at identity."""
+  shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name == "kernel":
+      return (rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))).astype(np.float32)
+    return np.ones(leaf.shape, np.float32) if name in ("scale", "var") else np.zeros(leaf.shape, np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def _save_classifier(path, seed, size=SIZE, **module_kwargs):
+  module = models.create_classifier(**module_kwargs)
+  convert.save_converted(path, _random_variables(module, seed, size), kind="classifier", module_kwargs=module_kwargs)
+
+
+@pytest.fixture(scope="module")
+def attack_run(tmp_path_factory):
+  """A finished-looking attack run: tiny weights folders, latents.npz and summary.json in the attack's format."""
+  root = tmp_path_factory.mktemp("attack")
+  generator = Generator(**GENERATOR_KWARGS)
+  gv = jax.jit(generator.init)(jax.random.key(0, impl="rbg"), jnp.zeros((1, 8)), None)
+  convert.save_converted(root / "generator", gv, kind="stylegan2_generator", module_kwargs=GENERATOR_KWARGS)
+  _save_classifier(root / "target", 1, arch="resnet18", num_classes=10, base_channels=4)
+  # The evaluation model has another architecture than the target, as in the digits config.
+  _save_classifier(root / "evaluation", 2, EVAL_SIZE, arch="densenet121", num_classes=10, growth_rate=4,
+                   block_config=(1, 1, 1, 1), num_init_features=8, bn_size=2)
+  _save_classifier(root / "features", 3, arch="resnet18", num_classes=None, base_channels=4)
+
+  targets = np.repeat(CLASSES, PER_CLASS).astype(np.int32)
+  z = jax.random.normal(jax.random.key(4), (len(targets), 8))
+  w = np.asarray(jax.jit(lambda v, z: generator.apply(v, z, None, truncation_psi=0.7, method="mapping"))(gv, z))[:, :1]
+  scores = np.asarray(jax.random.uniform(jax.random.key(5), (len(targets),)))
+  selected = np.concatenate([np.flatnonzero(targets == c)[::-1][:SELECTED_PER_CLASS] for c in CLASSES])
+  np.savez(root / "latents.npz", targets=targets, initial_w=w, initial_indices=np.arange(len(targets)),
+           initial_scores=scores, optimized_w=w, final_scores=scores, selected_indices=selected,
+           selected_w=w[selected], selected_targets=targets[selected], selected_scores=scores[selected])
+  attack_config = importlib.import_module("configs.attack_facescrub_ffhq").get_config("smoke")
+  attack_config.generator, attack_config.target = str(root / "generator"), str(root / "target")
+  attack_config.attack.resize = SIZE
+  (root / "summary.json").write_text(json.dumps({"config": json.loads(attack_config.to_json_best_effort())}))
+  return root
+
+
+def evaluation_config(root, **overrides):
+  config = importlib.import_module("configs.evaluate_digits").get_config("smoke")
+  config.dataset.samples_per_class = 16
+  config.evaluation_model.weights, config.evaluation_model.image_size = str(root / "evaluation"), EVAL_SIZE
+  config.fid.weights, config.fid.image_size = str(root / "features"), SIZE
+  config.feature_cache_dir = str(root / "cache")
+  config.knowledge_extraction.image_size = SIZE
+  config.grid.image_size = SIZE
+  config.grid.samples_per_class = 4
+  for key, value in overrides.items():
+    node, (*parents, leaf) = config, key.split(".")
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def evaluated(attack_run):
+  config = evaluation_config(attack_run)
+  return config, evaluate.evaluate_attack(config, attack_run)
+
+
+IN_UNIT_RANGE = ("test_accuracy", "ece", "acc_top1", "acc_top5", "xi_train", "xi_test", "precision", "recall",
+                 "coverage")
+
+
+def test_report_has_every_column_finite_and_in_range_or_na_with_reason(attack_run, evaluated):
+  _, result = evaluated
+  written = json.loads((attack_run / "evaluation" / "report.json").read_text())
+  assert written["metrics"] == result["metrics"]
+  assert set(written["metrics"]) == set(report.COLUMN_KEYS)
+  # The digits config has no FaceNet: δ_face, and only δ_face, is n/a, with the reason.
+  assert written["metrics"]["delta_face"] is None
+  assert set(written["unavailable"]) == {"delta_face"} and "facenet" in written["unavailable"]["delta_face"]
+  for key, value in written["metrics"].items():
+    if key != "delta_face":
+      assert value is not None and math.isfinite(value), (key, written["unavailable"].get(key))
+      assert (0.0 <= value <= 1.0) if key in IN_UNIT_RANGE else value >= 0.0, (key, value)
+  assert written["details"]["num_selected"] == SELECTED_PER_CLASS * len(CLASSES)
+
+  markdown = (attack_run / "evaluation" / "report.md").read_text()
+  assert all(c.header in markdown for c in report.COLUMNS) and "nearest_neighbours.png" in markdown
+  assert "| n/a |" in markdown and "no facenet network configured" in markdown
+  with open(attack_run / "evaluation" / "per_class.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [int(r["class"]) for r in rows] == sorted(CLASSES)
+  assert all(int(r["num_selected"]) == SELECTED_PER_CLASS and int(r["num_training_images"]) == 16 for r in rows)
+  # The run's δ_eval is the mean of the per-class means (equal class sizes).
+  np.testing.assert_allclose(np.mean([float(r["delta_eval"]) for r in rows]), result["metrics"]["delta_eval"],
+                             rtol=1e-5)
+  grid = Image.open(attack_run / "evaluation" / "nearest_neighbours.png")
+  assert grid.size == (4 * SIZE, len(CLASSES) * (2 * SIZE + 4) - 4)
+
+
+def test_accuracy_and_eval_distance_match_direct_computation(attack_run, evaluated):
+  """Acc@1, confidence and δ_eval recomputed without the evaluation pipeline (no batching, no cache)."""
+  config, result = evaluated
+  run = evaluate.load_attack_run(attack_run)
+  generator, gv = convert.load_converted(attack_run / "generator")
+  model, variables = convert.load_converted(attack_run / "evaluation")
+  images = optimize.synthesize(generator, gv, run.selected_w)
+  crop = optimize.resolve_center_crop(0, GENERATOR_KWARGS["img_resolution"])
+  images = image_ops.resize(image_ops.center_crop(jnp.clip(images, -1, 1), crop), EVAL_SIZE)
+  apply = jax.jit(lambda v, x: model.apply(v, x, return_features=True))
+  logits, fake_features = apply(variables, images)
+  targets = run.selected_targets
+  np.testing.assert_allclose(result["metrics"]["acc_top1"], np.mean(np.argmax(logits, -1) == targets))
+  confidence = np.take_along_axis(np.asarray(jax.nn.softmax(logits)), targets[:, None], 1)
+  np.testing.assert_allclose(result["details"]["mean_target_confidence"], confidence.mean(), rtol=1e-5)
+
+  split = data.load_split(config.dataset, "train")
+  real_images, labels = data.load_arrays(split)
+  _, real_features = apply(variables, augment.normalize(augment.to_unit_range(real_images)))
+  fake_features, real_features = np.asarray(fake_features, np.float64), np.asarray(real_features, np.float64)
+  nearest = [min(np.sum((real_features[labels == t] - f) ** 2, axis=1)) for f, t in zip(fake_features, targets)]
+  np.testing.assert_allclose(result["metrics"]["delta_eval"], np.mean(nearest), rtol=1e-4)
+
+
+def test_training_features_are_cached_per_network_and_class(attack_run, evaluated, monkeypatch):
+  config, _ = evaluated
+  folders = sorted(p.relative_to(attack_run / "cache").parts[0].split("-")[0]
+                   for p in (attack_run / "cache").glob("*/*/class_*.npz"))
+  assert folders == ["evaluation"] * 3 + ["fid"] * 3
+  evaluation, variables = evaluate.load_network("evaluation", config.evaluation_model, "evaluation_model")
+  split = data.load_split(config.dataset, "train")
+  kwargs = dict(cache_dir=attack_run / "cache", dataset_key=evaluate._dataset_key(config.dataset),
+                batch_size=16, mesh=parallel.make_mesh(), ppa_compat=False)
+  monkeypatch.setattr(evaluate, "real_features_fn", None)   # nothing may be recomputed
+  features, labels, positions = evaluate.training_features((evaluation,), {"evaluation": variables}, split,
+                                                           [7, 1], **kwargs)["evaluation"]
+  np.testing.assert_array_equal(labels, np.repeat([7, 1], 16))
+  np.testing.assert_array_equal(split.labels[positions], labels)
+  # The cached features are the network's features of exactly those training images.
+  images = np.stack([split.source[int(p)]["image"] for p in positions])
+  expected = jax.jit(lambda v, x: evaluation.module.apply(v, x, return_features=True)[1])(
+      variables, image_ops.resize(augment.normalize(augment.to_unit_range(images)), EVAL_SIZE))
+  np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5)
+  with pytest.raises(FileNotFoundError, match="latents.npz"):
+    evaluate.load_attack_run(attack_run / "cache")
+
+
+def test_nearest_training_distances_match_brute_force():
+  rng = np.random.default_rng(0)
+  real = rng.normal(size=(40, 6)).astype(np.float32) + 5.0
+  real_labels = rng.choice([2, 9, 4], size=40)
+  fake = rng.normal(size=(13, 6)).astype(np.float32) + 5.0
+  fake_labels = rng.choice([9, 2, 4], size=13)
+  result = evaluate.nearest_training_distances(fake, fake_labels, real, real_labels)
+  fake64, real64 = fake.astype(np.float64), real.astype(np.float64)
+  brute = np.array([np.min(np.where(real_labels == t, np.sum((real64 - f) ** 2, axis=1), np.inf))
+                    for f, t in zip(fake64, fake_labels)])
+  np.testing.assert_allclose(result["distances"], brute, rtol=1e-4)
+  assert np.all(real_labels[result["nearest"]] == fake_labels)
+  for c in (2, 4, 9):
+    np.testing.assert_allclose(result["per_class"][c], brute[fake_labels == c].mean(), rtol=1e-4)
+  np.testing.assert_allclose(result["mean"], brute.mean(), rtol=1e-4)
+  with pytest.raises(ValueError, match="No training images"):
+    evaluate.nearest_training_distances(fake, np.full(13, 5), real, real_labels)
+
+
+# ------------------------------------------------------------------------------------------------ knowledge extraction
+
+COLOURS = np.array([[0.9, -0.8, -0.8], [-0.8, 0.9, -0.8], [-0.8, -0.8, 0.9]], np.float32)
+STUDENT_CLASSES = np.array([2, 5, 7])
+
+
+def _render(texture, w):
+  """Latent `w` `[B, 3]` -> flat image of colour tanh(w) plus a fixed texture, `[B, 16, 16, 3]`."""
+  return jnp.tanh(w)[:, None, None, :] + texture
+
+
+def _real_split(per_class, seed):
+  rng = np.random.default_rng(seed)
+  labels = np.repeat(STUDENT_CLASSES, per_class)
+  colours = COLOURS[np.searchsorted(STUDENT_CLASSES, labels)]
+  images = np.clip(colours[:, None, None, :] + 0.3 * rng.normal(size=(len(labels), 16, 16, 3)), -1, 1)
+  images = np.round((images + 1) * 127.5).astype(np.uint8)
+  records = [{"image": image, "label": int(label)} for image, label in zip(images, labels)]
+  return pipeline.Split(pipeline.IndexedSource(records, np.arange(len(records))), num_classes=10,
+                        num_examples=len(records), class_names=tuple("abcdefghij"), labels=labels.astype(np.int32))
+
+
+def test_student_learns_a_separable_problem():
+  rng = np.random.default_rng(0)
+  targets = np.repeat(STUDENT_CLASSES[[2, 0, 1]], 16)   # class ids, not 0..K-1
+  colours = COLOURS[np.searchsorted(STUDENT_CLASSES, targets)]
+  latents = np.arctanh(0.9 * colours) + 0.3 * rng.normal(size=colours.shape).astype(np.float32)
+  texture = 0.2 * rng.normal(size=(16, 16, 3)).astype(np.float32)
+  config = knowledge_extraction.student_config()
+  config.arch, config.builder_kwargs.base_channels, config.init_weights = "resnet18", 4, ""
+  config.image_size, config.num_epochs, config.batch_size, config.eval_batch_size = 16, 10, 16, 24
+  config.learning_rate = 0.05
+  score = knowledge_extraction.knowledge_extraction_score(
+      latents, targets, render=_render, render_variables=texture, train_split=_real_split(8, 1),
+      test_split=_real_split(8, 2), config=config)
+  # Chance is 1/3; a student that learns the colours gets (nearly) everything right.
+  assert score["num_classes"] == 3
+  assert score["xi_train"] >= 0.9 and score["xi_test"] >= 0.9
+
+
+def test_student_schedule_and_label_remapping():
+  labels, classes = knowledge_extraction.remap_labels(np.array([7, 2, 7, 5]))
+  np.testing.assert_array_equal(classes, [2, 5, 7])
+  np.testing.assert_array_equal(labels, [2, 0, 2, 1])
+  schedule = knowledge_extraction.epoch_cosine_schedule(0.1, 1e-4, num_epochs=4, steps_per_epoch=3)
+  # Constant within an epoch, cosine across epochs (PyTorch CosineAnnealingLR stepped per epoch).
+  expected = [1e-4 + (0.1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)]
+  np.testing.assert_allclose([schedule(jnp.int32(s)) for s in range(12)], np.repeat(expected, 3), rtol=1e-6)
