@@ -39,7 +39,8 @@ def top_per_class(scores, targets, samples_per_target: int) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Settings:
+class Settings:
+  """The stage-3 knobs of the `final_selection` config section, resolved for one generator (hashable)."""
   iterations: int
   crop_scale: tuple[float, float]
   crop_ratio: tuple[float, float]
@@ -49,9 +50,20 @@ class _Settings:
   resize: int
   dtype: str
 
+  @classmethod
+  def from_config(cls, config, resolution: int) -> "Settings":
+    settings = cls(
+        iterations=int(config.iterations), crop_scale=tuple(float(s) for s in config.crop_scale),
+        crop_ratio=tuple(float(r) for r in config.crop_ratio), horizontal_flip=bool(config.horizontal_flip),
+        clamp=bool(config.clamp), center_crop=optimize.resolve_center_crop(int(config.center_crop), resolution),
+        resize=int(config.resize), dtype=str(config.dtype))
+    if settings.iterations < 1:
+      raise ValueError(f"final_selection.iterations must be >= 1, got {settings.iterations}.")
+    return settings
+
 
 def robustness_scores(w, targets, keys, generator_variables, target_variables, *, generator, target_model,
-                      settings: _Settings):
+                      settings: Settings):
   """Mean target-class softmax `[b]` of each latent's image over `iterations` random crops and flips.
 
   `w` `[b, 1 or num_ws, w_dim]`, `targets` int `[b]`, `keys` `[b]`: latent i's augmentation in iteration t
@@ -84,14 +96,7 @@ def select_final_latents(w, targets, keys, *, generator, generator_variables, ta
       crop_ratio, horizontal_flip, clamp, center_crop, resize, batch_size, dtype).
     mesh: a `('data',)` mesh to shard each batch over; `progress(latents_done)` is called per batch.
   """
-  settings = _Settings(
-      iterations=int(config.iterations), crop_scale=tuple(float(s) for s in config.crop_scale),
-      crop_ratio=tuple(float(r) for r in config.crop_ratio), horizontal_flip=bool(config.horizontal_flip),
-      clamp=bool(config.clamp),
-      center_crop=optimize.resolve_center_crop(int(config.center_crop), generator.img_resolution),
-      resize=int(config.resize), dtype=str(config.dtype))
-  if settings.iterations < 1:
-    raise ValueError(f"final_selection.iterations must be >= 1, got {settings.iterations}.")
+  settings = Settings.from_config(config, generator.img_resolution)
   generator = optimize.with_compute_dtype(generator, settings.dtype)
   target_model = optimize.with_compute_dtype(target_model, settings.dtype)
   variables = (generator_variables, target_variables)

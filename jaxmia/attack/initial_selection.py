@@ -43,7 +43,8 @@ def top_candidates_per_class(confidences, targets) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Settings:
+class Settings:
+  """The stage-1 knobs of the `candidates` config section, resolved for one generator (hashable)."""
   truncation_psi: float
   truncation_cutoff: int
   clamp: bool
@@ -52,14 +53,20 @@ class _Settings:
   horizontal_flip: bool
   dtype: str
 
+  @classmethod
+  def from_config(cls, config, resolution: int) -> "Settings":
+    return cls(truncation_psi=float(config.truncation_psi), truncation_cutoff=int(config.truncation_cutoff),
+               clamp=bool(config.clamp), center_crop=optimize.resolve_center_crop(int(config.center_crop), resolution),
+               resize=int(config.resize), horizontal_flip=bool(config.horizontal_flip), dtype=str(config.dtype))
 
-def _mapping(generator, generator_variables, z, settings: _Settings):
+
+def _mapping(generator, generator_variables, z, settings: Settings):
   return generator.apply(generator_variables, z, None, truncation_psi=settings.truncation_psi,
                          truncation_cutoff=settings.truncation_cutoff, method="mapping")
 
 
 def candidate_confidences(z, generator_variables, target_variables, *, generator, target_model,
-                          settings: _Settings):
+                          settings: Settings):
   """Target softmax `[b, C]` of the images of latents `z` `[b, z_dim]`, averaged with their mirror images."""
   ws = _mapping(generator, generator_variables, z, settings)
   images = optimize.synthesize(generator, generator_variables, ws)
@@ -88,11 +95,7 @@ def select_initial_latents(key, targets, *, generator, generator_variables, targ
   if generator.c_dim:
     raise ValueError(f"The generator is conditional (c_dim={generator.c_dim}); the attack needs an unconditional "
                      "StyleGAN2 generator.")
-  settings = _Settings(
-      truncation_psi=float(config.truncation_psi), truncation_cutoff=int(config.truncation_cutoff),
-      clamp=bool(config.clamp), center_crop=optimize.resolve_center_crop(int(config.center_crop),
-                                                                        generator.img_resolution),
-      resize=int(config.resize), horizontal_flip=bool(config.horizontal_flip), dtype=str(config.dtype))
+  settings = Settings.from_config(config, generator.img_resolution)
   generator = optimize.with_compute_dtype(generator, settings.dtype)
   target_model = optimize.with_compute_dtype(target_model, settings.dtype)
   variables = (generator_variables, target_variables)
