@@ -10,7 +10,7 @@ import pytest
 from flax import linen as nn
 
 from jaxmia import attack
-from jaxmia.analysis import geometry, gradients, toy
+from jaxmia.analysis import ablation, geometry, gradients, toy
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -253,3 +253,22 @@ def test_attack_gradient_similarity_closed_form(ramp_attack):
       np.linalg.norm(direction[:-1], axis=-1) * np.linalg.norm(direction[1:], axis=-1))
   np.testing.assert_allclose(similarity, expected.T, atol=1e-4)
   assert np.all(np.abs(expected) < 0.9999)  # the direction really changes between steps
+
+
+# ----------------------------------------------------------------------------------------------- stage ablation
+
+
+def test_stage_combinations_swap_one_stage():
+  combos = ablation.stage_combinations(3, stages=(1, 3))
+  assert combos[:3] == [(0, 0, 0), (1, 1, 1), (2, 2, 2)]
+  assert len(combos) == len(set(combos)) == 3 + 2 * 3 * 2
+  assert (2, 0, 0) in combos and (0, 0, 2) in combos and (0, 2, 0) not in combos
+  for combo in combos[3:]:
+    main, stage, other = ablation.describe(combo)
+    assert stage in (1, 3) and other != main
+    rebuilt = [main] * 3
+    rebuilt[stage - 1] = other
+    assert tuple(rebuilt) == combo
+  assert ablation.describe((1, 1, 1)) == (1, None, None)
+  with pytest.raises(ValueError, match="stages"):
+    ablation.stage_combinations(2, stages=(4,))
