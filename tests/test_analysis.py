@@ -10,7 +10,7 @@ import pytest
 from flax import linen as nn
 
 from jaxmia import attack
-from jaxmia.analysis import ablation, geometry, gradients, toy
+from jaxmia.analysis import ablation, geometry, gradients, sweep, toy
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -272,3 +272,21 @@ def test_stage_combinations_swap_one_stage():
   assert ablation.describe((1, 1, 1)) == (1, None, None)
   with pytest.raises(ValueError, match="stages"):
     ablation.stage_combinations(2, stages=(4,))
+
+
+# ----------------------------------------------------------------------------------------------- sweep (Fig. 2)
+
+
+def test_sweep_advantages_are_differences_to_alpha_zero():
+  records = [
+      {"alpha": 0.0, "samples_per_class": 10, "metrics": {"acc_top1": 0.5, "xi_train": None}},
+      {"alpha": 0.1, "samples_per_class": 10, "metrics": {"acc_top1": 0.75, "xi_train": 0.2}},
+      {"alpha": -0.05, "samples_per_class": 10, "metrics": {"acc_top1": 0.125, "xi_train": 0.1}},
+      {"alpha": 0.0, "samples_per_class": None, "metrics": {"acc_top1": 0.25, "xi_train": 0.3}},
+      {"alpha": 0.1, "samples_per_class": None, "metrics": {"acc_top1": 0.5, "xi_train": 0.5}},
+      {"alpha": 0.1, "samples_per_class": 5, "metrics": {"acc_top1": 0.5, "xi_train": 0.5}},  # no α = 0 at 5
+  ]
+  assert sweep.advantages(records, "acc_top1") == {10: {0.1: 0.25, -0.05: -0.375}, None: {0.1: 0.25}}
+  xi = sweep.advantages(records, "xi_train")
+  assert np.isnan(xi[10][0.1]) and np.isnan(xi[10][-0.05]) and abs(xi[None][0.1] - 0.2) < 1e-12
+  assert sweep.run_name(-0.05, None) == "alpha-0.05_spcall" and sweep.run_name(0.1, 25) == "alpha0.1_spc25"
