@@ -186,17 +186,17 @@ def load_network(name: str, section: ml_collections.ConfigDict, field: str):
 # ------------------------------------------------------------------------------------------------ jitted cores
 
 
-def fake_scores_fn(generator, networks: tuple, *, crop: int, clamp: bool, ppa_compat: bool, num_classes: int):
-  """Jitted `(w [B, ...], targets [B], generator_variables, network_variables) -> dict of [B, ...]`.
+def fake_scores_fn(view, networks: tuple, *, ppa_compat: bool, num_classes: int):
+  """Jitted-to-be `(w [B, ...], targets [B], generator_variables, network_variables) -> dict of [B, ...]`.
 
-  Renders each latent once and feeds every network. For the evaluation model: `top1`, `top5` (bool),
-  `confidence` (softmax at the target), `prediction`, `evaluation` features; other networks: their features.
+  `view(generator_variables, w)` renders the latents (`_Setup.view`); each image is rendered once and resized
+  to every network's input. For the evaluation model: `top1`, `top5` (bool), `confidence` (softmax at the
+  target), `prediction`, and its features under `'evaluation'`; other networks: their features.
   """
   top_k = min(5, num_classes)
 
   def scores(w, targets, generator_variables, network_variables):
-    images = optimize.synthesize(generator, generator_variables, w).astype(jnp.float32)
-    images = image_ops.center_crop(jnp.clip(images, -1.0, 1.0) if clamp else images, crop)
+    images = view(generator_variables, w)
     resized, out = {}, {}
     for net in networks:
       if net.image_size not in resized:
@@ -285,47 +285,47 @@ def training_features(networks, network_variables, split, classes, *, cache_dir:
                       batch_size: int, mesh, ppa_compat: bool) -> dict:
   """`{network name: (features [R, D], labels [R], positions [R])}` of the training images of `classes`.
 
-  Positions index `split`. Features of each (network, class) are read from, or written to,
-  `cache_dir/<network key>/<dataset_key>/class_XXXXX.npz`.
+  Rows are grouped by class in the order of `classes`; positions index `split`. Each (network, class) is
+  read from `cache_dir/<network key>/<dataset_key>/class_XXXXX.npz` when that file matches the split's
+  images of the class, else computed (one pass over the missing classes for all networks) and written there.
   """
   folders = {net.name: cache_dir / net.cache_key(ppa_compat) / dataset_key for net in networks}
-  file = lambda name, c: folders[name] / f"class_{int(c):05d}.npz"
-  counts = {int(c): int(np.sum(split.labels == c)) for c in classes}
+  path = lambda name, c: folders[name] / f"class_{int(c):05d}.npz"
+  per_class = {}   # (network name, class) -> (features, positions)
+  for net in networks:
+    for c in classes:
+      if path(net.name, c).is_file():
+        with np.load(path(net.name, c)) as f:
+          if np.array_equal(f["positions"], np.flatnonzero(split.labels == c)):
+            per_class[net.name, int(c)] = (f["features"], f["positions"])
 
-  def cached(name, c):
-    path = file(name, c)
-    if not path.is_file():
-      return False
-    with np.load(path) as f:
-      return len(f["positions"]) == counts[int(c)]
-
-  todo = {net.name: [c for c in classes if not cached(net.name, c)] for net in networks}
-  missing_classes = sorted(set().union(*todo.values()))
+  todo = {net.name: [int(c) for c in classes if (net.name, int(c)) not in per_class] for net in networks}
   computing = tuple(net for net in networks if todo[net.name])
-  if missing_classes:
-    subset, positions = class_subset(split, missing_classes)
-    logging.info("Computing training-image features of %d classes (%d images) for %s.", len(missing_classes),
-                 len(positions), ", ".join(n.name for n in computing))
+  if computing:
+    missing = sorted(set().union(*todo.values()))
+    subset, positions = class_subset(split, missing)
+    logging.info("Computing training-image features of %d classes (%d images) for %s.", len(missing),
+                 len(positions), ", ".join(net.name for net in computing))
     fn = _jit(real_features_fn(computing, ppa_compat=ppa_compat), mesh, 1, 1)
-    variables = parallel.replicate({n.name: network_variables[n.name] for n in computing}, mesh)
+    variables = parallel.replicate({net.name: network_variables[net.name] for net in computing}, mesh)
     batches = ((b["image"],) for b in data.batches(subset, batch_size, seed=0, epoch=0, shuffle=False,
                                                      drop_remainder=False, process_index=0, process_count=1))
     parts = [jax.tree.map(lambda x: x[:n], out) for n, out in map_batches(fn, batches, batch_size, mesh, variables)]
-    features = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-    if jax.process_index() == 0:
-      for net in computing:
+    for net in computing:
+      features = np.concatenate([part[net.name] for part in parts])
+      if jax.process_index() == 0:
         folders[net.name].mkdir(parents=True, exist_ok=True)
-        for c in todo[net.name]:
-          rows = subset.labels == c
-          _atomic_write(file(net.name, c), lambda f: np.savez(f, features=features[net.name][rows],
-                                                                positions=positions[rows]))
+      for c in todo[net.name]:
+        rows = subset.labels == c
+        per_class[net.name, c] = (features[rows], positions[rows])
+        if jax.process_index() == 0:
+          _atomic_write(path(net.name, c), lambda f: np.savez(f, features=features[rows], positions=positions[rows]))
   result = {}
   for net in networks:
-    per_class = []
-    for c in classes:
-      with np.load(file(net.name, c)) as f:
-        per_class.append((f["features"], np.full(len(f["positions"]), c, np.int32), f["positions"]))
-    result[net.name] = tuple(np.concatenate(parts) for parts in zip(*per_class))
+    parts = [per_class[net.name, int(c)] for c in classes]
+    result[net.name] = (np.concatenate([f for f, _ in parts]),
+                        np.concatenate([np.full(len(p), c, np.int32) for (_, p), c in zip(parts, classes)]),
+                        np.concatenate([p for _, p in parts]))
   return result
 
 
@@ -371,236 +371,260 @@ def _finite_or_none(value):
 
 # ------------------------------------------------------------------------------------------------ evaluation
 
+# Metrics that need each network (n/a with the network's reason when it is not configured).
+_NEEDS = {"evaluation": ("acc_top1", "acc_top5", "delta_eval"), "facenet": ("delta_face",),
+          "fid": ("fid", "precision", "recall", "density", "coverage")}
+_PRDC = ("precision", "recall", "density", "coverage")
+
+
+@dataclasses.dataclass
+class Results:
+  """What the stages produce: report columns, n/a reasons, further numbers and per-class numbers."""
+  values: dict = dataclasses.field(default_factory=dict)
+  unavailable: dict = dataclasses.field(default_factory=dict)
+  details: dict = dataclasses.field(default_factory=dict)
+  per_class: dict = dataclasses.field(default_factory=dict)   # class -> {name: value}
+
+  def add_per_class(self, cls, **values):
+    self.per_class.setdefault(int(cls), {}).update(values)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+  run: AttackRun
+  generator: Any
+  generator_variables: Any     # replicated over the mesh
+  crop: int
+  clamp: bool
+  mesh: Any
+  batch_size: int
+  ppa_compat: bool
+
+  def view(self, generator_variables, w):
+    """Generated images as the attack's target saw them before resizing: synthesis, clamp, centre crop."""
+    images = optimize.synthesize(self.generator, generator_variables, w).astype(jnp.float32)
+    return image_ops.center_crop(jnp.clip(images, -1.0, 1.0) if self.clamp else images, self.crop)
+
+  def render_fn(self, size: int):
+    """`render(generator_variables, w) -> [B, size, size, 3]`: `view`, then an antialiased resize."""
+    return lambda generator_variables, w: image_ops.resize(self.view(generator_variables, w), size)
+
+
+def score_generated_images(setup: _Setup, networks: tuple, network_variables: dict, num_classes: int):
+  """`(per_row, features)`: per-latent evaluation-model results for every optimised latent (`top1`, `top5`,
+  `confidence`, `prediction`, `[N]`) and each network's features of the selected latents (`[M, D]`)."""
+  run = setup.run
+  settings = (setup.crop, setup.clamp, setup.ppa_compat, num_classes,
+              tuple((n.name, n.kind, n.image_size) for n in networks), setup.mesh)
+  scores = optimize.cached_jit(
+      "evaluate_scores", (setup.generator, *(n.module for n in networks)), settings,
+      lambda: _jit(fake_scores_fn(setup.view, networks, ppa_compat=setup.ppa_compat, num_classes=num_classes),
+                   setup.mesh, 2, 2))
+  keep = np.zeros(len(run.targets), bool)
+  keep[run.selected] = True
+  per_row, features, start = {}, {net.name: [] for net in networks}, 0
+  variables = parallel.replicate(network_variables, setup.mesh)
+  for n, out in map_batches(scores, _latent_batches(run.optimized_w, run.targets, setup.batch_size),
+                            setup.batch_size, setup.mesh, setup.generator_variables, variables):
+    for key in ("top1", "top5", "confidence", "prediction"):
+      if key in out:
+        per_row.setdefault(key, []).append(out[key][:n])
+    for name in features:   # only the selected rows leave this loop
+      features[name].append(out[name][:n][keep[start:start + n]])
+    start += n
+  order = np.searchsorted(np.flatnonzero(keep), run.selected)   # kept rows are in index order
+  return ({k: np.concatenate(v) for k, v in per_row.items()},
+          {name: np.concatenate(parts)[order] for name, parts in features.items()})
+
+
+def _attack_accuracy(results: Results, run: AttackRun, per_row: dict) -> None:
+  """Acc@1, Acc@5 and mean target confidence on the selected and on all optimised latents, per class."""
+  groups = {"": run.selected, "_all_optimized": np.arange(len(run.targets))}
+  for suffix, rows in groups.items():
+    for name, key in (("acc_top1", "top1"), ("acc_top5", "top5"), ("mean_target_confidence", "confidence")):
+      value = float(per_row[key][rows].mean())
+      (results.values if name.startswith("acc") and not suffix else results.details)[name + suffix] = value
+      for c in np.unique(run.targets[rows]):
+        results.add_per_class(c, **{name + suffix: float(per_row[key][rows[run.targets[rows] == c]].mean())})
+
+
+def _feature_metrics(results: Results, run: AttackRun, fake: dict, real: dict, *, prdc_k: int,
+                     ppa_compat: bool) -> dict:
+  """δ_face, δ_eval, FID and per-class PRDC; returns `{network: nearest training row of each selected image}`."""
+  targets, nearest = run.selected_targets, {}
+  for name, key in (("facenet", "delta_face"), ("evaluation", "delta_eval")):
+    if name in real:
+      distances = nearest_training_distances(fake[name], targets, real[name][0], real[name][1])
+      results.values[key] = distances["mean"]
+      nearest[name] = distances["nearest"]
+      for c, value in distances["per_class"].items():
+        results.add_per_class(c, **{key: value})
+  if "fid" in real:
+    real_features, real_labels, _ = real["fid"]
+    if min(len(real_features), len(fake["fid"])) < 2:
+      results.unavailable["fid"] = "FID needs at least 2 selected and 2 training images"
+    else:
+      results.values["fid"] = metrics.fid_from_features(real_features, fake["fid"])
+    per_class = {}
+    for c in np.unique(targets):
+      real_c, fake_c = real_features[real_labels == c], fake["fid"][targets == c]
+      if min(len(real_c), len(fake_c)) > prdc_k:
+        per_class[int(c)] = metrics.prdc(real_c, fake_c, k=prdc_k, ppa_compat=ppa_compat)
+        results.add_per_class(c, **per_class[int(c)])
+    for key in _PRDC:
+      if per_class:
+        results.values[key] = float(np.mean([v[key] for v in per_class.values()]))
+      else:
+        results.unavailable[key] = f"no attacked class has more than k={prdc_k} selected and training images"
+    results.details["prdc_classes"] = len(per_class)
+  return nearest
+
+
+def _target_utility(results: Results, setup: _Setup, config, test_split) -> None:
+  """Test accuracy, top-5 accuracy and ECE (10 bins) of the target on its whole test split."""
+  from jaxmia import train  # pylint: disable=import-outside-toplevel  (imports this package's metrics)
+  target, variables, _ = _load_weights(config.target or setup.run.config["target"], "Target model", "target")
+  state = train.TrainState(step=0, apply_fn=target.apply, params=variables["params"],
+                           batch_stats=variables.get("batch_stats", {}), tx=None, opt_state=None)
+  size = int(config.target_image_size) or int(setup.run.config["attack"]["resize"])
+  eval_step = train.make_eval_step(ml_collections.ConfigDict({"image_size": size}), setup.mesh)
+  utility = train.evaluate(eval_step, parallel.replicate(state, setup.mesh), test_split, setup.batch_size,
+                           setup.mesh, "test")
+  results.values["test_accuracy"], results.values["ece"] = utility["test_accuracy"], utility["test_ece"]
+  results.details["test_top5_accuracy"] = utility["test_top5_accuracy"]
+
+
+def _write_grid(path: pathlib.Path, setup: _Setup, config, classes, split, real, nearest) -> str:
+  """Writes the nearest-neighbour grid (FaceNet space if there is one, else the evaluation model's); returns
+  its caption."""
+  run, space = setup.run, ("facenet" if "facenet" in nearest else "evaluation")
+  shown = classes[:int(config.num_classes)]
+  per = min([int(config.samples_per_class)] + [int(np.sum(run.selected_targets == c)) for c in shown])
+  rows = np.concatenate([np.flatnonzero(run.selected_targets == c)[:per] for c in shown])
+  size = int(config.image_size)
+  render_images = setup.render_fn(size)
+  render = optimize.cached_jit("evaluate_grid", (setup.generator,), (setup.crop, setup.clamp, size, setup.mesh),
+                               lambda: _jit(lambda w, gv: render_images(gv, w), setup.mesh, 1, 1))
+  batches = ((w,) for w, _ in _latent_batches(run.selected_w[rows], run.selected_targets[rows], setup.batch_size))
+  fakes = np.concatenate([out[:n] for n, out in map_batches(render, batches, setup.batch_size, setup.mesh,
+                                                            setup.generator_variables)])
+  positions = real[space][2][nearest[space][rows]]
+  reals = np.stack([split.source[int(p)]["image"] for p in positions])
+  reals = image_ops.resize(augment.normalize(augment.to_unit_range(reals)), size)
+  grid = nearest_neighbour_grid(_to_uint8(fakes), _to_uint8(reals), rows=len(shown))
+  if jax.process_index() == 0:
+    _atomic_write(path, lambda f: grid.save(f, format="PNG"))
+  return (f"Classes {', '.join(str(int(c)) for c in shown)} (one block each, top to bottom): {per} selected "
+          f"samples above the training image of the same class nearest to each in "
+          f"{'FaceNet' if space == 'facenet' else 'evaluation-model'} feature space.")
+
+
+def _per_class_rows(results: Results, run: AttackRun, split, classes) -> list[dict]:
+  keys = ("acc_top1", "acc_top5", "mean_target_confidence", "acc_top1_all_optimized", "acc_top5_all_optimized",
+          "mean_target_confidence_all_optimized", "delta_face", "delta_eval") + _PRDC
+  rows = []
+  for c in classes:
+    row = {"class": int(c), "class_name": split.class_names[c] if c < len(split.class_names) else "",
+           "num_selected": int(np.sum(run.selected_targets == c)), "num_optimized": int(np.sum(run.targets == c)),
+           "num_training_images": int(np.sum(split.labels == c))}
+    values = results.per_class.get(int(c), {})
+    rows.append(row | {key: "" if values.get(key) is None else f"{float(values[key]):.6g}" for key in keys})
+  return rows
+
 
 def evaluate_attack(config: ml_collections.ConfigDict, run_dir, out_dir=None, mesh=None) -> dict:
-  """Evaluates the attack run in `run_dir` (see the module docstring); returns the report dict."""
-  t_start = time.monotonic()
+  """Evaluates the attack run in `run_dir` (see the module docstring); writes and returns the report dict."""
+  t_start, timings = time.monotonic(), {}
   run = load_attack_run(run_dir)
   out_dir = pathlib.Path(out_dir) if out_dir else run.run_dir / OUTPUT_DIR
   mesh = mesh or parallel.make_mesh()
-  batch_size = int(config.batch_size)
-  parallel.check_batch_size(batch_size, mesh, "batch_size")
-  ppa_compat = bool(config.ppa_compat)
-  timings = {}
-  values, unavailable, details, per_class = {}, {}, {}, {}
-
+  parallel.check_batch_size(int(config.batch_size), mesh, "batch_size")
   generator, generator_variables, _ = _load_weights(config.generator or run.config["generator"],
                                                     "StyleGAN2 generator", "generator")
-  crop = optimize.resolve_center_crop(int(run.config["attack"]["center_crop"]), generator.img_resolution)
+  setup = _Setup(run, generator, parallel.replicate(generator_variables, mesh),
+                 crop=optimize.resolve_center_crop(int(run.config["attack"]["center_crop"]), generator.img_resolution),
+                 clamp=not config.ppa_compat, mesh=mesh, batch_size=int(config.batch_size),
+                 ppa_compat=bool(config.ppa_compat))
+  results = Results()
   classes = np.unique(run.selected_targets)
-  selected_targets = run.selected_targets
+  results.details.update(num_classes_attacked=len(classes), num_optimized=len(run.targets),
+                         num_selected=len(run.selected))
 
   networks, network_variables = [], {}
   for name, field in (("evaluation", "evaluation_model"), ("facenet", "facenet"), ("fid", "fid")):
     net, variables = load_network(name, config[field], field)
     if net is None:
-      reason = variables
-      keys = {"evaluation": ("acc_top1", "acc_top5", "delta_eval"), "facenet": ("delta_face",),
-              "fid": ("fid", "precision", "recall", "density", "coverage")}[name]
-      unavailable.update({k: reason for k in keys})
+      results.unavailable.update({key: variables for key in _NEEDS[name]})   # `variables` is the reason
     else:
       networks.append(net)
       network_variables[name] = variables
   networks = tuple(networks)
-  by_name = {net.name: net for net in networks}
-
   train_split = data.load_split(config.dataset, "train")
   test_split = data.load_split(config.dataset, "test")
-  num_classes = _num_classes(by_name["evaluation"], network_variables["evaluation"]) if "evaluation" in by_name else 1
 
-  # 1. Generated images: every optimised latent once, features kept for the selected ones.
-  t0 = time.monotonic()
-  fake = {}
+  def timed(name, fn, *args, **kwargs):
+    t0 = time.monotonic()
+    out = fn(*args, **kwargs)
+    timings[f"{name}_seconds"] = time.monotonic() - t0
+    return out
+
+  nearest, real = {}, {}
   if networks:
-    scores = _jit(fake_scores_fn(generator, networks, crop=crop, clamp=not ppa_compat, ppa_compat=ppa_compat,
-                                 num_classes=num_classes), mesh, 2, 2)
-    gv, nv = parallel.replicate((generator_variables, network_variables), mesh)
-    keep = np.zeros(len(run.targets), bool)
-    keep[run.selected] = True
-    per_row, features = {k: [] for k in ("top1", "top5", "confidence", "prediction")}, {n.name: [] for n in networks}
-    start = 0
-    for n, out in map_batches(scores, _latent_batches(run.optimized_w, run.targets, batch_size), batch_size,
-                              mesh, gv, nv):
-      kept = keep[start:start + n]
-      for key in per_row:
-        if key in out:
-          per_row[key].append(out[key][:n])
-      for name in features:
-        features[name].append(out[name][:n][kept])
-      start += n
-    order = np.searchsorted(np.flatnonzero(keep), run.selected)   # kept rows are in index order
-    fake = {name: np.concatenate(parts)[order] for name, parts in features.items()}
-    per_row = {k: np.concatenate(v) for k, v in per_row.items() if v}
-  timings["generated_images_seconds"] = time.monotonic() - t0
-
-  if "evaluation" in by_name:
-    sel = run.selected
-    values["acc_top1"] = float(per_row["top1"][sel].mean())
-    values["acc_top5"] = float(per_row["top5"][sel].mean())
-    details["mean_target_confidence"] = float(per_row["confidence"][sel].mean())
-    details["acc_top1_all_optimized"] = float(per_row["top1"].mean())
-    details["acc_top5_all_optimized"] = float(per_row["top5"].mean())
-    details["mean_target_confidence_all_optimized"] = float(per_row["confidence"].mean())
-    for c in classes:
-      rows_sel, rows_all = sel[selected_targets == c], np.flatnonzero(run.targets == c)
-      per_class.setdefault(int(c), {}).update(
-          acc_top1=per_row["top1"][rows_sel].mean(), acc_top5=per_row["top5"][rows_sel].mean(),
-          mean_target_confidence=per_row["confidence"][rows_sel].mean(),
-          acc_top1_all_optimized=per_row["top1"][rows_all].mean(),
-          acc_top5_all_optimized=per_row["top5"][rows_all].mean(),
-          mean_target_confidence_all_optimized=per_row["confidence"][rows_all].mean())
-  details["num_classes_attacked"] = len(classes)
-  details["num_optimized"] = len(run.targets)
-  details["num_selected"] = len(run.selected)
-
-  # 2. Training images of the attacked classes: features (cached), distances, FID, PRDC.
-  t0 = time.monotonic()
-  real = {}
-  if networks:
+    num_classes = (_num_classes(networks[0], network_variables["evaluation"]) if networks[0].name == "evaluation"
+                   else 1)
+    per_row, fake = timed("generated_images", score_generated_images, setup, networks, network_variables,
+                          num_classes)
+    if "top1" in per_row:
+      _attack_accuracy(results, run, per_row)
     cache_dir = pathlib.Path(config.feature_cache_dir) if config.feature_cache_dir else out_dir / "feature_cache"
-    real = training_features(networks, network_variables, train_split, classes, cache_dir=cache_dir,
-                             dataset_key=_dataset_key(config.dataset), batch_size=batch_size, mesh=mesh,
-                             ppa_compat=ppa_compat)
-  timings["training_features_seconds"] = time.monotonic() - t0
+    real = timed("training_features", training_features, networks, network_variables, train_split, classes,
+                 cache_dir=cache_dir, dataset_key=_dataset_key(config.dataset), batch_size=setup.batch_size,
+                 mesh=mesh, ppa_compat=setup.ppa_compat)
+    nearest = timed("feature_metrics", _feature_metrics, results, run, fake, real, prdc_k=int(config.fid.prdc_k),
+                    ppa_compat=setup.ppa_compat)
+  timed("target_utility", _target_utility, results, setup, config, test_split)
 
-  t0 = time.monotonic()
-  nearest = {}
-  for name, key in (("facenet", "delta_face"), ("evaluation", "delta_eval")):
-    if name in real:
-      result = nearest_training_distances(fake[name], selected_targets, real[name][0], real[name][1])
-      values[key] = result["mean"]
-      nearest[name] = result["nearest"]
-      for c, v in result["per_class"].items():
-        per_class.setdefault(c, {})[key] = v
-  if "fid" in real:
-    real_fid, real_labels, _ = real["fid"]
-    if len(real_fid) < 2 or len(fake["fid"]) < 2:
-      unavailable["fid"] = "FID needs at least 2 selected and 2 training images"
-    else:
-      values["fid"] = metrics.fid_from_features(real_fid, fake["fid"])
-    k = int(config.fid.prdc_k)
-    prdc_classes = {}
-    for c in classes:
-      real_c, fake_c = real_fid[real_labels == c], fake["fid"][selected_targets == c]
-      if min(len(real_c), len(fake_c)) > k:
-        prdc_classes[int(c)] = metrics.prdc(real_c, fake_c, k=k, ppa_compat=ppa_compat)
-        per_class.setdefault(int(c), {}).update(prdc_classes[int(c)])
-    if prdc_classes:
-      for key in ("precision", "recall", "density", "coverage"):
-        values[key] = float(np.mean([v[key] for v in prdc_classes.values()]))
-      details["prdc_classes"] = len(prdc_classes)
-    else:
-      for key in ("precision", "recall", "density", "coverage"):
-        unavailable[key] = f"no attacked class has more than k={k} selected and training images"
-  timings["feature_metrics_seconds"] = time.monotonic() - t0
-
-  # 3. Target utility on its test split.
-  t0 = time.monotonic()
-  from jaxmia import train  # pylint: disable=import-outside-toplevel  (see the CLI flags below)
-  target, target_variables, _ = _load_weights(config.target or run.config["target"], "Target model", "target")
-  state = train.TrainState(step=0, apply_fn=target.apply, params=target_variables["params"],
-                           batch_stats=target_variables.get("batch_stats", {}), tx=None, opt_state=None)
-  size = int(config.target_image_size) or int(run.config["attack"]["resize"])
-  eval_step = train.make_eval_step(ml_collections.ConfigDict({"image_size": size}), mesh)
-  utility = train.evaluate(eval_step, parallel.replicate(state, mesh), test_split, batch_size, mesh, "test")
-  values["test_accuracy"], values["ece"] = utility["test_accuracy"], utility["test_ece"]
-  details["test_top5_accuracy"] = utility["test_top5_accuracy"]
-  timings["target_utility_seconds"] = time.monotonic() - t0
-
-  # 4. Knowledge extraction.
-  t0 = time.monotonic()
-  ke = config.knowledge_extraction
-  if not ke.enabled:
-    unavailable.update(xi_train="knowledge extraction disabled (config.knowledge_extraction.enabled)",
-                       xi_test="knowledge extraction disabled (config.knowledge_extraction.enabled)")
+  student = config.knowledge_extraction
+  if student.enabled:
+    score = timed("knowledge_extraction", knowledge_extraction.knowledge_extraction_score,
+                  run.selected_w, run.selected_targets, render=setup.render_fn(int(student.image_size)),
+                  render_variables=setup.generator_variables, train_split=class_subset(train_split, classes)[0],
+                  test_split=class_subset(test_split, classes)[0], config=student, mesh=mesh)
+    results.values.update(xi_train=score["xi_train"], xi_test=score["xi_test"])
   else:
-    size, clamp = int(ke.image_size), not ppa_compat
+    results.unavailable.update(dict.fromkeys(("xi_train", "xi_test"), "knowledge extraction disabled "
+                                             "(config.knowledge_extraction.enabled is False)"))
 
-    def render(variables, w):
-      images = optimize.synthesize(generator, variables, w).astype(jnp.float32)
-      return image_ops.resize(image_ops.center_crop(jnp.clip(images, -1, 1) if clamp else images, crop), size)
-
-    score = knowledge_extraction.knowledge_extraction_score(
-        run.selected_w, selected_targets, render=render, render_variables=generator_variables,
-        train_split=class_subset(train_split, classes)[0], test_split=class_subset(test_split, classes)[0],
-        config=ke, mesh=mesh)
-    values["xi_train"], values["xi_test"] = score["xi_train"], score["xi_test"]
-  timings["knowledge_extraction_seconds"] = time.monotonic() - t0
-
-  # 5. Outputs.
   out_dir.mkdir(parents=True, exist_ok=True)
-  files = {}
-  grid_caption = ""
-  space = next((n for n in ("facenet", "evaluation") if n in nearest), None)
-  if space and int(config.grid.num_classes) > 0 and int(config.grid.samples_per_class) > 0:
-    shown = classes[:int(config.grid.num_classes)]
-    per = int(config.grid.samples_per_class)
-    counts = [min(per, int(np.sum(selected_targets == c))) for c in shown]
-    per = min(counts)
-    rows = np.concatenate([np.flatnonzero(selected_targets == c)[:per] for c in shown])
-    size = int(config.grid.image_size)
-
-    def render_grid(w, gv):
-      images = optimize.synthesize(generator, gv, w).astype(jnp.float32)
-      return image_ops.resize(image_ops.center_crop(jnp.clip(images, -1, 1), crop), size)
-
-    fn = _jit(render_grid, mesh, 1, 1)
-    gv = parallel.replicate(generator_variables, mesh)
-    fakes = np.concatenate([out[:n] for n, out in map_batches(
-        fn, ((w,) for w, _ in _latent_batches(run.selected_w[rows], selected_targets[rows], batch_size)),
-        batch_size, mesh, gv)])
-    positions = real[space][2][nearest[space][rows]]
-    reals = np.stack([train_split.source[int(p)]["image"] for p in positions])
-    reals = image_ops.resize(augment.normalize(augment.to_unit_range(reals)), size)
-    grid = nearest_neighbour_grid(_to_uint8(fakes), _to_uint8(reals), rows=len(shown))
-    if jax.process_index() == 0:
-      _atomic_write(out_dir / "nearest_neighbours.png", lambda f: grid.save(f, format="PNG"))
+  files, caption = {"per_class": "per_class.csv"}, ""
+  if nearest and int(config.grid.num_classes) > 0 and int(config.grid.samples_per_class) > 0:
     files["grid"] = "nearest_neighbours.png"
-    grid_caption = (f"Classes {', '.join(str(int(c)) for c in shown)} (one block each, top to bottom): "
-                    f"{per} selected samples above the training image of the same class nearest to each in "
-                    f"{'FaceNet' if space == 'facenet' else 'evaluation-model'} feature space.")
-
-  names = train_split.class_names
-  csv_rows = []
-  for c in classes:
-    row = {"class": int(c), "class_name": names[c] if c < len(names) else "",
-           "num_selected": int(np.sum(selected_targets == c)), "num_optimized": int(np.sum(run.targets == c))}
-    row["num_training_images"] = int(np.sum(train_split.labels == c))
-    for key in ("acc_top1", "acc_top5", "mean_target_confidence", "acc_top1_all_optimized",
-                "acc_top5_all_optimized", "mean_target_confidence_all_optimized", "delta_face", "delta_eval",
-                "precision", "recall", "density", "coverage"):
-      value = per_class.get(int(c), {}).get(key)
-      row[key] = "" if value is None else f"{float(value):.6g}"
-    csv_rows.append(row)
-  if jax.process_index() == 0:
-    _write_csv(out_dir / "per_class.csv", csv_rows)
-  files["per_class"] = "per_class.csv"
-
+    caption = _write_grid(out_dir / files["grid"], setup, config.grid, classes, train_split, real, nearest)
   timings["total_seconds"] = time.monotonic() - t_start
-  metrics_out = {}
-  for key in report.COLUMN_KEYS:
-    metrics_out[key] = _finite_or_none(values.get(key))
-    if metrics_out[key] is None:
-      unavailable.setdefault(key, "not finite" if key in values else "not computed")
+
+  columns = {key: _finite_or_none(results.values.get(key)) for key in report.COLUMN_KEYS}
+  unavailable = {key: results.unavailable.get(key, "not finite" if key in results.values else "not computed")
+                 for key, value in columns.items() if value is None}
   result = {
       "name": run.run_dir.resolve().name,
       "run_dir": str(run.run_dir),
-      "metrics": metrics_out,
-      "unavailable": {k: v for k, v in unavailable.items() if metrics_out.get(k) is None},
-      "details": details,
+      "metrics": columns,
+      "unavailable": unavailable,
+      "details": results.details,
       "settings": {
-          "ppa_compat": ppa_compat, "clamp_generated_images": not ppa_compat, "center_crop": crop,
+          "ppa_compat": setup.ppa_compat, "clamp_generated_images": setup.clamp, "center_crop": setup.crop,
+          "generator": config.generator or run.config["generator"],
+          "target": config.target or run.config["target"], "dataset": config.dataset.name,
           "evaluation_model": config.evaluation_model.weights, "facenet": config.facenet.weights,
           "fid_network": config.fid.weights, "prdc_k": int(config.fid.prdc_k),
-          "dataset": config.dataset.name,
-          "generator": config.generator or run.config["generator"], "target": config.target or run.config.get("target"),
       },
       "files": files,
-      "grid_caption": grid_caption,
+      "grid_caption": caption,
       "timings": timings,
       "config": json.loads(config.to_json_best_effort()),
   }
   if jax.process_index() == 0:
+    _write_csv(out_dir / files["per_class"], _per_class_rows(results, run, train_split, classes))
     _atomic_write(out_dir / report.REPORT_FILE, lambda f: f.write(json.dumps(result, indent=2).encode()))
     _atomic_write(out_dir / "report.md", lambda f: f.write(report.run_markdown(result).encode()))
   logging.info("Evaluation of %s written to %s:\n%s", run.run_dir, out_dir, report.comparison_table([result]))

@@ -59,7 +59,7 @@ def attack_run(tmp_path_factory):
   convert.save_converted(root / "generator", gv, kind="stylegan2_generator", module_kwargs=GENERATOR_KWARGS)
   _save_classifier(root / "target", 1, arch="resnet18", num_classes=10, base_channels=4)
   # The evaluation model has another architecture than the target, as in the digits config.
-  _save_classifier(root / "evaluation", 2, EVAL_SIZE, arch="densenet121", num_classes=10, growth_rate=4,
+  _save_classifier(root / "evaluation_model", 2, EVAL_SIZE, arch="densenet121", num_classes=10, growth_rate=4,
                    block_config=(1, 1, 1, 1), num_init_features=8, bn_size=2)
   _save_classifier(root / "features", 3, arch="resnet18", num_classes=None, base_channels=4)
 
@@ -81,7 +81,7 @@ def attack_run(tmp_path_factory):
 def evaluation_config(root, **overrides):
   config = importlib.import_module("configs.evaluate_digits").get_config("smoke")
   config.dataset.samples_per_class = 16
-  config.evaluation_model.weights, config.evaluation_model.image_size = str(root / "evaluation"), EVAL_SIZE
+  config.evaluation_model.weights, config.evaluation_model.image_size = str(root / "evaluation_model"), EVAL_SIZE
   config.fid.weights, config.fid.image_size = str(root / "features"), SIZE
   config.feature_cache_dir = str(root / "cache")
   config.knowledge_extraction.image_size = SIZE
@@ -138,21 +138,26 @@ def test_accuracy_and_eval_distance_match_direct_computation(attack_run, evaluat
   config, result = evaluated
   run = evaluate.load_attack_run(attack_run)
   generator, gv = convert.load_converted(attack_run / "generator")
-  model, variables = convert.load_converted(attack_run / "evaluation")
-  images = optimize.synthesize(generator, gv, run.selected_w)
+  model, variables = convert.load_converted(attack_run / "evaluation_model")
   crop = optimize.resolve_center_crop(0, GENERATOR_KWARGS["img_resolution"])
-  images = image_ops.resize(image_ops.center_crop(jnp.clip(images, -1, 1), crop), EVAL_SIZE)
-  apply = jax.jit(lambda v, x: model.apply(v, x, return_features=True))
-  logits, fake_features = apply(variables, images)
-  targets = run.selected_targets
+  split = data.load_split(config.dataset, "train")
+  real_images, labels = data.load_arrays(split)
+
+  @jax.jit
+  def direct(gv, variables, w, real_images):
+    fakes = jnp.clip(optimize.synthesize(generator, gv, w), -1, 1)
+    fakes = image_ops.resize(image_ops.center_crop(fakes, crop), EVAL_SIZE)
+    reals = augment.normalize(augment.to_unit_range(real_images))
+    return model.apply(variables, jnp.concatenate([fakes, reals]), return_features=True)
+
+  logits, features = direct(gv, variables, run.selected_w, real_images)
+  num_fakes, targets = len(run.selected), run.selected_targets
+  logits = np.asarray(logits[:num_fakes])
   np.testing.assert_allclose(result["metrics"]["acc_top1"], np.mean(np.argmax(logits, -1) == targets))
   confidence = np.take_along_axis(np.asarray(jax.nn.softmax(logits)), targets[:, None], 1)
   np.testing.assert_allclose(result["details"]["mean_target_confidence"], confidence.mean(), rtol=1e-5)
-
-  split = data.load_split(config.dataset, "train")
-  real_images, labels = data.load_arrays(split)
-  _, real_features = apply(variables, augment.normalize(augment.to_unit_range(real_images)))
-  fake_features, real_features = np.asarray(fake_features, np.float64), np.asarray(real_features, np.float64)
+  features = np.asarray(features, np.float64)
+  fake_features, real_features = features[:num_fakes], features[num_fakes:]
   nearest = [min(np.sum((real_features[labels == t] - f) ** 2, axis=1)) for f, t in zip(fake_features, targets)]
   np.testing.assert_allclose(result["metrics"]["delta_eval"], np.mean(nearest), rtol=1e-4)
 
