@@ -432,6 +432,7 @@ def score_generated_images(setup: _Setup, networks: tuple, network_variables: di
     for name in features:   # only the selected rows leave this loop
       features[name].append(out[name][:n][keep[start:start + n]])
     start += n
+    logging.log_every_n_seconds(logging.INFO, "Scored %d of %d generated images.", 60, start, len(keep))
   order = np.searchsorted(np.flatnonzero(keep), run.selected)   # kept rows are in index order
   return ({k: np.concatenate(v) for k, v in per_row.items()},
           {name: np.concatenate(parts)[order] for name, parts in features.items()})

@@ -117,7 +117,7 @@ def run_markdown(report: dict) -> str:
   lines += [comparison_table([report]).rstrip(), ""]
   details = report.get("details", {})
   if details:
-    lines += ["## Further numbers", "", "| | |", "| --- | ---: |"]
+    lines += ["## Further numbers", "", "Accuracies and confidences as fractions.", "", "| | |", "| --- | ---: |"]
     lines += [f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |"
               for key, value in details.items()]
     lines.append("")

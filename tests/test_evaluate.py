@@ -5,9 +5,9 @@ import csv
 import importlib
 import json
 import math
-import pathlib
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -202,6 +202,27 @@ def test_nearest_training_distances_match_brute_force():
   np.testing.assert_allclose(result["mean"], brute.mean(), rtol=1e-4)
   with pytest.raises(ValueError, match="No training images"):
     evaluate.nearest_training_distances(fake, np.full(13, 5), real, real_labels)
+
+
+class _MeanColour(nn.Module):
+  """FID-network stand-in: its 'pool3 features' are the mean colour of the images it receives."""
+
+  def fid_features(self, images01):
+    return images01.mean(axis=(1, 2))
+
+
+def test_ppa_compat_feeds_the_fid_network_unscaled_images():
+  images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 4, 4, 3)), jnp.float32)
+  net = evaluate.FeatureNetwork("fid", "pytorch_fid", _MeanColour(), 4, "weights-id")
+  # pytorch-fid expects [0, 1]; PPA hands it its [-1, 1] images, which the network maps to [-3, 1].
+  np.testing.assert_allclose(net.outputs({}, images, ppa_compat=False)["features"],
+                             ((images + 1) / 2).mean(axis=(1, 2)), rtol=1e-6)
+  np.testing.assert_allclose(net.outputs({}, images, ppa_compat=True)["features"], images.mean(axis=(1, 2)),
+                             rtol=1e-6)
+  # Cached training features are kept apart when the input scaling differs, and only then.
+  assert net.cache_key(True) != net.cache_key(False)
+  other = evaluate.FeatureNetwork("fid", "features", _MeanColour(), 4, "weights-id")
+  assert other.cache_key(True) == other.cache_key(False) != net.cache_key(False)
 
 
 # ------------------------------------------------------------------------------------------------ knowledge extraction

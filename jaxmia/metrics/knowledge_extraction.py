@@ -17,6 +17,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import logging
 import numpy as np
 import optax
 
@@ -146,13 +147,19 @@ def train_student(latents, labels, *, render: Render, render_variables, num_clas
   for epoch in range(int(config.num_epochs)):
     order = np.resize(np.random.default_rng([config.seed, epoch]).permutation(len(latents)),
                       steps_per_epoch * batch_size)
+    epoch_metrics = []
     for batch in order.reshape(steps_per_epoch, batch_size):
       local = batch[rows]
       w, y = parallel.shard_batch((latents[local], labels[local]), mesh)
-      state, _ = train_step(state, {"image": render_batch(render_variables, w), "label": y}, key, alpha)
+      state, step_metrics = train_step(state, {"image": render_batch(render_variables, w), "label": y}, key, alpha)
+      epoch_metrics.append(step_metrics)
       step += 1
       if progress:
         progress(step)
+    means = {k: float(np.mean(v)) for k, v in jax.tree.map(lambda *x: np.stack(x),
+                                                           *jax.device_get(epoch_metrics)).items()}
+    logging.info("Knowledge-extraction student, epoch %d/%d: loss %.4f, accuracy on attack images %.4f.",
+                 epoch + 1, config.num_epochs, means["loss"], means["accuracy"])
   return state
 
 
