@@ -10,6 +10,7 @@ each resuming from its directory under --outdir. Writes `sweep.json`/`.md` (ever
 differences to α = 0 of the same size) and `sweep.png` (advantage in Acc@1, δ and ξ_train per size, one line
 per α). Override settings with `--train_config.num_epochs=...`, `--attack_config....`, `--eval_config....`.
 """
+import math
 import pathlib
 
 from absl import app, flags
@@ -31,6 +32,10 @@ FLAGS = flags.FLAGS
 # (metric, axis label, scale): Acc@1 and ξ in percentage points.
 PANELS = (("acc_top1", "Δ Acc@1 (pp)", 100.0), ("delta", "Δ δ (feature distance)", 1.0),
           ("xi_train", "Δ ξ_train (pp)", 100.0))
+
+
+def _signed(value: float) -> str:
+  return "n/a" if math.isnan(value) else f"{value:+.4f}"
 
 
 def delta_metric(records) -> str:
@@ -79,7 +84,7 @@ def main(argv):
     shown = [a for a in alphas if a != 0.0]
     text += f"\n{metric}:\n\n" + report.markdown_table(
         ["samples per class", *[f"α = {a:g}" for a in shown]],
-        [["all" if s is None else s, *[f"{row.get(a, float('nan')):+.4f}" for a in shown]]
+        [["all" if s is None else s, *[_signed(row.get(a, float("nan"))) for a in shown]]
          for s, row in table.items()])
   report.write_outputs(outdir, "sweep", numbers, text)
   print(text)
