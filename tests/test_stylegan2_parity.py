@@ -16,6 +16,7 @@ from conftest import load_fixture, nchw_to_nhwc, recipe
 from jaxmia.convert import stylegan2 as convert_sg2
 from jaxmia.convert.common import ConversionError
 from jaxmia.models import stylegan2 as sg2
+from jaxmia.models import stylegan2_ops as ops
 
 GENERATOR_FIXTURES = ["stylegan2_tiny32_skip", "stylegan2_tiny32_resnet", "stylegan2_tiny32_orig",
                       "stylegan2_ffhq256"]
@@ -116,6 +117,18 @@ def test_more_configurations_match_nvlabs(path):
   assert_image_close(img, nchw_to_nhwc(arrays["output/img"]))
   if "output/img_ws_none" in arrays:
     assert_image_close(img_none, nchw_to_nhwc(arrays["output/img_ws_none"]))
+
+
+@pytest.mark.parametrize("taps", [[1, 3, 3, 1], [1, 2, 1]])
+@pytest.mark.parametrize("settings", [dict(up=2, padding=(2, 1), gain=4.0), dict(down=2, padding=(1, 1)),
+                                      dict(padding=(1, 1)), dict(up=2, down=2, padding=(3, -1))])
+def test_fir_gradient_is_the_adjoint(taps, settings):
+  """The custom VJP of the FIR passes: <A x, y> == <x, A^T y> (dot-product test of the transpose)."""
+  fir = functools.partial(ops.upfirdn2d, taps=ops.fir_taps(taps), **settings)
+  x = jax.random.normal(jax.random.key(0), (2, 9, 7, 3))
+  out, vjp = jax.vjp(fir, x)
+  y = jax.random.normal(jax.random.key(1), out.shape)
+  np.testing.assert_allclose(jnp.vdot(out, y), jnp.vdot(x, vjp(y)[0]), rtol=1e-5)
 
 
 def test_noise_modes():
