@@ -45,9 +45,11 @@ from PIL import Image
 
 from jaxmia import convert, data, metrics, parallel, report
 from jaxmia.attack import optimize
+from jaxmia.convert.inception import fid_inception_from_torch
 from jaxmia.data import augment, image_ops
 from jaxmia.data.pipeline import IndexedSource
 from jaxmia.metrics import knowledge_extraction
+from jaxmia.models.inception import FID_RESOLUTION
 
 OUTPUT_DIR = report.EVALUATION_DIR
 NETWORK_NAMES = ("evaluation", "facenet", "fid")
@@ -172,9 +174,7 @@ def load_network(name: str, section: ml_collections.ConfigDict, field: str):
     return None, f"no {name} network configured (config.{field}.weights is '')"
   path = pathlib.Path(weights)
   if name == "fid" and path.is_file():
-    from jaxmia.convert.inception import fid_inception_from_torch  # reads pytorch-fid's .pth
-    module, variables = fid_inception_from_torch(path)
-    from jaxmia.models.inception import FID_RESOLUTION
+    module, variables = fid_inception_from_torch(path)   # pytorch-fid's pt_inception-*.pth
     return FeatureNetwork(name, "pytorch_fid", module, FID_RESOLUTION, _file_digest(path)), variables
   if name == "evaluation":
     module, variables, weights_id = _load_weights(weights, "Evaluation model", f"{field}.weights")
@@ -187,11 +187,11 @@ def load_network(name: str, section: ml_collections.ConfigDict, field: str):
 
 
 def fake_scores_fn(view, networks: tuple, *, ppa_compat: bool, num_classes: int):
-  """Jitted-to-be `(w [B, ...], targets [B], generator_variables, network_variables) -> dict of [B, ...]`.
+  """To be jitted: `(w [B, ...], targets [B], generator_variables, network_variables) -> dict of [B, ...]`.
 
   `view(generator_variables, w)` renders the latents (`_Setup.view`); each image is rendered once and resized
   to every network's input. For the evaluation model: `top1`, `top5` (bool), `confidence` (softmax at the
-  target), `prediction`, and its features under `'evaluation'`; other networks: their features.
+  target) and its features under `'evaluation'`; other networks: their features.
   """
   top_k = min(5, num_classes)
 
@@ -208,14 +208,13 @@ def fake_scores_fn(view, networks: tuple, *, ppa_compat: bool, num_classes: int)
         out["top1"] = metrics.topk_correct(logits, targets, 1)
         out["top5"] = metrics.topk_correct(logits, targets, top_k)
         out["confidence"] = jnp.take_along_axis(jax.nn.softmax(logits), targets[:, None], axis=1)[:, 0]
-        out["prediction"] = jnp.argmax(logits, axis=-1)
     return out
 
   return scores
 
 
 def real_features_fn(networks: tuple, *, ppa_compat: bool):
-  """Jitted `(images uint8 [B, S, S, 3], network_variables) -> {network name: features [B, D]}`."""
+  """To be jitted: `(images uint8 [B, S, S, 3], network_variables) -> {network name: features [B, D]}`."""
   def features(images, network_variables):
     x = augment.normalize(augment.to_unit_range(images))
     return {net.name: net.outputs(network_variables[net.name],
@@ -412,7 +411,7 @@ class _Setup:
 
 def score_generated_images(setup: _Setup, networks: tuple, network_variables: dict, num_classes: int):
   """`(per_row, features)`: per-latent evaluation-model results for every optimised latent (`top1`, `top5`,
-  `confidence`, `prediction`, `[N]`) and each network's features of the selected latents (`[M, D]`)."""
+  `confidence`, `[N]`) and each network's features of the selected latents (`[M, D]`)."""
   run = setup.run
   settings = (setup.crop, setup.clamp, setup.ppa_compat, num_classes,
               tuple((n.name, n.kind, n.image_size) for n in networks), setup.mesh)
@@ -426,7 +425,7 @@ def score_generated_images(setup: _Setup, networks: tuple, network_variables: di
   variables = parallel.replicate(network_variables, setup.mesh)
   for n, out in map_batches(scores, _latent_batches(run.optimized_w, run.targets, setup.batch_size),
                             setup.batch_size, setup.mesh, setup.generator_variables, variables):
-    for key in ("top1", "top5", "confidence", "prediction"):
+    for key in ("top1", "top5", "confidence"):
       if key in out:
         per_row.setdefault(key, []).append(out[key][:n])
     for name in features:   # only the selected rows leave this loop
