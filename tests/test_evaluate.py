@@ -105,6 +105,7 @@ IN_UNIT_RANGE = ("test_accuracy", "ece", "acc_top1", "acc_top5", "xi_train", "xi
                  "coverage")
 
 
+@pytest.mark.slow  # shares the ~1 min end-to-end evaluation
 def test_report_has_every_column_finite_and_in_range_or_na_with_reason(attack_run, evaluated):
   _, result = evaluated
   written = json.loads((attack_run / "evaluation" / "report.json").read_text())
@@ -133,6 +134,7 @@ def test_report_has_every_column_finite_and_in_range_or_na_with_reason(attack_ru
   assert grid.size == (4 * SIZE, len(CLASSES) * (2 * SIZE + 4) - 4)
 
 
+@pytest.mark.slow  # shares the ~1 min end-to-end evaluation
 def test_accuracy_and_eval_distance_match_direct_computation(attack_run, evaluated):
   """Acc@1, confidence and δ_eval recomputed without the evaluation pipeline (no batching, no cache)."""
   config, result = evaluated
@@ -162,6 +164,7 @@ def test_accuracy_and_eval_distance_match_direct_computation(attack_run, evaluat
   np.testing.assert_allclose(result["metrics"]["delta_eval"], np.mean(nearest), rtol=1e-4)
 
 
+@pytest.mark.slow  # shares the ~1 min end-to-end evaluation
 def test_training_features_are_cached_per_network_and_class(attack_run, evaluated, monkeypatch):
   config, _ = evaluated
   folders = sorted(p.relative_to(attack_run / "cache").parts[0].split("-")[0]
