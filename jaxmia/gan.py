@@ -1,0 +1,489 @@
+"""StyleGAN2 training: `python -m jaxmia.gan --config=configs/gan_digits.py --workdir=runs/gan_digits`.
+
+The objective of NVlabs stylegan2-ada-pytorch (`StyleGAN2Loss` with lazy regularisation), on the Flax
+`models.stylegan2` Generator and Discriminator. One iteration (one global batch of reals) runs the phases in
+NVlabs' order, each with its own latents:
+
+  G main    non-saturating logistic loss `softplus(-D(G(z)))`
+  G reg     path-length penalty every `pl_interval` iterations, scaled by the interval (off when pl_weight=0)
+  D main    logistic loss `softplus(D(G(z))) + softplus(-D(x))`
+  D reg     R1 penalty `gamma / 2 * |dD(x)/dx|^2` every `r1_interval` iterations, scaled by the interval
+  G_ema     `p_ema <- p + beta * (p_ema - p)`, `beta = 0.5 ** (batch / ema_nimg)`, `ema_nimg` ramped up as
+            `min(ema_kimg * 1000, images_seen * ema_rampup)`
+
+Every generator pass draws `z ~ N(0, I)`, mixes styles with probability `style_mixing_prob` (one cutoff per
+batch) and uses random noise; the mapping outputs of the main latents move `w_avg` (an EMA with
+`w_avg_beta`, stored in the generator's 'buffers' collection) as NVlabs' training-mode mapping does. Each
+phase is one Adam step (NVlabs: lr 0.0025, betas (0, 0.99), eps 1e-8; gradients' NaN/inf replaced as there);
+a network with lazy regularisation gets lr and betas rescaled by `interval / (interval + 1)` and shares its
+Adam state between the main and reg steps. The equalised learning rates (mapping lr multiplier included) are
+runtime gains inside the Flax modules, so Adam on the stored parameters matches NVlabs.
+
+`g_step` and `d_step` are pure functions of (state, batch, key) that `train_step` composes and `jax.jit`s
+over the `('data',)` mesh (reals split over devices, state replicated). Iteration `i` uses
+`fold_in(key(seed), i)` and the data order is a pure function of (seed, epoch), so a run resumed from an
+orbax checkpoint equals an uninterrupted one. The workdir receives TensorBoard scalars, sample grids
+(`samples/fakes_<kimg>.png` from G_ema with fixed latents, `samples/reals.png`), checkpoints and, at the end,
+`generator/` (G_ema) and `discriminator/` (D) written with `convert.save_converted`, loadable with
+`convert.load_converted` exactly like converted NVlabs networks.
+"""
+import functools
+import json
+import math
+import os
+import pathlib
+import time
+from typing import Any
+
+from absl import app, flags, logging
+import flax
+import jax
+import jax.numpy as jnp
+from ml_collections import ConfigDict, FrozenConfigDict, config_flags
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from jaxmia import convert, data, parallel
+from jaxmia.generate import image_grid, save_png
+from jaxmia.models import stylegan2
+
+
+@flax.struct.dataclass
+class GanState:
+  """Everything a training run carries from one iteration to the next (all arrays)."""
+  step: jax.Array          # finished iterations, int32 []
+  g_params: Any
+  g_buffers: Any           # 'buffers' of G: w_avg (trained here) and the noise_const maps
+  g_opt_state: Any
+  d_params: Any
+  d_opt_state: Any
+  ema_params: Any          # G_ema; it shares G's buffers, as NVlabs copies them every iteration
+  pl_mean: jax.Array       # running mean of path lengths, float32 []
+
+
+# ----------------------------------------------------------------------------------------------- networks
+
+
+def generator_kwargs(config: ConfigDict) -> dict:
+  """NVlabs `Generator` init kwargs of the configured generator (JSON-serialisable, no dtype)."""
+  g = config.generator
+  return dict(z_dim=g.z_dim, c_dim=0, w_dim=g.w_dim, img_resolution=config.resolution, img_channels=3,
+              mapping_kwargs=dict(num_layers=g.mapping_layers, lr_multiplier=g.mapping_lr_multiplier,
+                                  w_avg_beta=g.w_avg_beta),
+              synthesis_kwargs=dict(channel_base=g.channel_base, channel_max=g.channel_max,
+                                    architecture=g.architecture))
+
+
+def discriminator_kwargs(config: ConfigDict) -> dict:
+  """NVlabs `Discriminator` init kwargs of the configured discriminator."""
+  d = config.discriminator
+  return dict(c_dim=0, img_resolution=config.resolution, img_channels=3, architecture=d.architecture,
+              channel_base=d.channel_base, channel_max=d.channel_max,
+              epilogue_kwargs=dict(mbstd_group_size=d.mbstd_group_size))
+
+
+def compute_dtype(config: ConfigDict):
+  if config.compute_dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"config.compute_dtype must be 'float32' or 'bfloat16', got {config.compute_dtype!r}.")
+  return jnp.dtype(config.compute_dtype)
+
+
+def create_networks(config: ConfigDict):
+  """(Generator, Discriminator) modules with the configured compute dtype."""
+  dtype = compute_dtype(config)
+  return (stylegan2.Generator(**generator_kwargs(config), dtype=dtype),
+          stylegan2.Discriminator(**discriminator_kwargs(config), dtype=dtype))
+
+
+def _adam(config: ConfigDict, reg_interval: int | None) -> optax.GradientTransformation:
+  """NVlabs' Adam; with lazy regularisation every `reg_interval` steps, lr and betas are rescaled."""
+  ratio = 1.0 if reg_interval is None else reg_interval / (reg_interval + 1)
+  b1, b2 = config.optimizer.betas
+  return optax.adam(config.optimizer.lr * ratio, b1=b1 ** ratio, b2=b2 ** ratio, eps=config.optimizer.eps)
+
+
+def _pl_interval(config: ConfigDict) -> int | None:
+  return config.pl_interval if config.pl_weight else None
+
+
+def optimizers(config: ConfigDict) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+  return _adam(config, _pl_interval(config)), _adam(config, config.r1_interval if config.r1_gamma else None)
+
+
+def create_state(config: ConfigDict, key: jax.Array) -> GanState:
+  """Freshly initialised networks (NVlabs initialisers), Adam states and G_ema = G."""
+  generator, discriminator = create_networks(config)
+  g_opt, d_opt = optimizers(config)
+  g_key, d_key, noise_key = jax.random.split(key, 3)
+  z = jnp.zeros((1, generator.z_dim))
+  g_vars = generator.init({"params": g_key, "noise": noise_key}, z)
+  d_vars = discriminator.init(d_key, jnp.zeros((1, config.resolution, config.resolution, 3)))
+  return GanState(step=jnp.zeros((), jnp.int32), g_params=g_vars["params"], g_buffers=g_vars["buffers"],
+                  g_opt_state=g_opt.init(g_vars["params"]), d_params=d_vars["params"],
+                  d_opt_state=d_opt.init(d_vars["params"]), ema_params=jax.tree.map(jnp.copy, g_vars["params"]),
+                  pl_mean=jnp.zeros((), jnp.float32))
+
+
+# ----------------------------------------------------------------------------------------------- losses
+
+
+def ema_beta(config: ConfigDict, step) -> jax.Array:
+  """G_ema decay after `step` iterations: `0.5 ** (batch / ema_nimg)` with NVlabs' ramp-up."""
+  ema_nimg = jnp.asarray(config.ema_kimg * 1000.0, jnp.float32)
+  if config.ema_rampup:
+    ema_nimg = jnp.minimum(ema_nimg, step * config.batch_size * config.ema_rampup)
+  return 0.5 ** (config.batch_size / jnp.maximum(ema_nimg, 1e-8))
+
+
+def _clean(grads):
+  """NVlabs' guard: NaN -> 0, +-inf -> +-1e5 in every gradient."""
+  return jax.tree.map(lambda g: jnp.nan_to_num(g, nan=0.0, posinf=1e5, neginf=-1e5), grads)
+
+
+def _mapping(generator, g_params, g_buffers, z, key, style_mixing_prob: float, w_avg_beta):
+  """`z [B, z_dim]` -> (ws `[B, num_ws, w_dim]` with style mixing, G buffers with w_avg moved)."""
+  variables = {"params": g_params, "buffers": g_buffers}
+  ws = generator.apply(variables, z, method="mapping")
+  if w_avg_beta is not None:
+    w_mean = jax.lax.stop_gradient(jnp.mean(ws[:, 0], axis=0))
+    w_avg = g_buffers["mapping"]["w_avg"]
+    g_buffers = flax.core.copy(g_buffers, {"mapping": {**g_buffers["mapping"],
+                                                      "w_avg": w_mean + (w_avg - w_mean) * w_avg_beta}})
+  if style_mixing_prob > 0:
+    cutoff_key, coin_key, mix_key = jax.random.split(key, 3)
+    num_ws = ws.shape[1]
+    cutoff = jax.random.randint(cutoff_key, (), 1, num_ws)
+    cutoff = jnp.where(jax.random.uniform(coin_key) < style_mixing_prob, cutoff, num_ws)
+    mixed = generator.apply(variables, jax.random.normal(mix_key, z.shape), method="mapping")
+    ws = jnp.where(jnp.arange(num_ws)[None, :, None] < cutoff, ws, mixed)
+  return ws, g_buffers
+
+
+def _synthesis(generator, g_params, g_buffers, ws, noise_key):
+  """`ws` -> images `[B, R, R, 3]` with random noise maps drawn from `noise_key`."""
+  return generator.apply({"params": g_params, "buffers": g_buffers}, ws, noise_mode="random",
+                         method="synthesis", rngs={"noise": noise_key})
+
+
+def _logits(discriminator, d_params, images):
+  return discriminator.apply({"params": d_params}, images)[:, 0].astype(jnp.float32)
+
+
+def r1_penalty(discriminator, d_params, reals):
+  """`|d sum(D(x)) / dx|^2` per image `[B]` (R1 of Mescheder et al., as NVlabs computes it)."""
+  grads = jax.grad(lambda x: jnp.sum(_logits(discriminator, d_params, x)))(reals)
+  return jnp.sum(jnp.square(grads.astype(jnp.float32)), axis=(1, 2, 3))
+
+
+# ----------------------------------------------------------------------------------------------- steps
+
+
+def make_steps(config: ConfigDict):
+  """Pure `(g_step, d_step, train_step)`, each `(state, reals, key) -> (state, metrics)`.
+
+  `reals` is the float32 batch `[B, R, R, 3]` in [-1, 1]; `g_step` ignores it. The lazy regularisation steps
+  run inside `lax.cond` on `state.step`, so every iteration has the same compiled program.
+  """
+  generator, discriminator = create_networks(config)
+  g_opt, d_opt = optimizers(config)
+  beta = config.generator.w_avg_beta
+  mixing = config.style_mixing_prob
+  pl_interval, r1_interval = _pl_interval(config), config.r1_interval if config.r1_gamma else None
+  z_dim = generator.z_dim
+
+  def run_g(g_params, g_buffers, z, key):
+    """(images, ws, updated G buffers) from latents `z`."""
+    map_key, noise_key = jax.random.split(key)
+    ws, g_buffers = _mapping(generator, g_params, g_buffers, z, map_key, mixing, beta)
+    return _synthesis(generator, g_params, g_buffers, ws, noise_key), ws, g_buffers
+
+  def apply_update(opt, grads, opt_state, params):
+    updates, opt_state = opt.update(_clean(grads), opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  def g_main_loss(g_params, state, key):
+    z_key, g_key = jax.random.split(key)
+    z = jax.random.normal(z_key, (config.batch_size, z_dim))
+    fakes, _, buffers = run_g(g_params, state.g_buffers, z, g_key)
+    logits = _logits(discriminator, state.d_params, fakes)
+    return jnp.mean(jax.nn.softplus(-logits)), (buffers, logits)
+
+  def g_pl_loss(g_params, state, key):
+    z_key, g_key, pl_key = jax.random.split(key, 3)
+    z = jax.random.normal(z_key, (config.batch_size // config.pl_batch_shrink, z_dim))
+    map_key, noise_key = jax.random.split(g_key)
+    ws, buffers = _mapping(generator, g_params, state.g_buffers, z, map_key, mixing, beta)
+    fakes, pull_back = jax.vjp(lambda w: _synthesis(generator, g_params, buffers, w, noise_key), ws)
+    pl_noise = jax.random.normal(pl_key, fakes.shape) / math.sqrt(fakes.shape[1] * fakes.shape[2])
+    pl_grads, = pull_back(pl_noise.astype(fakes.dtype))  # d sum(fakes * pl_noise) / d ws
+    pl_lengths = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(pl_grads), axis=2), axis=1))
+    pl_mean = state.pl_mean + (jnp.mean(pl_lengths) - state.pl_mean) * config.pl_decay
+    penalty = jnp.square(pl_lengths - pl_mean)
+    return jnp.mean(penalty) * config.pl_weight * pl_interval, (buffers, jax.lax.stop_gradient(pl_mean), penalty)
+
+  def g_step(state: GanState, reals, key):
+    """G main (and every `pl_interval` iterations G reg): two Adam steps on G, w_avg updates."""
+    del reals
+    main_key, reg_key = jax.random.split(key)
+    grads, (buffers, logits) = jax.grad(g_main_loss, has_aux=True)(state.g_params, state, main_key)
+    params, opt_state = apply_update(g_opt, grads, state.g_opt_state, state.g_params)
+    state = state.replace(g_params=params, g_buffers=buffers, g_opt_state=opt_state)
+    metrics = {"loss_g": jnp.mean(jax.nn.softplus(-logits)), "pl_penalty": jnp.float32(jnp.nan)}
+    if pl_interval is None:
+      return state, metrics
+
+    def regularise(state):
+      grads, (buffers, pl_mean, penalty) = jax.grad(g_pl_loss, has_aux=True)(state.g_params, state, reg_key)
+      params, opt_state = apply_update(g_opt, grads, state.g_opt_state, state.g_params)
+      return state.replace(g_params=params, g_buffers=buffers, g_opt_state=opt_state, pl_mean=pl_mean), \
+          jnp.mean(penalty)
+
+    state, penalty = jax.lax.cond(state.step % pl_interval == 0, regularise,
+                                  lambda s: (s, jnp.float32(jnp.nan)), state)
+    return state, {**metrics, "pl_penalty": penalty}
+
+  def d_main_loss(d_params, state, reals, key):
+    z_key, g_key = jax.random.split(key)
+    z = jax.random.normal(z_key, (config.batch_size, z_dim))
+    fakes, _, buffers = run_g(state.g_params, state.g_buffers, z, g_key)
+    fake_logits = _logits(discriminator, d_params, jax.lax.stop_gradient(fakes))
+    real_logits = _logits(discriminator, d_params, reals)
+    loss = jnp.mean(jax.nn.softplus(fake_logits)) + jnp.mean(jax.nn.softplus(-real_logits))
+    return loss, (buffers, {"loss_d": loss, "logits_fake": jnp.mean(fake_logits),
+                            "logits_real": jnp.mean(real_logits)})
+
+  def d_r1_loss(d_params, reals):
+    penalty = r1_penalty(discriminator, d_params, reals)
+    return jnp.mean(penalty) * (config.r1_gamma / 2) * r1_interval, jnp.mean(penalty)
+
+  def d_step(state: GanState, reals, key):
+    """D main (and every `r1_interval` iterations D reg): Adam steps on D; G's w_avg moves too."""
+    grads, (buffers, metrics) = jax.grad(d_main_loss, has_aux=True)(state.d_params, state, reals, key)
+    params, opt_state = apply_update(d_opt, grads, state.d_opt_state, state.d_params)
+    state = state.replace(d_params=params, d_opt_state=opt_state, g_buffers=buffers)
+    metrics["r1_penalty"] = jnp.float32(jnp.nan)
+    if r1_interval is None:
+      return state, metrics
+
+    def regularise(state):
+      grads, penalty = jax.grad(d_r1_loss, has_aux=True)(state.d_params, reals)
+      params, opt_state = apply_update(d_opt, grads, state.d_opt_state, state.d_params)
+      return state.replace(d_params=params, d_opt_state=opt_state), penalty
+
+    state, metrics["r1_penalty"] = jax.lax.cond(state.step % r1_interval == 0, regularise,
+                                                lambda s: (s, jnp.float32(jnp.nan)), state)
+    return state, metrics
+
+  def train_step(state: GanState, reals, key):
+    """One iteration: G phases, D phases, G_ema update, step + 1."""
+    key = jax.random.fold_in(key, state.step)
+    g_key, d_key = jax.random.split(key)
+    state, g_metrics = g_step(state, reals, g_key)
+    state, d_metrics = d_step(state, reals, d_key)
+    beta = ema_beta(config, state.step)
+    ema = jax.tree.map(lambda p, e: p + (e - p) * beta, state.g_params, state.ema_params)
+    return state.replace(ema_params=ema, step=state.step + 1), {**g_metrics, **d_metrics}
+
+  return g_step, d_step, train_step
+
+
+def to_float_images(images) -> jax.Array:
+  """uint8 `[B, H, W, C]` -> float32 in [-1, 1]."""
+  return jnp.asarray(images, jnp.float32) / 127.5 - 1.0
+
+
+# Config fields that decide what one iteration computes (besides the seed and the data).
+STEP_FIELDS = ("resolution", "generator", "discriminator", "batch_size", "optimizer", "r1_gamma", "r1_interval",
+               "pl_weight", "pl_interval", "pl_batch_shrink", "pl_decay", "style_mixing_prob", "ema_kimg",
+               "ema_rampup", "compute_dtype")
+# ... and those that a resumed run must share with the run that wrote the checkpoint.
+RESUME_FIELDS = STEP_FIELDS + ("seed", "dataset", "split")
+
+
+def step_config(config: ConfigDict) -> FrozenConfigDict:
+  """The hashable part of `config` that the compiled train step depends on."""
+  return FrozenConfigDict({field: config[field] for field in STEP_FIELDS})
+
+
+@functools.lru_cache(maxsize=4)
+def compiled_train_step(config: FrozenConfigDict, mesh: jax.sharding.Mesh):
+  """`(state, uint8 reals, key) -> (state, metrics)` jitted over the mesh with the state donated.
+
+  Cached on `step_config(config)`, so an interrupted and a resumed run in one process compile once.
+  """
+  _, _, train_step = make_steps(config)
+  replicated, sharded = parallel.replicated(mesh), parallel.data_sharding(mesh)
+  return jax.jit(lambda state, reals, key: train_step(state, to_float_images(reals), key),
+                 in_shardings=(replicated, sharded, replicated), out_shardings=(replicated, replicated),
+                 donate_argnums=0)
+
+
+@functools.lru_cache(maxsize=4)
+def compiled_sampler(config: FrozenConfigDict):
+  """`(G variables, z [N, z_dim]) -> images [N, R, R, 3]`: no truncation, const noise (cached as above)."""
+  generator, _ = create_networks(config)
+
+  def sample(variables, z):
+    ws = generator.apply(variables, z, method="mapping")
+    return generator.apply(variables, ws, noise_mode="const", method="synthesis")
+
+  return jax.jit(sample)
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+
+
+def ema_variables(state: GanState) -> dict:
+  """G_ema's variables as `convert.load_converted` returns them for a generator."""
+  return {"params": state.ema_params, "buffers": state.g_buffers}
+
+
+def export(state: GanState, config: ConfigDict, workdir: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+  """Writes `workdir/generator` (G_ema) and `workdir/discriminator` (D) as jaxmia weights folders."""
+  host = jax.device_get(state)
+  convert.save_converted(workdir / "generator", ema_variables(host), kind="stylegan2_generator",
+                         module_kwargs=generator_kwargs(config), overwrite=True)
+  convert.save_converted(workdir / "discriminator", {"params": host.d_params}, kind="stylegan2_discriminator",
+                         module_kwargs=discriminator_kwargs(config), overwrite=True)
+  return workdir / "generator", workdir / "discriminator"
+
+
+def _state_arrays(state: GanState) -> dict:
+  return {field: getattr(state, field) for field in state.__dataclass_fields__}
+
+
+def _checkpoint_manager(directory: pathlib.Path) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(directory.absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=1,
+                                                                                           create=True))
+
+
+def total_steps(config: ConfigDict) -> int:
+  return math.ceil(config.total_kimg * 1000 / config.batch_size)
+
+
+def _check_config(config: ConfigDict, mesh) -> None:
+  parallel.check_batch_size(config.batch_size, mesh)
+  group = config.discriminator.mbstd_group_size
+  if group and config.batch_size % min(group, config.batch_size):
+    raise ValueError(f"config.batch_size ({config.batch_size}) must be a multiple of "
+                     f"config.discriminator.mbstd_group_size ({group}) for the minibatch-std layer.")
+  if config.pl_weight and config.batch_size // config.pl_batch_shrink < 1:
+    raise ValueError(f"config.pl_batch_shrink ({config.pl_batch_shrink}) leaves no images of the batch "
+                     f"({config.batch_size}) for the path-length penalty.")
+
+
+def train(config: ConfigDict, workdir: str | os.PathLike, mesh: jax.sharding.Mesh | None = None) -> GanState:
+  """Trains (or resumes) the configured StyleGAN2 in `workdir`; exports G_ema and D when finished.
+
+  Returns the state after the last iteration run by this call (`config.max_steps` stops early, as if
+  interrupted; a rerun resumes).
+  """
+  from clu import metric_writers, periodic_actions  # imports TensorFlow: keep it out of `import jaxmia.gan`
+
+  workdir = pathlib.Path(workdir)
+  mesh = mesh or parallel.make_mesh()
+  _check_config(config, mesh)
+  split = data.load_split(config.dataset, config.split)
+  image_size = split.source[0]["image"].shape[0]
+  if image_size != config.resolution:
+    raise ValueError(f"The {config.dataset.name} images are {image_size}x{image_size} but config.resolution is "
+                     f"{config.resolution}; set config.resolution={image_size}.")
+  steps_per_epoch = split.num_examples // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"The {config.split!r} split has {split.num_examples} images, fewer than one batch "
+                     f"(config.batch_size={config.batch_size}).")
+  num_steps = total_steps(config)
+
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "samples").mkdir(exist_ok=True)
+  checkpoints = _checkpoint_manager(workdir / "checkpoints")
+  record = json.loads(ConfigDict({f: config[f] for f in RESUME_FIELDS}).to_json_best_effort())
+  if checkpoints.latest_step() is not None and (workdir / "run.json").exists():
+    previous = json.loads((workdir / "run.json").read_text())
+    changed = sorted(f for f in RESUME_FIELDS if previous.get(f) != record[f])
+    if changed:
+      raise ValueError(f"{workdir} holds a run with other settings of {', '.join(changed)}; resume with the "
+                       "same config or choose a new workdir.")
+  if jax.process_index() == 0:
+    (workdir / "run.json").write_text(json.dumps(record, indent=2))
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  root_key = jax.random.key(config.seed)
+  state = parallel.replicate(create_state(config, jax.random.fold_in(root_key, 0)), mesh)
+  if checkpoints.latest_step() is not None:
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_arrays(state))
+    state = state.replace(**checkpoints.restore(checkpoints.latest_step(),
+                                                args=ocp.args.StandardRestore(abstract)))
+    logging.info("Resumed from iteration %d in %s.", int(state.step), workdir)
+  start = int(jax.device_get(state.step))
+
+  train_step = compiled_train_step(step_config(config), mesh)
+  step_key = jax.device_put(jax.random.fold_in(root_key, 1), parallel.replicated(mesh))
+  sample = compiled_sampler(step_config(config))
+  sample_z = jax.random.normal(jax.random.fold_in(root_key, 2), (config.num_samples, config.generator.z_dim))
+  progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
+                                             every_secs=config.progress_every_secs)
+  stop = min(num_steps, start + config.max_steps) if config.max_steps > 0 else num_steps
+  kimg = lambda step: step * config.batch_size / 1000
+  every = lambda kimg_interval: max(1, round(kimg_interval * 1000 / config.batch_size))
+
+  def write_samples(step):
+    if jax.process_index() == 0:
+      save_png(image_grid(np.asarray(sample(ema_variables(state), sample_z))), workdir / "samples" /
+               f"fakes_{kimg(step):08.3f}kimg.png")
+
+  if start == 0 and jax.process_index() == 0:
+    save_png(image_grid(np.asarray(data.load_arrays(split)[0][:config.num_samples]) / 127.5 - 1.0),
+             workdir / "samples" / "reals.png")
+    write_samples(0)
+  step, pending, started = start, [], time.time()
+  while step < stop:
+    epoch = step // steps_per_epoch
+    for batch in data.batches(split, config.batch_size, seed=config.seed, epoch=epoch,
+                              start_batch=step - epoch * steps_per_epoch):
+      state, metrics = train_step(state, parallel.shard_batch(batch["image"], mesh), step_key)
+      pending.append(metrics)
+      step += 1
+      progress(step)
+      if step % config.log_every_steps == 0 or step == stop:
+        means = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in
+                 jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(pending)).items()}
+        means = {k: v for k, v in means.items() if np.isfinite(v)}
+        means.update(kimg=kimg(step), sec_per_kimg=(time.time() - started) / max(kimg(step - start), 1e-9))
+        writer.write_scalars(step, means)
+        pending = []
+      if step % every(config.sample_every_kimg) == 0 or step == num_steps:
+        write_samples(step)
+      if step % every(config.checkpoint_every_kimg) == 0 or step == stop:
+        checkpoints.save(step, args=ocp.args.StandardSave(_state_arrays(state)))
+      if step == stop:
+        break
+  checkpoints.wait_until_finished()
+  if step == num_steps:
+    export(state, config, workdir)
+    logging.info("Exported G_ema to %s and D to %s.", workdir / "generator", workdir / "discriminator")
+  writer.flush()
+  return state
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "GAN training configuration (configs/gan_*.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, sample grids and the exported networks.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  parallel.initialize_distributed()
+  import tensorflow as tf  # clu's TensorBoard writer imports TF: keep it off accelerators.
+  tf.config.set_visible_devices([], "GPU")
+  train(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
