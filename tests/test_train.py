@@ -1,0 +1,151 @@
+"""Training loop on the embedded digits (`configs/digits.py:smoke`, a slim ResNet-18 at 32x32): data-parallel
+equivalence (4 devices vs 1, and 2 processes vs 1), exact resumption, export/reload, and clear errors."""
+import importlib
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO
+from jaxmia import convert, data, parallel, train
+
+sys.path.insert(0, str(REPO))  # configs/*.py import each other as `configs.<name>`, as under `python -m`
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """Runs of one config compile identical programs (init, train and eval steps): share them through JAX's
+  persistent compilation cache for this module, then restore the previous settings."""
+  from jax.experimental.compilation_cache import compilation_cache as cc
+  settings = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
+              "jax_persistent_cache_min_compile_time_secs": 0.0}
+  previous = {name: getattr(jax.config, name) for name in settings}
+  for name, value in settings.items():
+    jax.config.update(name, value)
+  yield settings["jax_compilation_cache_dir"]
+  for name, value in previous.items():
+    jax.config.update(name, value)
+  cc.reset_cache()
+
+
+def smoke_config(**overrides):
+  config = importlib.import_module("configs.digits").get_config("smoke")
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def assert_trees_close(a, b, **tolerances):
+  chex.assert_trees_all_equal_structs(a, b)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **tolerances), a, b)
+
+
+def run_steps(config, mesh, num_steps):
+  """`num_steps` train steps on `mesh` with alternating smoothing factors; (losses, final variables)."""
+  split = data.load_split(config.dataset, "train")
+  module = train.create_model(config, split.num_classes)
+  state = train.create_train_state(config, module, jax.random.key(0), 5, mesh)
+  # The smoothing factor is an argument, so changing it must not retrace (at most one trace per run).
+  chex.clear_trace_counter()
+  step = train.jit_train_step(chex.assert_max_traces(train.make_train_step(config, split.num_classes), n=1), mesh)
+  key = jax.device_put(jax.random.key(1), parallel.replicated(mesh))
+  losses = []
+  for i, batch in enumerate(data.batches(split, config.batch_size, seed=0, epoch=0)):
+    if i == num_steps:
+      break
+    alpha = jax.device_put(jnp.float32((0.1, -0.05)[i % 2]), parallel.replicated(mesh))
+    state, metrics = step(state, parallel.shard_batch(batch, mesh), key, alpha)
+    losses.append(jax.device_get(metrics))
+  return losses, jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+
+
+def test_four_devices_match_one_device():
+  # BiDO makes the loss depend on whole-batch Gram matrices and BatchNorm on whole-batch statistics: both
+  # must see the global batch, not a device's quarter of it.
+  config = smoke_config(**{"defense.name": "bido"})
+  losses_1, variables_1 = run_steps(config, parallel.make_mesh(1), 3)
+  losses_4, variables_4 = run_steps(config, parallel.make_mesh(4), 3)
+  assert_trees_close(losses_1, losses_4, rtol=2e-5, atol=1e-6)
+  assert losses_1[0]["hsic_x"] > 0 and losses_1[0]["hsic_y"] > 0
+  assert_trees_close(variables_1, variables_4, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  state, final = train.train_and_evaluate(smoke_config(), workdir)
+  return workdir, jax.device_get(state.params), final
+
+
+def test_resume_mid_epoch_equals_uninterrupted(uninterrupted, tmp_path):
+  _, params, final = uninterrupted
+  # 5 steps per epoch: stop inside epoch 1 (after epoch 0's evaluation and checkpoint), then finish.
+  state, _ = train.train_and_evaluate(smoke_config(max_steps=7), tmp_path)
+  assert int(jax.device_get(state.step)) == 7
+  state, resumed_final = train.train_and_evaluate(smoke_config(), tmp_path)
+  chex.assert_trees_all_equal(jax.device_get(state.params), params)
+  assert resumed_final["test_accuracy"] == final["test_accuracy"]
+
+
+def test_exported_model_reproduces_reported_metrics(uninterrupted):
+  workdir, params, final = uninterrupted
+  assert final["epoch"] == 2 and 0 <= final["test_ece"] <= 1
+  assert (workdir / "config.json").exists() and list((workdir / "checkpoints").iterdir())
+  module, variables = convert.load_converted(workdir / "model")
+  chex.assert_trees_all_equal(variables["params"], params)
+  config = smoke_config()
+  images, labels = data.load_arrays(data.load_split(config.dataset, "test"))
+  logits = jax.jit(module.apply)(variables, images.astype(np.float32) / 127.5 - 1.0)
+  np.testing.assert_allclose(np.mean(np.argmax(logits, -1) == labels), final["test_accuracy"], atol=1e-6)
+
+
+def test_mid_run_exports_a_mid_classifier(tmp_path):
+  config = smoke_config(**{"defense.name": "mid", "defense.mid.bottleneck_dim": 16, "num_epochs": 1})
+  _, final = train.train_and_evaluate(config, tmp_path)
+  assert final["train_kl"] > 0
+  module, variables = convert.load_converted(tmp_path / "model")
+  assert type(module).__name__ == "MIDClassifier" and module.bottleneck_dim == 16
+  assert variables["params"]["fc"]["kernel"].shape == (16, 10)
+
+
+def test_missing_dataset_directory_is_reported(tmp_path):
+  config = smoke_config()
+  config.dataset = data.get_dataset_config("facescrub")
+  config.dataset.manual_dir = str(tmp_path / "no_such_dir")
+  config.dataset.data_dir = str(tmp_path / "tfds")
+  with pytest.raises(FileNotFoundError, match="no_such_dir"):
+    train.train_and_evaluate(config, tmp_path / "run")
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(uninterrupted, compilation_cache, tmp_path):
+  """Two processes with 2 CPU devices each (joined by jax.distributed over localhost) train the smoke config
+  through the CLI and end with the parameters of the single-process, 4-device run."""
+  _, params, _ = uninterrupted
+  env = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}", "JAX_NUM_PROCESSES": "2",
+         "JAX_NUM_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": compilation_cache}
+  command = [sys.executable, "-m", "jaxmia.train", "--config=configs/digits.py:smoke", f"--workdir={tmp_path}"]
+  processes = [subprocess.Popen(command, cwd=REPO, env={**env, "JAX_PROCESS_ID": str(i)},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=600)[0] for p in processes]
+  for p, output in zip(processes, outputs):
+    assert p.returncode == 0, output[-3000:]
+  _, variables = convert.load_converted(tmp_path / "model")
+  assert_trees_close(variables["params"], params, rtol=1e-4, atol=1e-5)
