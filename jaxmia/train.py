@@ -15,6 +15,7 @@ loads it with `convert.load_converted`.
 """
 import functools
 import json
+import logging as std_logging
 import os
 import pathlib
 from typing import Any, Callable
@@ -395,9 +396,17 @@ config_flags.DEFINE_config_file("config", None, "Training configuration (configs
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the exported model.")
 
 
+class _WithoutOrbaxInfo(std_logging.Filter):
+  """Drops orbax's INFO chatter (dozens of lines per checkpoint); its warnings and errors still show."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_WithoutOrbaxInfo())
   parallel.initialize_distributed()
   import tensorflow as tf  # clu's TensorBoard writer imports TF: keep it off accelerators.
   tf.config.set_visible_devices([], "GPU")
