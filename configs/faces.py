@@ -29,7 +29,6 @@ def get_config(arg=None):
   config.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (parameters stay float32)
   config.model.builder_kwargs = ConfigDict()  # extra kwargs of the architecture's builder (e.g. base_channels)
   config.model.aux_loss_weight = 0.0  # weight of Inception-v3's auxiliary-head loss (0 = not computed)
-  config.model.fast_conv_grad = False  # 3x3 conv weight gradients as tap-wise matmuls (same math, CPU speed-up)
   # ImageNet initialisation: a converted_weights/ entry (convert.save_converted) or a torchvision .pth file;
   # the head (`fc`) is always created fresh for the dataset's classes. '' = random initialisation.
   config.init_weights = "converted_weights/resnet152_imagenet"

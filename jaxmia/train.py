@@ -156,8 +156,8 @@ def make_train_step(config: ConfigDict, num_classes: int) -> Callable:
 
   batch: `{'image': uint8 [B, S, S, 3], 'label': int32 [B]}` (the global batch); key: the run's root key;
   alpha: the label-smoothing factor of the current epoch (a float32 scalar array, so changing it does not
-  recompile). Example `i` of step `s` is augmented with `fold_in(fold_in(key, s), i)`, independent of how the
-  batch is split over devices and processes.
+  recompile). Example `i` of step `s` is augmented with a key that is a function of (key, s, i) only, so it
+  does not depend on how the batch is split over devices and processes.
   """
   defense = config.defense
 
