@@ -62,8 +62,20 @@ def shard_batch(batch, mesh: jax.sharding.Mesh):
 
 
 def replicate(tree, mesh: jax.sharding.Mesh):
-  """Places a pytree (parameters, optimiser state) on every device of the mesh."""
-  return jax.device_put(tree, replicated(mesh))
+  """Places a pytree of host values (parameters, optimiser state) on every device of the mesh.
+
+  Built per leaf with `make_array_from_callback`, which also works when the mesh spans several processes
+  (each process fills only its own devices; every process must pass the same values).
+  """
+  sharding = replicated(mesh)
+
+  def put(x):
+    if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+      return jax.device_put(x, sharding)  # typed keys have no host (numpy) form
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree_util.tree_map(put, tree)
 
 
 def process_slice(global_batch: int) -> slice:
