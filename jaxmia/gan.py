@@ -113,16 +113,25 @@ def optimizers(config: ConfigDict) -> tuple[optax.GradientTransformation, optax.
 
 def create_state(config: ConfigDict, key: jax.Array) -> GanState:
   """Freshly initialised networks (NVlabs initialisers), Adam states and G_ema = G."""
+  return _compiled_init(step_config(config))(key)
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled_init(config: FrozenConfigDict):
   generator, discriminator = create_networks(config)
   g_opt, d_opt = optimizers(config)
-  g_key, d_key, noise_key = jax.random.split(key, 3)
-  z = jnp.zeros((1, generator.z_dim))
-  g_vars = generator.init({"params": g_key, "noise": noise_key}, z)
-  d_vars = discriminator.init(d_key, jnp.zeros((1, config.resolution, config.resolution, 3)))
-  return GanState(step=jnp.zeros((), jnp.int32), g_params=g_vars["params"], g_buffers=g_vars["buffers"],
-                  g_opt_state=g_opt.init(g_vars["params"]), d_params=d_vars["params"],
-                  d_opt_state=d_opt.init(d_vars["params"]), ema_params=jax.tree.map(jnp.copy, g_vars["params"]),
-                  pl_mean=jnp.zeros((), jnp.float32))
+
+  @jax.jit
+  def init(key):
+    g_key, d_key, noise_key = jax.random.split(key, 3)
+    g_vars = generator.init({"params": g_key, "noise": noise_key}, jnp.zeros((1, generator.z_dim)))
+    d_vars = discriminator.init(d_key, jnp.zeros((1, config.resolution, config.resolution, 3)))
+    return GanState(step=jnp.zeros((), jnp.int32), g_params=g_vars["params"], g_buffers=g_vars["buffers"],
+                    g_opt_state=g_opt.init(g_vars["params"]), d_params=d_vars["params"],
+                    d_opt_state=d_opt.init(d_vars["params"]), ema_params=g_vars["params"],  # a separate output buffer
+                    pl_mean=jnp.zeros((), jnp.float32))
+
+  return init
 
 
 # ----------------------------------------------------------------------------------------------- losses
@@ -434,8 +443,8 @@ def train(config: ConfigDict, workdir: str | os.PathLike, mesh: jax.sharding.Mes
                f"fakes_{kimg(step):08.3f}kimg.png")
 
   if start == 0 and jax.process_index() == 0:
-    save_png(image_grid(np.asarray(data.load_arrays(split)[0][:config.num_samples]) / 127.5 - 1.0),
-             workdir / "samples" / "reals.png")
+    reals = np.stack([split.source[i]["image"] for i in range(min(config.num_samples, split.num_examples))])
+    save_png(image_grid(reals / 127.5 - 1.0), workdir / "samples" / "reals.png")
     write_samples(0)
   step, pending, started = start, [], time.time()
   while step < stop:
@@ -470,9 +479,11 @@ def train(config: ConfigDict, workdir: str | os.PathLike, mesh: jax.sharding.Mes
 # ----------------------------------------------------------------------------------------------- CLI
 
 FLAGS = flags.FLAGS
+# `allow_override`: jaxmia.experiment imports this module and jaxmia.train, which register the same flags.
 config_flags.DEFINE_config_file("config", None, "GAN training configuration (configs/gan_*.py).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, sample grids and the exported networks.")
+                                lock_config=True, allow_override=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, sample grids and the exported networks.",
+                    allow_override=True)
 
 
 def main(argv):
