@@ -1,0 +1,385 @@
+"""The end-to-end label-smoothing study: `python -m jaxmia.experiment --config=configs/digits_study.py
+--workdir=runs/digits_study`.
+
+For every seed and every label-smoothing factor α of the config, one cell
+
+    train the target (jaxmia.train, only α differs between a seed's cells) -> PPA attack through the StyleGAN2
+    prior (jaxmia.attack) -> evaluation (jaxmia.evaluate: Acc@k and δ_eval with the evaluation model, FID and
+    PRDC in its feature space, test accuracy, ECE, ξ)
+
+after the shared stages (the prior: shipped, or retrained with `jaxmia.gan`; the evaluation model, another
+architecture trained once). Workdir layout:
+
+    prior/                       only with retrain_prior=True (a jaxmia.gan workdir)
+    evaluation_model/            jaxmia.train workdir; model/ is the exported classifier
+    seed_<s>/alpha_<α>/target/   jaxmia.train workdir of the target
+    seed_<s>/alpha_<α>/attack/   jaxmia.attack workdir; evaluation/report.json from jaxmia.evaluate
+    report.md, study.json        Table-1 columns per α (mean ± sd over seeds, differences to the baseline α)
+    samples.png                  real training images and selected attack samples per class for each α
+    metrics.png                  Acc@1, δ_eval, ξ_train and ξ_test per α (mean ± sd, seeds as dots)
+
+A stage whose output exists (an exported model, `summary.json`, `report.json`) is skipped, so rerunning the
+command continues an interrupted study; the stages themselves resume mid-way as well. The report is always
+rebuilt from the evaluated cells.
+"""
+import dataclasses
+import json
+import math
+import pathlib
+import time
+from typing import Callable
+
+from absl import app, flags, logging
+import jax
+import jax.numpy as jnp
+from ml_collections import ConfigDict, config_flags
+import numpy as np
+
+from jaxmia import convert, data, gan, parallel, report, train
+from jaxmia.convert import store
+from jaxmia import evaluate as evaluation
+from jaxmia.attack import optimize, run as attack_run
+
+# Metrics plotted in metrics.png (keys of report.json's "metrics").
+PLOTTED = ("acc_top1", "delta_eval", "xi_train", "xi_test")
+
+
+def resolve(config: ConfigDict) -> ConfigDict:
+  """A copy of `config` with `quick_settings` applied when `quick` is set."""
+  config = ConfigDict(config.to_dict())
+  if config.quick:
+    config.update(config.quick_settings)
+  if config.baseline_alpha not in config.alphas:
+    raise ValueError(f"config.baseline_alpha={config.baseline_alpha} is not one of config.alphas "
+                     f"{tuple(config.alphas)}.")
+  if not config.seeds:
+    raise ValueError("config.seeds is empty; give at least one seed, e.g. --config.seeds='(0,)'.")
+  return config
+
+
+def alpha_name(alpha: float) -> str:
+  return f"alpha_{alpha:+.3f}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  seed: int
+  alpha: float
+  root: pathlib.Path
+
+  @property
+  def target_dir(self) -> pathlib.Path:
+    return self.root / "target"
+
+  @property
+  def attack_dir(self) -> pathlib.Path:
+    return self.root / "attack"
+
+
+def cells(config: ConfigDict, workdir: pathlib.Path) -> list[Cell]:
+  return [Cell(int(s), float(a), workdir / f"seed_{int(s)}" / alpha_name(float(a)))
+          for s in config.seeds for a in config.alphas]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  name: str
+  outputs: pathlib.Path          # exists when the stage is done
+  run: Callable[[], object]
+
+  @property
+  def kind(self) -> str:
+    return self.name.split(" (")[0]
+
+
+def remaining_seconds(todo: list[Stage], durations: dict[str, float]) -> float:
+  """ETA of `todo`: each stage costs the mean duration of finished stages of its kind (else of all stages)."""
+  by_kind: dict[str, list[float]] = {}
+  for name, seconds in durations.items():
+    by_kind.setdefault(name.split(" (")[0], []).append(seconds)
+  overall = float(np.mean(list(durations.values()))) if durations else 0.0
+  return sum(float(np.mean(by_kind[s.kind])) if s.kind in by_kind else overall for s in todo)
+
+
+def _exported(folder: pathlib.Path) -> pathlib.Path:
+  return folder / store.INFO_FILE
+
+
+def prior_path(config: ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
+  return workdir / "prior" / "generator" if config.retrain_prior else pathlib.Path(config.prior)
+
+
+def stages(config: ConfigDict, workdir: pathlib.Path) -> list[Stage]:
+  """Every stage of the study in run order (shared stages first, then cell by cell)."""
+  prior = prior_path(config, workdir)
+  evaluation_model = workdir / "evaluation_model" / "model"
+  out = []
+  if config.retrain_prior:
+    out.append(Stage("prior (jaxmia.gan)", _exported(prior), lambda: gan.train(config.gan, workdir / "prior")))
+  elif not _exported(prior).exists():
+    raise FileNotFoundError(f"No StyleGAN2 prior at {prior} (config.prior). Use the shipped "
+                            "converted_weights/mnist32_stylegan2 from a full checkout, or retrain it with "
+                            "--config.retrain_prior=True.")
+  out.append(Stage("evaluation model", _exported(evaluation_model),
+                   lambda: train.train_and_evaluate(config.evaluation_model, workdir / "evaluation_model")))
+  for cell in cells(config, workdir):
+    label = f"seed {cell.seed}, α = {cell.alpha:g}"
+    out.append(Stage(f"target ({label})", _exported(cell.target_dir / "model"),
+                     lambda cell=cell: train.train_and_evaluate(target_config(config, cell), cell.target_dir)))
+    out.append(Stage(f"attack ({label})", cell.attack_dir / "summary.json",
+                     lambda cell=cell: attack_run.run_attack(attack_config(config, cell, prior), cell.attack_dir)))
+    out.append(Stage(f"evaluation ({label})", cell.attack_dir / report.EVALUATION_DIR / report.REPORT_FILE,
+                     lambda cell=cell: evaluation.evaluate_attack(
+                         evaluate_config(config, workdir, evaluation_model), cell.attack_dir)))
+  return out
+
+
+def target_config(config: ConfigDict, cell: Cell) -> ConfigDict:
+  target = ConfigDict(config.target.to_dict())
+  target.seed, target.label_smoothing = cell.seed, cell.alpha
+  return target
+
+
+def attack_config(config: ConfigDict, cell: Cell, prior: pathlib.Path) -> ConfigDict:
+  attack = ConfigDict(config.attack.to_dict())
+  attack.seed, attack.generator, attack.target = cell.seed, str(prior), str(cell.target_dir / "model")
+  return attack
+
+
+def evaluate_config(config: ConfigDict, workdir: pathlib.Path, evaluation_model: pathlib.Path) -> ConfigDict:
+  evaluate = ConfigDict(config.evaluate.to_dict())
+  evaluate.evaluation_model.weights = str(evaluation_model)
+  evaluate.fid.weights = str(evaluation_model)  # no Inception weights offline: FID in the evaluation model's features
+  evaluate.fid.image_size = evaluate.evaluation_model.image_size
+  evaluate.feature_cache_dir = str(workdir / "feature_cache")
+  return evaluate
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+
+def _mean_sd(values: list) -> tuple[float | None, float | None]:
+  finite = [v for v in values if v is not None and math.isfinite(v)]
+  if not finite:
+    return None, None
+  return float(np.mean(finite)), float(np.std(finite, ddof=1)) if len(finite) > 1 else None
+
+
+def aggregate(config: ConfigDict, workdir: pathlib.Path) -> list[dict]:
+  """Per α: {'alpha', 'reports' (one per seed), 'mean', 'sd'} with metrics keyed as in report.json."""
+  rows = []
+  for alpha in config.alphas:
+    reports = [report.load_report(cell.attack_dir) for cell in cells(config, workdir) if cell.alpha == alpha]
+    mean, sd = {}, {}
+    for key in report.COLUMN_KEYS:
+      mean[key], sd[key] = _mean_sd([r["metrics"].get(key) for r in reports])
+    reasons = {k: v for r in reports for k, v in r["unavailable"].items() if mean[k] is None}
+    rows.append({"alpha": float(alpha), "reports": reports, "mean": mean, "sd": sd, "unavailable": reasons})
+  return rows
+
+
+def _named(name: str, metrics: dict, unavailable: dict | None = None) -> dict:
+  return {"name": name, "metrics": metrics, "unavailable": unavailable or {}}
+
+
+def table(reports: list[dict], baseline: int, notes: bool = True) -> str:
+  """`report.comparison_table` with its n/a notes merged across runs (or dropped)."""
+  text = report.comparison_table(reports, baseline).rstrip()
+  body, _, note_text = text.partition("\n\nn/a:\n")
+  if not notes or not note_text:
+    return body
+  merged: dict[str, list[str]] = {}
+  for line in note_text.splitlines():
+    for r in reports:  # "- <run name>, <column>: <reason>"
+      prefix = f"- {r['name']}, "
+      if line.startswith(prefix):
+        merged.setdefault(line[len(prefix):], []).append(r["name"])
+        break
+  return body + "\n\nn/a:\n" + "\n".join(
+      f"- {note}" + ("" if len(names) == len(reports) else f" ({', '.join(names)})")
+      for note, names in merged.items())
+
+
+def sd_table(rows: list[dict]) -> str:
+  """Markdown table of the standard deviations over seeds (units as in the main table)."""
+  lines = ["| α | " + " | ".join(c.header for c in report.COLUMNS) + " |",
+           "| --- | " + " | ".join("---:" for _ in report.COLUMNS) + " |"]
+  for row in rows:
+    sd = _named("", row["sd"])
+    lines.append(f"| {row['alpha']:g} | " + " | ".join(report.format_value(sd, c) for c in report.COLUMNS) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def _generated_images(generator, variables, w: np.ndarray) -> np.ndarray:
+  images = jax.jit(lambda v, w: jnp.clip(optimize.synthesize(generator, v, w), -1.0, 1.0))(variables, w)
+  return np.asarray(images)
+
+
+def samples_figure(config: ConfigDict, workdir: pathlib.Path, prior: pathlib.Path, path: pathlib.Path) -> None:
+  """Real training images of each attacked class beside the first selected attack samples for each α."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  k = int(config.figure.samples_per_class)
+  seed = int(config.seeds[0])
+  generator, variables = convert.load_converted(prior)
+  columns = []
+  for alpha in config.alphas:
+    with np.load(Cell(seed, float(alpha), workdir / f"seed_{seed}" / alpha_name(float(alpha))).attack_dir /
+                 "latents.npz") as f:
+      w, targets = f["selected_w"], f["selected_targets"]
+    columns.append((f"α = {alpha:g}", w, targets))
+  classes = np.unique(columns[0][2])
+  train_split = data.load_split(config.target.dataset, "train")
+  real_images, real_labels = data.load_arrays(train_split)
+  size = real_images.shape[1]
+
+  def grid(images_per_class: list[np.ndarray]) -> np.ndarray:
+    canvas = np.full((len(classes) * size, k * size, 3), 255, np.uint8)
+    for r, images in enumerate(images_per_class):
+      for c, image in enumerate(images[:k]):
+        canvas[r * size:(r + 1) * size, c * size:(c + 1) * size] = image
+    return canvas
+
+  panels = [("real (training)", grid([real_images[real_labels == c] for c in classes]))]
+  for title, w, targets in columns:
+    rows = [np.flatnonzero(targets == c)[:k] for c in classes]
+    images = _generated_images(generator, variables, w[np.concatenate(rows)])
+    pixels = np.rint((images + 1.0) * 127.5).astype(np.uint8)
+    if pixels.shape[1] != size:
+      pixels = np.asarray(jax.image.resize(pixels.astype(np.float32), (len(pixels), size, size, 3), "linear"))
+      pixels = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    split_at = np.cumsum([len(r) for r in rows])[:-1]
+    panels.append((title, grid(np.split(pixels, split_at))))
+  fig, axes = plt.subplots(1, len(panels), figsize=(0.45 * k * len(panels) + 1.5, 0.45 * len(classes) + 1.2))
+  for ax, (title, image) in zip(np.atleast_1d(axes), panels):
+    ax.imshow(image)
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks((np.arange(len(classes)) + 0.5) * size, [str(c) for c in classes], fontsize=8)
+  fig.suptitle(f"Selected attack samples per class (seed {seed})", fontsize=11)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def metrics_figure(rows: list[dict], path: pathlib.Path) -> None:
+  """Bar plot of PLOTTED metrics per α: mean with ± sd error bars and each seed as a dot."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  columns = {c.key: c for c in report.COLUMNS}
+  fig, axes = plt.subplots(1, len(PLOTTED), figsize=(3.2 * len(PLOTTED), 3.2))
+  x = np.arange(len(rows))
+  for ax, key in zip(axes, PLOTTED):
+    column, scale = columns[key], 100.0 if columns[key].percent else 1.0
+    means = [scale * row["mean"][key] if row["mean"][key] is not None else np.nan for row in rows]
+    sds = [scale * row["sd"][key] if row["sd"][key] is not None else 0.0 for row in rows]
+    colors = ["tab:red" if row["alpha"] > 0 else "tab:blue" if row["alpha"] < 0 else "tab:gray" for row in rows]
+    ax.bar(x, means, yerr=sds, capsize=4, color=colors, alpha=0.8)
+    for i, row in enumerate(rows):
+      seeds = [scale * r["metrics"][key] for r in row["reports"] if r["metrics"].get(key) is not None]
+      ax.plot([i] * len(seeds), seeds, "k.", markersize=5)
+    ax.set_xticks(x, [f"α={row['alpha']:g}" for row in rows])
+    ax.set_title(column.header + (" (%)" if column.percent else ""))
+  fig.suptitle(f"Mean ± sd over {len(rows[0]['reports'])} seed(s); dots: single seeds", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write_report(config: ConfigDict, workdir: pathlib.Path, timings: dict) -> dict:
+  """Builds report.md, study.json, samples.png and metrics.png from the evaluated cells."""
+  rows = aggregate(config, workdir)
+  alphas = [row["alpha"] for row in rows]
+  baseline = alphas.index(float(config.baseline_alpha))
+  n = len(config.seeds)
+  means = [_named(f"α = {row['alpha']:g}", row["mean"], row["unavailable"]) for row in rows]
+  prior = prior_path(config, workdir)
+  samples_figure(config, workdir, prior, workdir / "samples.png")
+  metrics_figure(rows, workdir / "metrics.png")
+  lines = [
+      "# Label smoothing and model inversion: embedded digits study", "",
+      f"Targets: {config.target.model.arch} on the private MNIST split, α ∈ {{{', '.join(f'{a:g}' for a in alphas)}}}; "
+      f"attack: PPA through the StyleGAN2 prior `{prior}`; evaluation model: {config.evaluation_model.model.arch}. "
+      f"Seeds: {', '.join(str(s) for s in config.seeds)}{' (quick run)' if config.quick else ''}.", "",
+      f"## Mean over {n} seed{'s' if n > 1 else ''} (differences to α = {config.baseline_alpha:g})", "",
+      "FID, precision, recall, density and coverage use the evaluation model's penultimate features (no "
+      "Inception network offline); δ_face is n/a for digits.", "",
+      table(means, baseline), "",
+      "## Standard deviation over seeds", "",
+      sd_table(rows).rstrip() if n > 1 else "One seed: no standard deviation.", "",
+      "## Figures", "", "![attack samples](samples.png)", "", "![metrics per alpha](metrics.png)", "",
+      "## Per seed", ""]
+  for seed in config.seeds:
+    seed_reports = [_named(f"α = {row['alpha']:g}", r["metrics"], r["unavailable"])
+                    for row in rows for r, s in zip(row["reports"], config.seeds) if s == seed]
+    lines += [f"### Seed {seed}", "", table(seed_reports, baseline, notes=False), ""]
+  lines += ["## Stage times (this invocation)", ""]
+  lines += [f"- {name}: {seconds:.0f} s" for name, seconds in timings.items()] or ["- nothing was run"]
+  (workdir / "report.md").write_text("\n".join(lines) + "\n")
+  study = {"alphas": alphas, "seeds": list(config.seeds), "baseline_alpha": float(config.baseline_alpha),
+           "mean": {f"{row['alpha']:g}": row["mean"] for row in rows},
+           "sd": {f"{row['alpha']:g}": row["sd"] for row in rows},
+           "per_seed": {f"{row['alpha']:g}": [r["metrics"] for r in row["reports"]] for row in rows},
+           "timings": timings, "config": json.loads(config.to_json_best_effort())}
+  (workdir / "study.json").write_text(json.dumps(study, indent=2))
+  return study
+
+
+# ----------------------------------------------------------------------------------------------- driver
+
+
+def run_study(config: ConfigDict, workdir) -> dict:
+  """Runs the missing stages of the study in `workdir`, then writes the report; returns study.json's dict."""
+  from clu import periodic_actions  # imports TensorFlow: keep it out of `import jaxmia.experiment`
+
+  config = resolve(config)
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  plan = stages(config, workdir)
+  todo = [stage for stage in plan if not stage.outputs.exists()]
+  for stage in plan:
+    if stage.outputs.exists():
+      logging.info("Study: %s already done (%s).", stage.name, stage.outputs)
+  progress = periodic_actions.ReportProgress(num_train_steps=len(plan), every_secs=None, every_steps=1)
+  progress(len(plan) - len(todo))
+  timings, started = {}, time.monotonic()
+  for i, stage in enumerate(todo):
+    logging.info("Study: stage %d/%d: %s.", len(plan) - len(todo) + i + 1, len(plan), stage.name)
+    t0 = time.monotonic()
+    stage.run()
+    timings[stage.name] = time.monotonic() - t0
+    elapsed = time.monotonic() - started
+    eta = remaining_seconds(todo[i + 1:], timings)
+    logging.info("Study: %s done in %.0f s (%.0f s so far, about %.0f s to go).", stage.name, timings[stage.name],
+                 elapsed, eta)
+    progress(len(plan) - len(todo) + i + 1)
+  study = write_report(config, workdir, timings)
+  logging.info("Study report: %s", workdir / "report.md")
+  return study
+
+
+FLAGS = flags.FLAGS
+# `allow_override`: jaxmia.train and jaxmia.gan, imported above, register --config and --workdir as well.
+config_flags.DEFINE_config_file("config", None, "Study config (configs/digits_study.py).", lock_config=True,
+                                allow_override=True)
+flags.DEFINE_string("workdir", None, "Study directory (stages already done there are skipped).",
+                    allow_override=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  parallel.initialize_distributed()
+  import tensorflow as tf  # clu's writers import TF: keep it off accelerators.
+  tf.config.set_visible_devices([], "GPU")
+  run_study(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

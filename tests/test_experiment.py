@@ -1,0 +1,75 @@
+"""The end-to-end digits study (`jaxmia.experiment`) in its quick form: report structure, finite metrics in
+range, figures, and a rerun that redoes nothing."""
+import json
+import math
+
+from PIL import Image
+import pytest
+
+from configs import digits_study
+from jaxmia import experiment, report
+
+
+def _quick_config():
+  config = digits_study.get_config()
+  config.quick = True
+  return config
+
+
+def test_cells_of_a_seed_differ_only_in_alpha(tmp_path):
+  config = experiment.resolve(_quick_config())
+  runs = experiment.cells(config, tmp_path)
+  assert len(runs) == len(config.seeds) * len(config.alphas)
+  for seed in config.seeds:
+    targets = [experiment.target_config(config, c).to_dict() for c in runs if c.seed == seed]
+    assert [t.pop("label_smoothing") for t in targets] == list(config.alphas)
+    assert all(t == targets[0] and t["seed"] == seed for t in targets)
+
+
+def test_eta_uses_the_mean_time_of_each_stage_kind():
+  stage = lambda name: experiment.Stage(name, None, None)
+  done = {"evaluation model": 100.0, "target (seed 0, α = 0.1)": 30.0, "target (seed 0, α = 0)": 10.0,
+          "attack (seed 0, α = 0.1)": 6.0}
+  todo = [stage("target (seed 1, α = 0)"), stage("attack (seed 0, α = 0)"), stage("evaluation (seed 0, α = 0)")]
+  # targets: mean 20; attacks: 6; evaluations not seen yet: the mean of all finished stages, 36.5.
+  assert experiment.remaining_seconds(todo, done) == 20.0 + 6.0 + 36.5
+
+
+def test_unknown_baseline_is_refused():
+  config = _quick_config()
+  config.baseline_alpha = 0.2
+  with pytest.raises(ValueError, match="baseline_alpha"):
+    experiment.resolve(config)
+
+
+@pytest.mark.slow
+def test_quick_study_writes_a_complete_report(tmp_path):
+  study = experiment.run_study(_quick_config(), tmp_path)
+  config = experiment.resolve(_quick_config())
+  assert len(study["timings"]) == 1 + 3 * len(config.seeds) * len(config.alphas)  # evaluation model + cells
+
+  text = (tmp_path / "report.md").read_text()
+  header = "| Run | " + " | ".join(c.header for c in report.COLUMNS) + " |"
+  assert text.count(header) == 1 + len(config.seeds)  # the mean table and one per seed
+  assert "| α = 0 (baseline) |" in text and "## Standard deviation over seeds" in text
+  for alpha in (0.1, -0.05):
+    row = next(line for line in text.splitlines() if line.startswith(f"| α = {alpha:g} |"))
+    assert "(+" in row or "(-" in row  # differences to the baseline
+
+  for alpha in ("0.1", "0", "-0.05"):
+    mean, sd = study["mean"][alpha], study["sd"][alpha]
+    for key in ("test_accuracy", "ece", "acc_top1", "acc_top5", "xi_train", "xi_test"):
+      assert 0.0 <= mean[key] <= 1.0, (alpha, key, mean[key])
+    for key in ("delta_eval", "fid"):
+      assert math.isfinite(mean[key]) and mean[key] >= 0.0, (alpha, key, mean[key])
+    assert mean["delta_face"] is None  # no FaceNet for digits
+    assert sd["acc_top1"] is not None and sd["acc_top1"] >= 0.0
+    assert len(study["per_seed"][alpha]) == len(config.seeds)
+
+  for name in ("samples.png", "metrics.png"):
+    with Image.open(tmp_path / name) as image:
+      assert image.width > 200 and image.height > 100
+
+  again = experiment.run_study(_quick_config(), tmp_path)  # every stage is done: only the report is rebuilt
+  assert again["timings"] == {} and again["mean"] == study["mean"]
+  assert json.loads((tmp_path / "study.json").read_text())["mean"] == study["mean"]
