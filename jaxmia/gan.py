@@ -426,6 +426,9 @@ def train(config: ConfigDict, workdir: str | os.PathLike, mesh: jax.sharding.Mes
                                                 args=ocp.args.StandardRestore(abstract)))
     logging.info("Resumed from iteration %d in %s.", int(state.step), workdir)
   start = int(jax.device_get(state.step))
+  if start > num_steps:
+    raise ValueError(f"{workdir} holds a checkpoint at iteration {start}, beyond config.total_kimg="
+                     f"{config.total_kimg} ({num_steps} iterations); raise total_kimg or choose a new workdir.")
 
   train_step = compiled_train_step(step_config(config), mesh)
   step_key = jax.device_put(jax.random.fold_in(root_key, 1), parallel.replicated(mesh))
@@ -443,7 +446,8 @@ def train(config: ConfigDict, workdir: str | os.PathLike, mesh: jax.sharding.Mes
                f"fakes_{kimg(step):08.3f}kimg.png")
 
   if start == 0 and jax.process_index() == 0:
-    reals = np.stack([split.source[i]["image"] for i in range(min(config.num_samples, split.num_examples))])
+    shown = np.linspace(0, split.num_examples - 1, min(config.num_samples, split.num_examples)).astype(int)
+    reals = np.stack([split.source[int(i)]["image"] for i in shown])  # spread over the (class-ordered) split
     save_png(image_grid(reals / 127.5 - 1.0), workdir / "samples" / "reals.png")
     write_samples(0)
   step, pending, started = start, [], time.time()
