@@ -62,18 +62,15 @@ def get_config(arg=None):
   # Overrides applied when quick=True (same structure as the fields above).
   config.quick_settings = ConfigDict()
   quick = config.quick_settings
-  quick.seeds = (0, 1)
-  quick.target = digits.get_config("smoke")
-  quick.target.num_epochs = 3
-  quick.target.optimizer.lr_decay_epochs = (2,)
-  quick.evaluation_model = ConfigDict(dict(num_epochs=2, optimizer=dict(lr_decay_epochs=(1,)),
-                                           dataset=dict(samples_per_class=16), batch_size=32))
+  quick.seeds = (0,)  # one seed: the sd columns read "no standard deviation"
+  quick.target = digits.get_config("smoke")  # slim ResNet-18, 16 images per class, 2 epochs
+  quick.evaluation_model = ConfigDict(dict(num_epochs=1, dataset=dict(samples_per_class=16), batch_size=32))
   quick.attack = ConfigDict(dict(
       targets="3",
       candidates=dict(search_space_size=40, num_candidates=4, batch_size=20),
-      attack=dict(batch_size=12, num_steps=5),
-      final_selection=dict(samples_per_target=2, iterations=4, batch_size=12),
+      attack=dict(batch_size=12, num_steps=3),
+      final_selection=dict(samples_per_target=2, iterations=2, batch_size=12),
       output=dict(images_per_class=2, image_size=32)))
-  quick.evaluate = ConfigDict(dict(batch_size=16, knowledge_extraction=dict(num_epochs=2, batch_size=16)))
+  quick.evaluate = ConfigDict(dict(batch_size=16, knowledge_extraction=dict(num_epochs=1, batch_size=16)))
   quick.figure = ConfigDict(dict(samples_per_class=2))
   return config

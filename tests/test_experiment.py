@@ -3,6 +3,7 @@ range, figures, and a rerun that redoes nothing."""
 import json
 import math
 
+import numpy as np
 from PIL import Image
 import pytest
 
@@ -42,6 +43,33 @@ def test_unknown_baseline_is_refused():
     experiment.resolve(config)
 
 
+def test_aggregate_means_and_sds_over_seeds(tmp_path):
+  config = experiment.resolve(_quick_config())
+  config.seeds = (0, 1, 2)
+  rng = np.random.default_rng(0)
+  values = {}
+  for cell in experiment.cells(config, tmp_path):
+    metrics = {key: float(rng.uniform()) for key in report.COLUMN_KEYS if key != "delta_face"}
+    values[(cell.seed, cell.alpha)] = metrics
+    out = cell.attack_dir / report.EVALUATION_DIR
+    out.mkdir(parents=True)
+    (out / report.REPORT_FILE).write_text(json.dumps({
+        "name": "x", "metrics": {**metrics, "delta_face": None}, "unavailable": {"delta_face": "no FaceNet"}}))
+  rows = experiment.aggregate(config, tmp_path)
+  assert [row["alpha"] for row in rows] == list(config.alphas)
+  for row in rows:
+    per_seed = np.array([values[(s, row["alpha"])]["acc_top1"] for s in config.seeds])
+    np.testing.assert_allclose(row["mean"]["acc_top1"], per_seed.mean())
+    np.testing.assert_allclose(row["sd"]["acc_top1"], per_seed.std(ddof=1))
+    assert row["mean"]["delta_face"] is None and row["unavailable"] == {"delta_face": "no FaceNet"}
+  sd_rows = experiment.sd_table(rows).splitlines()[2:]
+  assert [line.split(" | ")[0] for line in sd_rows] == ["| 0.1", "| 0", "| -0.05"]
+  assert f"{100 * rows[0]['sd']['acc_top1']:.2f}" in sd_rows[0]
+  means = [experiment._named(f"α = {row['alpha']:g}", row["mean"], row["unavailable"]) for row in rows]
+  text = experiment.table(means, baseline=1)
+  assert text.endswith("n/a:\n- δ_face: no FaceNet")  # one merged note for all rows
+
+
 @pytest.mark.slow
 def test_quick_study_writes_a_complete_report(tmp_path):
   study = experiment.run_study(_quick_config(), tmp_path)
@@ -51,7 +79,7 @@ def test_quick_study_writes_a_complete_report(tmp_path):
   text = (tmp_path / "report.md").read_text()
   header = "| Run | " + " | ".join(c.header for c in report.COLUMNS) + " |"
   assert text.count(header) == 1 + len(config.seeds)  # the mean table and one per seed
-  assert "| α = 0 (baseline) |" in text and "## Standard deviation over seeds" in text
+  assert "| α = 0 (baseline) |" in text and "One seed: no standard deviation." in text
   for alpha in (0.1, -0.05):
     row = next(line for line in text.splitlines() if line.startswith(f"| α = {alpha:g} |"))
     assert "(+" in row or "(-" in row  # differences to the baseline
@@ -63,7 +91,7 @@ def test_quick_study_writes_a_complete_report(tmp_path):
     for key in ("delta_eval", "fid"):
       assert math.isfinite(mean[key]) and mean[key] >= 0.0, (alpha, key, mean[key])
     assert mean["delta_face"] is None  # no FaceNet for digits
-    assert sd["acc_top1"] is not None and sd["acc_top1"] >= 0.0
+    assert sd["acc_top1"] is None  # one seed in the quick run
     assert len(study["per_seed"][alpha]) == len(config.seeds)
 
   for name in ("samples.png", "metrics.png"):
