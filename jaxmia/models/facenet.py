@@ -11,6 +11,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxmia.models.conv import conv_general_dilated
 from jaxmia.models.inception import BasicConv2d
 from jaxmia.models.resnet import BatchNorm, linear_bias_init, linear_kernel_init
 
@@ -27,7 +28,8 @@ def _residual_merge(x, branches, scale: float, activate: bool, dtype):
   `scale` times that to x and (optionally) applies ReLU."""
   h = jnp.concatenate(branches, axis=-1)
   up = nn.Conv(x.shape[-1], (1, 1), kernel_init=linear_kernel_init,
-               bias_init=linear_bias_init(h.shape[-1]), dtype=dtype, name="conv2d")(h)
+               bias_init=linear_bias_init(h.shape[-1]), dtype=dtype, conv_general_dilated=conv_general_dilated,
+               name="conv2d")(h)
   out = up * scale + x
   return nn.relu(out) if activate else out
 

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmia.models.conv import conv_general_dilated
 from jaxmia.models.resnet import BatchNorm, linear_bias_init, linear_kernel_init
 
 # Spatial size the FID network sees after its resize step.
@@ -46,7 +47,7 @@ class BasicConv2d(nn.Module):
     ph, pw = _pair(self.padding)
     x = nn.Conv(self.features, _pair(self.kernel_size), strides=_pair(self.strides),
                 padding=((ph, ph), (pw, pw)), use_bias=False, kernel_init=self.kernel_init, dtype=self.dtype,
-                name="conv")(x)
+                conv_general_dilated=conv_general_dilated, name="conv")(x)
     return nn.relu(BatchNorm(epsilon=1e-3, dtype=self.dtype, name="bn")(x, train))
 
 

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxmia.models.conv import conv_general_dilated
+
 # torchvision's initialisers: convs kaiming_normal_(mode="fan_out", nonlinearity="relu"); nn.Linear's default
 # kaiming_uniform_(a=sqrt(5)), i.e. U(+-1/sqrt(fan_in)) for the weight and the bias.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -73,7 +75,7 @@ def conv(features: int, kernel: int, *, stride: int = 1, groups: int = 1, dtype:
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
                  feature_group_count=groups, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-                 kernel_init=kernel_init, name=name)
+                 kernel_init=kernel_init, conv_general_dilated=conv_general_dilated, name=name)
 
 
 def max_pool_3x3_s2(x):

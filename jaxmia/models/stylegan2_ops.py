@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxmia.models.conv import conv_general_dilated
+
 _SQRT2 = float(np.sqrt(2.0))
 
 # name -> (function, default gain), as in NVlabs `bias_act.activation_funcs`.
@@ -154,7 +156,7 @@ def downsample2d(x, taps: np.ndarray):
 def conv2d(x, kernel, *, stride: int = 1, padding: int | tuple[int, int] = 0):
   """Cross-correlation (as `torch.nn.functional.conv2d`) of `[B, H, W, I]` with `[kh, kw, I, O]`."""
   pad = (padding, padding) if isinstance(padding, int) else padding
-  return lax.conv_general_dilated(x, kernel, (stride, stride), (pad, pad), dimension_numbers=_DIMS)
+  return conv_general_dilated(x, kernel, (stride, stride), (pad, pad), dimension_numbers=_DIMS)
 
 
 def _phase_kernel(kernel, phase: int, axis: int):
@@ -185,7 +187,7 @@ def conv_transpose2x(x, kernel):
       out_y, out_x = (size - py + 1) // 2, (2 * w + k - 2 - px + 1) // 2
       pad_y = (ty, out_y - h)
       pad_x = (tx, out_x - w)
-      row.append(lax.conv_general_dilated(x, sub, (1, 1), (pad_y, pad_x), dimension_numbers=_DIMS))
+      row.append(conv_general_dilated(x, sub, (1, 1), (pad_y, pad_x), dimension_numbers=_DIMS))
     rows.append(row)
   # Interleave the parities: pad every phase to the size of phase 0, stack, reshape, crop.
   n0y, n0x = rows[0][0].shape[1], rows[0][0].shape[2]
