@@ -633,12 +633,6 @@ def evaluate_attack(config: ml_collections.ConfigDict, run_dir, out_dir=None, me
 
 # ------------------------------------------------------------------------------------------------ CLI
 
-# `allow_override`: jaxmia.train, which the knowledge extraction imports, registers a --config flag as well.
-config_flags.DEFINE_config_file("config", None, "Evaluation config (configs/evaluate_*.py[:variant]).",
-                                lock_config=True, allow_override=True)
-flags.DEFINE_string("run_dir", None, "Attack run directory (written by python -m jaxmia.attack).")
-flags.DEFINE_string("out_dir", None, "Where to write the report; default <run_dir>/evaluation.")
-
 
 def main(argv):
   if len(argv) > 1:
@@ -649,5 +643,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  config_flags.DEFINE_config_file("config", None, "Evaluation config (configs/evaluate_*.py[:variant]).",
+                                  lock_config=True)
+  flags.DEFINE_string("run_dir", None, "Attack run directory (written by python -m jaxmia.attack).")
+  flags.DEFINE_string("out_dir", None, "Where to write the report; default <run_dir>/evaluation.")
   flags.mark_flags_as_required(["config", "run_dir"])
   app.run(main)

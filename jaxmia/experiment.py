@@ -363,23 +363,17 @@ def run_study(config: ConfigDict, workdir) -> dict:
   return study
 
 
-FLAGS = flags.FLAGS
-# `allow_override`: jaxmia.train and jaxmia.gan, imported above, register --config and --workdir as well.
-config_flags.DEFINE_config_file("config", None, "Study config (configs/digits_study.py).", lock_config=True,
-                                allow_override=True)
-flags.DEFINE_string("workdir", None, "Study directory (stages already done there are skipped).",
-                    allow_override=True)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   parallel.initialize_distributed()
   import tensorflow as tf  # clu's writers import TF: keep it off accelerators.
   tf.config.set_visible_devices([], "GPU")
-  run_study(FLAGS.config, FLAGS.workdir)
+  run_study(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
+  config_flags.DEFINE_config_file("config", None, "Study config (configs/digits_study.py).", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Study directory (stages already done there are skipped).")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

@@ -482,13 +482,6 @@ def train(config: ConfigDict, workdir: str | os.PathLike, mesh: jax.sharding.Mes
 
 # ----------------------------------------------------------------------------------------------- CLI
 
-FLAGS = flags.FLAGS
-# `allow_override`: jaxmia.experiment imports this module and jaxmia.train, which register the same flags.
-config_flags.DEFINE_config_file("config", None, "GAN training configuration (configs/gan_*.py).",
-                                lock_config=True, allow_override=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, sample grids and the exported networks.",
-                    allow_override=True)
-
 
 def main(argv):
   if len(argv) > 1:
@@ -496,9 +489,12 @@ def main(argv):
   parallel.initialize_distributed()
   import tensorflow as tf  # clu's TensorBoard writer imports TF: keep it off accelerators.
   tf.config.set_visible_devices([], "GPU")
-  train(FLAGS.config, FLAGS.workdir)
+  train(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
+  config_flags.DEFINE_config_file("config", None, "GAN training configuration (configs/gan_*.py).",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, sample grids and the exported networks.")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

@@ -390,11 +390,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike,
 
 # ----------------------------------------------------------------------------------------------- CLI
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Training configuration (configs/*.py[:variant]).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the exported model.")
-
 
 class _WithoutOrbaxInfo(std_logging.Filter):
   """Drops orbax's INFO chatter (dozens of lines per checkpoint); its warnings and errors still show."""
@@ -412,10 +407,13 @@ def main(argv):
   tf.config.set_visible_devices([], "GPU")
   logging.info("JAX process %d/%d, %d local / %d global devices.", jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
-  _, final = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  _, final = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
   logging.info("Final metrics: %s", json.dumps(final))
 
 
 if __name__ == "__main__":
+  config_flags.DEFINE_config_file("config", None, "Training configuration (configs/*.py[:variant]).",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the exported model.")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)
