@@ -7,8 +7,9 @@ convolution library (YNNPACK) takes; inside a `while` loop it does not, and fall
 that measured ~3.5x slower — which made the attack's on-device `fori_loop` over steps 1.7x slower than the same
 step outside a loop. Here the backward pass swaps the kernel's I/O axes physically (behind an
 `optimization_barrier`, so XLA cannot fold the swap back into the dimension numbers), and every convolution
-of the backward pass gets the fast path, in loops or not. The weight gradient is JAX's own and is dropped by
-XLA when nothing uses it (frozen networks in the attack).
+of the backward pass gets the fast path, in loops or not. A second barrier ties the copy to the cotangent, so
+it is made when the backward pass reaches the layer, not all copies at once (peak memory). The weight
+gradient is JAX's own and is dropped by XLA when nothing uses it (frozen networks in the attack).
 
 Pass it to Flax as `nn.Conv(..., conv_general_dilated=conv_general_dilated)`.
 """
@@ -33,6 +34,7 @@ def _conv_bwd(options, residuals, g):
   kwargs = dict(options)
   numbers = kwargs["dimension_numbers"]  # a lax.ConvDimensionNumbers; rhs_spec is (O axis, I axis, spatial...)
   out_axis, in_axis, *spatial = numbers.rhs_spec
+  kernel, g = lax.optimization_barrier((kernel, g))  # copy the kernel only once the cotangent exists
   swapped = lax.optimization_barrier(jnp.swapaxes(kernel, out_axis, in_axis))
   swapped_kwargs = dict(kwargs, dimension_numbers=numbers._replace(rhs_spec=(in_axis, out_axis, *spatial)))
   _, input_vjp = jax.vjp(lambda x: lax.conv_general_dilated(x, swapped, **swapped_kwargs), x)
