@@ -10,9 +10,12 @@ resized crop, target, Poincaré loss, gradient w.r.t. w only, Adam); it is run o
 over `--steps` steps. Stage 1 is `attack.select_initial_latents` (mapping, synthesis, crop + resize, target
 on image and mirror image), timed on a second call with a search space of 3 batches. Stage 3 is
 `attack.robustness_scores` (one synthesis per latent, then `--final-iterations` random resized crops + flips
-through the target); its images/s counts augmented target inputs, synthesis included.
+through the target); its images/s counts augmented target inputs, synthesis included (PPA's stage-3 figure
+leaves its synthesis out, so equal speed reads a little below 1x, less so with more iterations).
 
-Weights are random, as in PPA's baseline (`../shared/bench/baseline.md`). "other cores" is the CPU time other
+Weights are random, as in PPA's baseline (`../shared/bench/baseline.md`); they are initialised once in a
+separate process and read from disk, as a real attack reads converted weights, so the initialisation's
+compilation does not count in the peak RSS. "other cores" is the CPU time other
 processes used during the timed interval (from /proc/stat), in cores: a value well above 0 means the machine
 was shared and the numbers are pessimistic. The largest batch is predicted from the measured peak RSS (linear
 in B) to stay under `--memory-gb`, then measured.
@@ -23,6 +26,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 GENERATORS = {  # NVlabs configs of the FFHQ pickles: 'paper256' and 'stylegan2' (ffhq.pkl, PPA's prior)
@@ -95,20 +99,69 @@ def _attack_config(num_steps, dtype, crop):
       center_crop=crop, resize=224, crop_scale=(0.9, 1.0), crop_ratio=(1.0, 1.0), remat="none", dtype=dtype))
 
 
+def _init_fns():
+  """{name: (module, init thunk)} for the networks a configuration needs; the thunks run only in `--init`."""
+  import jax
+  import jax.numpy as jnp
+
+  from jaxmia import models
+  from jaxmia.models.stylegan2 import Generator
+
+  generators = {g: Generator(**kwargs) for g, kwargs in GENERATORS.items()}
+  targets = {t: models.create_classifier(t, NUM_CLASSES) for t in ("resnet18", "resnet152")}
+  fns = {g: (m, lambda m=m: m.init(jax.random.key(0), jnp.zeros((1, 512)), None)) for g, m in generators.items()}
+  fns.update({t: (m, lambda m=m: m.init(jax.random.key(1), jnp.zeros((1, 224, 224, 3))))
+              for t, m in targets.items()})
+  return fns
+
+
+def _weights_file(name: str) -> str:
+  return os.path.join(tempfile.gettempdir(), f"jaxmia_bench_attack_{name}.npz")
+
+
+def write_random_weights(name: str):
+  """Initialises network `name` and saves its variables' leaves (run in its own process: see `load_weights`)."""
+  import jax
+  import numpy as np
+
+  _, init = _init_fns()[name]
+  leaves = jax.tree_util.tree_leaves(jax.jit(init)())
+  np.savez(_weights_file(name), *[np.asarray(leaf) for leaf in leaves])
+
+
+def load_weights(name: str):
+  """(module, variables) of network `name` with seeded random weights, read from disk as a real attack reads
+  converted weights; the initialisation ran in another process, so its compilation is not in this peak RSS."""
+  import jax
+  import numpy as np
+
+  module, init = _init_fns()[name]
+  shapes, treedef = jax.tree_util.tree_flatten(jax.eval_shape(init))
+
+  def read():
+    if not os.path.exists(_weights_file(name)):
+      return []
+    with np.load(_weights_file(name)) as stored:
+      return [jax.device_put(stored[f"arr_{i}"]) for i in range(len(stored.files))]
+
+  leaves = read()
+  if [leaf.shape for leaf in leaves] != [s.shape for s in shapes]:  # absent, or from another network version
+    subprocess.run([sys.executable, __file__, "--init", name], check=True)
+    leaves = read()
+  return module, jax.tree_util.tree_unflatten(treedef, leaves)
+
+
 def run_worker(spec: dict) -> dict:
   import jax
   import jax.numpy as jnp
   import ml_collections
   import numpy as np
 
-  from jaxmia import attack, models
+  from jaxmia import attack
   from jaxmia.attack import final_selection
-  from jaxmia.models.stylegan2 import Generator
 
-  generator = Generator(**GENERATORS[spec["gen"]])
-  generator_variables = jax.jit(generator.init)(jax.random.key(0), jnp.zeros((1, 512)), None)
-  target = models.create_classifier(spec["target"], NUM_CLASSES)
-  target_variables = jax.jit(target.init)(jax.random.key(1), jnp.zeros((1, 224, 224, 3)))
+  generator, generator_variables = load_weights(spec["gen"])
+  target, target_variables = load_weights(spec["target"])
   batch, dtype = spec["B"], spec["dtype"]
   targets = np.arange(batch) % NUM_CLASSES
   keys = attack.latent_keys(jax.random.key(2), np.arange(batch))
@@ -207,13 +260,17 @@ def main():
   parser.add_argument("--retries", type=int, default=3, help="Timed runs per configuration if contended.")
   parser.add_argument("--json", help="Also write all results to this JSON file.")
   parser.add_argument("--worker", help=argparse.SUPPRESS)
+  parser.add_argument("--init", help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.init:
+    write_random_weights(args.init)
+    return
   if args.worker:
     print(json.dumps(run_worker(json.loads(args.worker))), flush=True)
     return
   if args.quick:
     args.generators, args.targets, args.dtypes, args.batches = "ffhq256", "resnet18", "float32", "1,4,8"
-    args.steps, args.final_iterations, args.memory_gb = 2, 20, 0.0
+    args.steps, args.memory_gb = 2, 0.0
   generators, targets = args.generators.split(","), args.targets.split(",")
   dtypes, batches = args.dtypes.split(","), [int(b) for b in args.batches.split(",")]
   stages = args.stages.split(",")
