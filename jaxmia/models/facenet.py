@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxmia.models.conv import conv_general_dilated
+from jaxmia.models.pooling import max_pool
 from jaxmia.models.inception import BasicConv2d
 from jaxmia.models.resnet import BatchNorm, linear_bias_init, linear_kernel_init
 
@@ -82,10 +83,6 @@ class Block8(nn.Module):
     return _residual_merge(x, [b0, b1], self.scale, self.activate, self.dtype)
 
 
-def _max_pool_3x3_s2(x):
-  return nn.max_pool(x, (3, 3), strides=(2, 2))
-
-
 class ReductionA(nn.Module):
   """`mixed_6a`: 35x35x256 -> 17x17x896."""
   dtype: Any = jnp.float32
@@ -97,7 +94,7 @@ class ReductionA(nn.Module):
     b1 = conv(192, 1, name="branch1_0")(x, train)
     b1 = conv(192, 3, padding=1, name="branch1_1")(b1, train)
     b1 = conv(256, 3, strides=2, name="branch1_2")(b1, train)
-    return jnp.concatenate([b0, b1, _max_pool_3x3_s2(x)], axis=-1)
+    return jnp.concatenate([b0, b1, max_pool(x, 3, 2)], axis=-1)
 
 
 class ReductionB(nn.Module):
@@ -114,7 +111,7 @@ class ReductionB(nn.Module):
     b2 = conv(256, 1, name="branch2_0")(x, train)
     b2 = conv(256, 3, padding=1, name="branch2_1")(b2, train)
     b2 = conv(256, 3, strides=2, name="branch2_2")(b2, train)
-    return jnp.concatenate([b0, b1, b2, _max_pool_3x3_s2(x)], axis=-1)
+    return jnp.concatenate([b0, b1, b2, max_pool(x, 3, 2)], axis=-1)
 
 
 class InceptionResnetV1(nn.Module):
@@ -139,7 +136,7 @@ class InceptionResnetV1(nn.Module):
     x = conv(32, 3, strides=2, name="conv2d_1a")(x, train)
     x = conv(32, 3, name="conv2d_2a")(x, train)
     x = conv(64, 3, padding=1, name="conv2d_2b")(x, train)
-    x = _max_pool_3x3_s2(x)
+    x = max_pool(x, 3, 2)
     x = conv(80, 1, name="conv2d_3b")(x, train)
     x = conv(192, 3, name="conv2d_4a")(x, train)
     x = conv(256, 3, strides=2, name="conv2d_4b")(x, train)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmia.models.conv import conv_general_dilated
+from jaxmia.models.pooling import max_pool
 from jaxmia.models.resnet import BatchNorm, linear_bias_init, linear_kernel_init
 
 # Spatial size the FID network sees after its resize step.
@@ -51,10 +52,6 @@ class BasicConv2d(nn.Module):
     return nn.relu(BatchNorm(epsilon=1e-3, dtype=self.dtype, name="bn")(x, train))
 
 
-def _max_pool_3x3_s2(x):
-  return nn.max_pool(x, (3, 3), strides=(2, 2))
-
-
 def _pool_branch_input(x, pool: str):
   """The 3x3, stride-1, pad-1 pooling in front of a block's `branch_pool` conv.
 
@@ -67,7 +64,7 @@ def _pool_branch_input(x, pool: str):
   if pool == "avg_exclude_pad":
     return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=pad, count_include_pad=False)
   if pool == "max":
-    return nn.max_pool(x, (3, 3), strides=(1, 1), padding=pad)
+    return max_pool(x, 3, 1, padding=1)
   raise ValueError(f"Unknown pool branch {pool!r}; use 'avg', 'avg_exclude_pad' or 'max'.")
 
 
@@ -101,7 +98,7 @@ class InceptionB(nn.Module):
     bd = conv(64, 1, name="branch3x3dbl_1")(x, train)
     bd = conv(96, 3, padding=1, name="branch3x3dbl_2")(bd, train)
     bd = conv(96, 3, strides=2, name="branch3x3dbl_3")(bd, train)
-    return jnp.concatenate([b3, bd, _max_pool_3x3_s2(x)], axis=-1)
+    return jnp.concatenate([b3, bd, max_pool(x, 3, 2)], axis=-1)
 
 
 class InceptionC(nn.Module):
@@ -140,7 +137,7 @@ class InceptionD(nn.Module):
     b7 = conv(192, (1, 7), padding=(0, 3), name="branch7x7x3_2")(b7, train)
     b7 = conv(192, (7, 1), padding=(3, 0), name="branch7x7x3_3")(b7, train)
     b7 = conv(192, 3, strides=2, name="branch7x7x3_4")(b7, train)
-    return jnp.concatenate([b3, b7, _max_pool_3x3_s2(x)], axis=-1)
+    return jnp.concatenate([b3, b7, max_pool(x, 3, 2)], axis=-1)
 
 
 class InceptionE(nn.Module):
@@ -217,10 +214,10 @@ class InceptionV3(nn.Module):
     x = conv(32, 3, strides=2, name="Conv2d_1a_3x3")(x, train)
     x = conv(32, 3, name="Conv2d_2a_3x3")(x, train)
     x = conv(64, 3, padding=1, name="Conv2d_2b_3x3")(x, train)
-    x = _max_pool_3x3_s2(x)
+    x = max_pool(x, 3, 2)
     x = conv(80, 1, name="Conv2d_3b_1x1")(x, train)
     x = conv(192, 3, name="Conv2d_4a_3x3")(x, train)
-    x = _max_pool_3x3_s2(x)
+    x = max_pool(x, 3, 2)
     for name, pool_features in (("Mixed_5b", 32), ("Mixed_5c", 64), ("Mixed_5d", 64)):
       x = InceptionA(pool_features, pool=pool, dtype=self.dtype, name=name)(x, train)
     x = InceptionB(dtype=self.dtype, name="Mixed_6a")(x, train)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxmia.models.conv import conv_general_dilated
+from jaxmia.models.pooling import max_pool
 
 # torchvision's initialisers: convs kaiming_normal_(mode="fan_out", nonlinearity="relu"); nn.Linear's default
 # kaiming_uniform_(a=sqrt(5)), i.e. U(+-1/sqrt(fan_in)) for the weight and the bias.
@@ -80,7 +81,7 @@ def conv(features: int, kernel: int, *, stride: int = 1, groups: int = 1, dtype:
 
 def max_pool_3x3_s2(x):
   """`nn.MaxPool2d(3, stride=2, padding=1)` on `[B, H, W, C]` (padding never wins the max)."""
-  return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  return max_pool(x, 3, 2, padding=1)
 
 
 def _shortcut(x, out_channels: int, stride: int, train: bool, dtype):
