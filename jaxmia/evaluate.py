@@ -43,7 +43,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from PIL import Image
 
-from jaxmia import convert, data, metrics, parallel, report
+from jaxmia import cli, convert, data, metrics, parallel, report
 from jaxmia.attack import optimize
 from jaxmia.convert.inception import fid_inception_from_torch
 from jaxmia.data import augment, image_ops
@@ -635,9 +635,7 @@ def evaluate_attack(config: ml_collections.ConfigDict, run_dir, out_dir=None, me
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  parallel.initialize_distributed()
+  cli.start(argv)
   config, run_dir, out_dir = flags.FLAGS.config, flags.FLAGS.run_dir, flags.FLAGS.out_dir
   evaluate_attack(config, run_dir, out_dir)
 

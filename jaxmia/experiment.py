@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from ml_collections import ConfigDict, config_flags
 import numpy as np
 
-from jaxmia import convert, data, gan, parallel, report, train
+from jaxmia import cli, convert, data, gan, report, train
 from jaxmia.convert import store
 from jaxmia import evaluate as evaluation
 from jaxmia.attack import optimize, run as attack_run
@@ -364,11 +364,7 @@ def run_study(config: ConfigDict, workdir) -> dict:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  parallel.initialize_distributed()
-  import tensorflow as tf  # clu's writers import TF: keep it off accelerators.
-  tf.config.set_visible_devices([], "GPU")
+  cli.start(argv)
   run_study(flags.FLAGS.config, flags.FLAGS.workdir)
 
 

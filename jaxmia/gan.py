@@ -44,7 +44,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from jaxmia import convert, data, parallel
+from jaxmia import cli, convert, data, parallel
 from jaxmia.generate import image_grid, save_png
 from jaxmia.models import stylegan2
 
@@ -484,11 +484,7 @@ def train(config: ConfigDict, workdir: str | os.PathLike, mesh: jax.sharding.Mes
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  parallel.initialize_distributed()
-  import tensorflow as tf  # clu's TensorBoard writer imports TF: keep it off accelerators.
-  tf.config.set_visible_devices([], "GPU")
+  cli.start(argv)
   train(flags.FLAGS.config, flags.FLAGS.workdir)
 
 

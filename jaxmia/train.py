@@ -15,7 +15,6 @@ loads it with `convert.load_converted`.
 """
 import functools
 import json
-import logging as std_logging
 import os
 import pathlib
 from typing import Any, Callable
@@ -30,7 +29,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from jaxmia import convert, data, defenses, losses, metrics, models, parallel
+from jaxmia import cli, convert, data, defenses, losses, metrics, models, parallel
 from jaxmia.data import augment
 
 # Top-level submodules whose parameters are created fresh when the initial weights come from another task
@@ -391,22 +390,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike,
 # ----------------------------------------------------------------------------------------------- CLI
 
 
-class _WithoutOrbaxInfo(std_logging.Filter):
-  """Drops orbax's INFO chatter (dozens of lines per checkpoint); its warnings and errors still show."""
-
-  def filter(self, record):
-    return record.levelno >= std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
-
-
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_WithoutOrbaxInfo())
-  parallel.initialize_distributed()
-  import tensorflow as tf  # clu's TensorBoard writer imports TF: keep it off accelerators.
-  tf.config.set_visible_devices([], "GPU")
-  logging.info("JAX process %d/%d, %d local / %d global devices.", jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count())
+  cli.start(argv)
   _, final = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
   logging.info("Final metrics: %s", json.dumps(final))
 

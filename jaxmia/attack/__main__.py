@@ -5,7 +5,7 @@ Runs (or resumes, with the same --workdir) a Plug & Play Attack; see `jaxmia.att
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxmia import parallel
+from jaxmia import cli
 from jaxmia.attack.run import run_attack
 
 config_flags.DEFINE_config_file("config", None, "Attack config file (ml_collections).", lock_config=True)
@@ -14,9 +14,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  parallel.initialize_distributed()
+  cli.start(argv)
   run_attack(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
