@@ -50,8 +50,6 @@ def get_config(arg=None):
   config.evaluation_model.seed = 1234
 
   config.attack = attack_digits.get_config()  # seed, generator and target are set per run
-  config.attack.candidates.horizontal_flip = False  # mirrored digits are other digits
-  config.attack.final_selection.horizontal_flip = False
 
   config.evaluate = evaluate_digits.get_config()  # evaluation_model, FID network and caches are set by the study
   _student_settings(config.evaluate)
