@@ -13,14 +13,17 @@ steps) and `gradient_stability.png` (mean ± sd per step, one line per model).
 Override any attack setting with `--attack_config.attack.num_steps=70` etc.
 """
 import pathlib
+import sys
 
 import jax
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxmia import convert, parallel
-from jaxmia.analysis import gradients, report, runs
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # config files import `configs`
+
+from jaxmia import convert, parallel  # noqa: E402
+from jaxmia.analysis import gradients, report, runs  # noqa: E402
 
 config_flags.DEFINE_config_file("attack_config", None, "Attack config (configs/attack_*.py[:variant]).",
                                 lock_config=True)

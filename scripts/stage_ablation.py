@@ -13,12 +13,15 @@ columns = the model of the swapped stage (the diagonal is the plain attack). Ove
 `--attack_config.attack.num_steps=...` or `--eval_config....`.
 """
 import pathlib
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxmia import evaluate, parallel, report as reports
-from jaxmia.analysis import ablation, report
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # config files import `configs`
+
+from jaxmia import evaluate, parallel, report as reports  # noqa: E402
+from jaxmia.analysis import ablation, report  # noqa: E402
 
 config_flags.DEFINE_config_file("attack_config", None, "Attack config (configs/attack_*.py[:variant]).",
                                 lock_config=True)
