@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmia import parallel
 from jaxmia.attack import optimize
 from jaxmia.data import image_ops
 
@@ -97,11 +96,8 @@ def select_final_latents(w, targets, keys, *, generator, generator_variables, ta
     mesh: a `('data',)` mesh to shard each batch over; `progress(latents_done)` is called per batch.
   """
   settings = Settings.from_config(config, generator.img_resolution)
-  generator = optimize.with_compute_dtype(generator, settings.dtype)
-  target_model = optimize.with_compute_dtype(target_model, settings.dtype)
-  variables = (generator_variables, target_variables)
-  if mesh is not None:
-    variables = parallel.replicate(variables, mesh)
+  generator, target_model, variables = optimize.frozen_pair(
+      generator, target_model, generator_variables, target_variables, settings.dtype, mesh)
   score = optimize.cached_jit("robustness_scores", (generator, target_model), settings, lambda: jax.jit(
       functools.partial(robustness_scores, generator=generator, target_model=target_model, settings=settings)))
   scores = optimize.map_in_batches(

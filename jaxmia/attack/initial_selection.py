@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmia import parallel
 from jaxmia.attack import optimize
 
 
@@ -96,11 +95,8 @@ def select_initial_latents(key, targets, *, generator, generator_variables, targ
     raise ValueError(f"The generator is conditional (c_dim={generator.c_dim}); the attack needs an unconditional "
                      "StyleGAN2 generator.")
   settings = Settings.from_config(config, generator.img_resolution)
-  generator = optimize.with_compute_dtype(generator, settings.dtype)
-  target_model = optimize.with_compute_dtype(target_model, settings.dtype)
-  variables = (generator_variables, target_variables)
-  if mesh is not None:
-    variables = parallel.replicate(variables, mesh)
+  generator, target_model, variables = optimize.frozen_pair(
+      generator, target_model, generator_variables, target_variables, settings.dtype, mesh)
 
   z = np.asarray(jax.random.normal(key, (int(config.search_space_size), generator.z_dim), jnp.float32))
   score = optimize.cached_jit("candidate_confidences", (generator, target_model), settings, lambda: jax.jit(

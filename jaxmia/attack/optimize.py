@@ -55,6 +55,15 @@ def with_compute_dtype(module, dtype_name: str):
   return module.clone(dtype=dtype)
 
 
+def frozen_pair(generator, target_model, generator_variables, target_variables, dtype_name: str, mesh=None):
+  """`(generator, target_model, (generator_variables, target_variables))` for a scoring stage: both modules
+  computing in `dtype_name`, the variables replicated over `mesh` (unchanged when it is None)."""
+  variables = (generator_variables, target_variables)
+  if mesh is not None:
+    variables = parallel.replicate(variables, mesh)
+  return with_compute_dtype(generator, dtype_name), with_compute_dtype(target_model, dtype_name), variables
+
+
 def synthesize(generator, generator_variables, w):
   """StyleGAN2 images `[B, R, R, C]` (unclamped) from `w` `[B, 1 or num_ws, w_dim]` (one w is broadcast)."""
   ws = jnp.broadcast_to(w, (w.shape[0], generator.num_ws, w.shape[-1]))

@@ -136,11 +136,11 @@ def _write_grids(workdir, w, targets, generator, generator_variables, config, me
   crop = optimize.resolve_center_crop(int(config.attack.center_crop), generator.img_resolution)
   size = int(config.output.image_size)
 
-  def render(w, gv):
+  def to_uint8(w, gv):
     images = optimize.target_view(optimize.synthesize(generator, gv, w), clamp=True, center_crop=crop, resize=size)
     return jnp.round((images + 1.0) * 127.5).astype(jnp.uint8)
 
-  render = optimize.cached_jit("render", (generator,), (crop, size), lambda: jax.jit(render))
+  render = optimize.cached_jit("render", (generator,), (crop, size), lambda: jax.jit(to_uint8))
   gv = generator_variables if mesh is None else parallel.replicate(generator_variables, mesh)
   images = optimize.map_in_batches(lambda w: render(w, gv), (w[rows],), int(config.final_selection.batch_size),
                                    mesh=mesh)
