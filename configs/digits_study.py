@@ -36,10 +36,7 @@ def get_config(arg=None):
   config.retrain_prior = False
   config.gan = gan_digits.get_config()
 
-  config.target = digits.get_config()   # targets: seed and label_smoothing are set per run
-  config.target.model.builder_kwargs.base_channels = 16  # slim ResNet-18 (16-32-64-128) to fit the CPU budget
-  config.target.num_epochs = 10
-  config.target.optimizer.lr_decay_epochs = (8,)
+  config.target = digits.get_config("slim")  # targets: seed and label_smoothing are set per run
 
   config.evaluation_model = digits.get_config()  # another architecture than the targets, trained once
   config.evaluation_model.model.arch = "densenet121"
