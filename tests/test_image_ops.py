@@ -144,6 +144,26 @@ def test_color_jitter_with_zero_strength_is_identity():
   np.testing.assert_array_equal(image_ops.color_jitter(x, keys, 0.0, (1.0, 1.0), 0.0, (0.0, 0.0)), x)
 
 
+def test_color_jitter_applies_each_samples_drawn_ops_in_its_drawn_order():
+  """Reference: one uniform draw per sample, factors from its first row, op order = argsort of its second."""
+  x = _random_images(24, 6, 6)
+  keys = jax.random.split(jax.random.key(11), 24)
+  out = np.asarray(image_ops.color_jitter(x, keys, 0.3, 0.3, 0.2, 0.1))
+  ops = (image_ops.adjust_brightness, image_ops.adjust_contrast, image_ops.adjust_saturation,
+         image_ops.adjust_hue)
+  ranges = ((0.7, 1.3), (0.7, 1.3), (0.8, 1.2), (-0.1, 0.1))
+  hue_steps = set()
+  for i in range(len(x)):
+    u = np.asarray(jax.random.uniform(keys[i], (2, 4)))
+    expected = x[i:i + 1]
+    for op in np.argsort(u[1]):
+      low, high = ranges[op]
+      expected = ops[op](expected, low + (high - low) * u[0, op])
+    hue_steps.add(int(np.argmax(np.argsort(u[1]) == 3)))
+    np.testing.assert_allclose(out[i], expected[0], atol=1e-5)
+  assert hue_steps == {0, 1, 2, 3}   # the hue rotation was drawn first, last and in between
+
+
 def test_hue_rotation_by_zero_or_a_full_turn_is_identity():
   x = _random_images(2, 8, 8)
   for turns in (0.0, 1.0, -1.0):
