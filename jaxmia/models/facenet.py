@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxmia.models.conv import conv_general_dilated
+from jaxmia.models.materialize import materialize
 from jaxmia.models.pooling import max_pool
 from jaxmia.models.inception import BasicConv2d
 from jaxmia.models.resnet import BatchNorm, linear_bias_init, linear_kernel_init
@@ -26,13 +27,14 @@ def _basic_conv(dtype):
 
 def _residual_merge(x, branches, scale: float, activate: bool, dtype):
   """Concatenates the branches, projects them back to x's width with a biased 1x1 `conv2d`, adds
-  `scale` times that to x and (optionally) applies ReLU."""
+  `scale` times that to x and (optionally) applies ReLU. The result is materialised: the blocks form a residual
+  chain (`jaxmia.models.materialize`)."""
   h = jnp.concatenate(branches, axis=-1)
   up = nn.Conv(x.shape[-1], (1, 1), kernel_init=linear_kernel_init,
                bias_init=linear_bias_init(h.shape[-1]), dtype=dtype, conv_general_dilated=conv_general_dilated,
                name="conv2d")(h)
   out = up * scale + x
-  return nn.relu(out) if activate else out
+  return materialize(nn.relu(out) if activate else out)
 
 
 class Block35(nn.Module):

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxmia.models.conv import conv_general_dilated
+from jaxmia.models.materialize import materialize
 from jaxmia.models.pooling import max_pool
 
 # torchvision's initialisers: convs kaiming_normal_(mode="fan_out", nonlinearity="relu"); nn.Linear's default
@@ -104,7 +105,7 @@ class BasicBlock(nn.Module):
     y = nn.relu(BatchNorm(dtype=self.dtype, name="bn1")(y, train))
     y = conv(self.planes, 3, dtype=self.dtype, name="conv2")(y)
     y = BatchNorm(dtype=self.dtype, name="bn2")(y, train)
-    return nn.relu(y + _shortcut(x, self.planes, self.stride, train, self.dtype))
+    return materialize(nn.relu(y + _shortcut(x, self.planes, self.stride, train, self.dtype)))
 
 
 class Bottleneck(nn.Module):
@@ -127,7 +128,7 @@ class Bottleneck(nn.Module):
     y = nn.relu(BatchNorm(dtype=self.dtype, name="bn2")(y, train))
     y = conv(out_channels, 1, dtype=self.dtype, name="conv3")(y)
     y = BatchNorm(dtype=self.dtype, name="bn3")(y, train)
-    return nn.relu(y + _shortcut(x, out_channels, self.stride, train, self.dtype))
+    return materialize(nn.relu(y + _shortcut(x, out_channels, self.stride, train, self.dtype)))
 
 
 class ResNet(nn.Module):
