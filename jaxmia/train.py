@@ -253,14 +253,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def evaluate(eval_step: Callable, state: TrainState, split, batch_size: int, mesh, prefix: str) -> dict:
-  """Accuracy, top-5 accuracy, mean cross-entropy and ECE (10 bins) of the model on `split`."""
+  """Accuracy, top-5 accuracy, mean cross-entropy, ECE (10 bins) and mean confidence (top softmax probability;
+  above the accuracy means over-confident) of the model on `split`."""
   logits, labels = predict(eval_step, state, split, batch_size, mesh)
   probs = softmax(logits.astype(np.float64))
   nll = -np.log(np.maximum(np.take_along_axis(probs, labels[:, None], 1)[:, 0], 1e-300))
   return {f"{prefix}_accuracy": float(metrics.topk_accuracy(logits, labels, 1)),
           f"{prefix}_top5_accuracy": float(metrics.topk_accuracy(logits, labels, min(5, logits.shape[-1]))),
           f"{prefix}_loss": float(nll.mean()),
-          f"{prefix}_ece": float(metrics.expected_calibration_error(probs, labels, num_bins=10))}
+          f"{prefix}_ece": float(metrics.expected_calibration_error(probs, labels, num_bins=10)),
+          f"{prefix}_confidence": float(probs.max(axis=-1).mean())}
 
 
 # ----------------------------------------------------------------------------------------------- loop

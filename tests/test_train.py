@@ -112,6 +112,7 @@ def test_exported_model_reproduces_reported_metrics(uninterrupted):
   images, labels = data.load_arrays(data.load_split(smoke_config().dataset, "test"))
   logits = jax.jit(module.apply)(variables, images.astype(np.float32) / 127.5 - 1.0)
   np.testing.assert_allclose(np.mean(np.argmax(logits, -1) == labels), final["test_accuracy"], atol=1e-6)
+  np.testing.assert_allclose(np.mean(np.max(jax.nn.softmax(logits), -1)), final["test_confidence"], atol=1e-5)
 
 
 def test_missing_dataset_directory_is_reported(tmp_path):
