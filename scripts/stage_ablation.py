@@ -20,7 +20,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # config files import `configs`
 
-from jaxmia import evaluate, parallel, report as reports  # noqa: E402
+from jaxmia import cli, evaluate, parallel, report as reports  # noqa: E402
 from jaxmia.analysis import ablation, report  # noqa: E402
 
 config_flags.DEFINE_config_file("attack_config", None, "Attack config (configs/attack_*.py[:variant]).",
@@ -57,8 +57,7 @@ def tables(results: dict, labels: list[str], stages: list[int], metric_keys: lis
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  cli.start(argv)
   labels = FLAGS.label or [f"m{i}" for i in range(len(FLAGS.model))]
   if len(labels) != len(FLAGS.model):
     raise app.UsageError(f"give one --label per --model ({len(FLAGS.model)} models, {len(labels)} labels).")
@@ -66,7 +65,6 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"unknown --metrics {sorted(unknown)}; choose from {[c.key for c in reports.COLUMNS]}.")
   stages = [int(s) for s in FLAGS.stages]
-  parallel.initialize_distributed()
   mesh = parallel.make_mesh()
   outdir = pathlib.Path(FLAGS.outdir)
   run_dirs = ablation.run_stage_ablation(FLAGS.attack_config, FLAGS.model, outdir, stages=stages, mesh=mesh)

@@ -19,7 +19,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # config files import `configs`
 
-from jaxmia import parallel  # noqa: E402
+from jaxmia import cli  # noqa: E402
 from jaxmia.analysis import report, sweep  # noqa: E402
 
 config_flags.DEFINE_config_file("train_config", None, "Training config (configs/*.py[:variant]).", lock_config=True)
@@ -68,13 +68,11 @@ def plot(records, sizes, path: pathlib.Path):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  cli.start(argv)
   alphas = [float(a) for a in FLAGS.alphas]
   if 0.0 not in alphas:
     raise app.UsageError("--alphas must include 0, the reference of the advantages.")
   sizes = [None if s == "all" else int(s) for s in FLAGS.samples_per_class]
-  parallel.initialize_distributed()
   outdir = pathlib.Path(FLAGS.outdir)
   records = sweep.run_sweep(FLAGS.train_config, FLAGS.attack_config, FLAGS.eval_config, alphas, sizes, outdir)
   plot(records, sizes, outdir / "sweep.png")

@@ -1,7 +1,9 @@
-"""Tests of the analysis cores (`jaxmia.analysis`): toy experiment, embedding geometry, gradient stability."""
+"""Tests of the analysis cores (`jaxmia.analysis`): toy experiment, embedding geometry, gradient stability,
+stage ablation, sweep and calibration."""
 import dataclasses
 import importlib.util
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +12,7 @@ import pytest
 from flax import linen as nn
 
 from jaxmia import attack
-from jaxmia.analysis import ablation, geometry, gradients, sweep, toy
+from jaxmia.analysis import ablation, calibration, geometry, gradients, sweep, toy
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -290,3 +292,44 @@ def test_sweep_advantages_are_differences_to_alpha_zero():
   xi = sweep.advantages(records, "xi_train")
   assert np.isnan(xi[10][0.1]) and np.isnan(xi[10][-0.05]) and abs(xi[None][0.1] - 0.2) < 1e-12
   assert sweep.run_name(-0.05, None) == "alpha-0.05_spcall" and sweep.run_name(0.1, 25) == "alpha0.1_spc25"
+
+
+# ----------------------------------------------------------------------------------------------- calibration
+
+
+def test_calibration_measure_hand_made():
+  # Confidences 0.9 (right), 0.9 (wrong), 0.6 (right): bins (0.8, 0.9] and (0.5, 0.6] of 10.
+  probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6]], np.float32)
+  labels = np.array([0, 1, 1])
+  m = calibration.measure(probs, labels)
+  assert m["test_accuracy"] == pytest.approx(2 / 3) and m["confidence"] == pytest.approx(0.8)
+  # ECE = 2/3 * |0.5 - 0.9| + 1/3 * |1 - 0.6|
+  assert m["ece"] == pytest.approx(2 / 3 * 0.4 + 1 / 3 * 0.4, abs=1e-6)
+  assert m["bins"]["count"][8] == 2 and m["bins"]["count"][5] == 1 and sum(m["bins"]["count"]) == 3
+
+
+def test_calibration_summary_pools_bins_by_count():
+  def record(seed, ece, count, accuracy):
+    return {"alpha": 0.1, "seed": seed, "test_accuracy": 0.9, "ece": ece, "confidence": 0.8,
+            "bins": {"count": count, "accuracy": accuracy, "confidence": [0.25, 0.75]}}
+  summary = calibration.summarize([record(0, 0.1, [1, 3], [1.0, 0.5]), record(1, 0.3, [3, 1], [0.0, 1.0])])
+  stats = summary[0.1]
+  assert stats["ece"]["mean"] == pytest.approx(0.2) and stats["ece"]["sd"] == pytest.approx(np.sqrt(0.02))
+  assert stats["bins"]["count"] == [4, 4]
+  np.testing.assert_allclose(stats["bins"]["accuracy"], [0.25, 0.625])   # (1*1 + 3*0) / 4, (3*0.5 + 1*1) / 4
+  np.testing.assert_allclose(stats["bins"]["confidence"], [0.25, 0.75])
+
+
+def test_calibration_of_a_trained_target_equals_the_training_report(tmp_path):
+  """The exported model measured by `run_calibration` gives the accuracy, ECE and confidence `jaxmia.train`
+  reported at its last epoch (two code paths: training's sharded eval step, the analysis' batched apply)."""
+  from jaxmia import train  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  sys.path.insert(0, str(CONFIGS.parent))  # configs/*.py import each other as `configs.<name>`
+  config = importlib.import_module("configs.digits").get_config("smoke")
+  config.label_smoothing, config.seed = 0.1, 3
+  _, final = train.train_and_evaluate(config, tmp_path / calibration.run_name(0.1, 3))
+  (record,) = calibration.run_calibration(config, [0.1], [3], tmp_path)   # reuses the exported model
+  assert record["name"] == "alpha0.1_seed3"
+  assert record["test_accuracy"] == pytest.approx(final["test_accuracy"], abs=1e-6)
+  assert record["ece"] == pytest.approx(final["test_ece"], abs=1e-5)
+  assert record["confidence"] == pytest.approx(final["test_confidence"], abs=1e-5)

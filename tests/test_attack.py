@@ -15,7 +15,6 @@ import pytest
 
 from jaxmia import attack, convert, models, parallel
 from jaxmia.attack import optimize
-from jaxmia.attack import run as attack_run
 from jaxmia.models.stylegan2 import Generator
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"

@@ -2,7 +2,6 @@
 equivalence (4 devices vs 1, and 2 processes vs 1), exact resumption, export/reload, and clear errors."""
 import importlib
 import os
-import pathlib
 import socket
 import subprocess
 import sys
