@@ -11,6 +11,12 @@ of the backward pass gets the fast path, in loops or not. A second barrier ties 
 it is made when the backward pass reaches the layer, not all copies at once (peak memory). The weight
 gradient is JAX's own and is dropped by XLA when nothing uses it (frozen networks in the attack).
 
+A 1x1 convolution in NHWC/HWIO layout (ungrouped, undilated, unpadded; any stride) is computed as a strided
+slice and a matrix product instead, with the same values up to summation order. XLA:CPU runs it as a plain
+matmul, and its backward pass as two more: forward plus both gradients measured 1.95-3.8x faster than
+XLA's convolutions on ResNet bottleneck shapes (`scripts/bench_conv.py --tables 1x1`), and the ResNet-152
+training step at B = 16 went from 10.8 to 9.8 s (`scripts/bench_train.py`).
+
 Pass it to Flax as `nn.Conv(..., conv_general_dilated=conv_general_dilated)`.
 """
 import functools
@@ -52,11 +58,31 @@ def _static(value):
   return value
 
 
+def _is_pointwise(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                  batch_group_count) -> bool:
+  """A 1x1, unpadded, undilated, ungrouped 2-D convolution in NHWC/HWIO layout."""
+  nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+  unpadded = padding in ("VALID", "SAME") or all(tuple(p) == (0, 0) for p in padding)
+  undilated = all(d in (None, 1) for dilation in (lhs_dilation, rhs_dilation) for d in (dilation or (1,)))
+  return (lhs.ndim == 4 and dimension_numbers == nhwc and rhs.shape[:2] == (1, 1) and unpadded and undilated
+          and feature_group_count == 1 and batch_group_count == 1)
+
+
+def _pointwise(lhs, rhs, window_strides, precision, preferred_element_type):
+  """`[B, H, W, I]` x `[1, 1, I, O]` -> `[B, ceil(H / sh), ceil(W / sw), O]` as a matrix product."""
+  stride_h, stride_w = window_strides
+  return lax.dot_general(lhs[:, ::stride_h, ::stride_w], rhs[0, 0], (((3,), (0,)), ((), ())),
+                         precision=precision, preferred_element_type=preferred_element_type)
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count: int = 1, batch_group_count: int = 1,
                          precision=None, preferred_element_type=None):
   """Same signature and result as `lax.conv_general_dilated`."""
   dimension_numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  if _is_pointwise(lhs, rhs, _static(padding), lhs_dilation, rhs_dilation, dimension_numbers,
+                   feature_group_count, batch_group_count):
+    return _pointwise(lhs, rhs, tuple(window_strides), precision, preferred_element_type)
   options = dict(window_strides=window_strides, padding=padding, lhs_dilation=lhs_dilation,
                  rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                  feature_group_count=feature_group_count, batch_group_count=batch_group_count,
