@@ -292,6 +292,22 @@ def _export(path: pathlib.Path, state: TrainState, kind: str, module_kwargs: dic
   convert.save_converted(path, variables, kind=kind, module_kwargs=module_kwargs, overwrite=True)
 
 
+def _save_on_interrupt(manager: ocp.CheckpointManager, state: TrainState, save: Callable[[int], None]) -> None:
+  """Ctrl-C: checkpoints the last finished step, so a rerun resumes there instead of at the last checkpoint.
+
+  Only between steps: a state already donated to an unfinished step is gone, and then the last regular
+  checkpoint stands. Multi-process runs keep their regular checkpoints (saving is collective, and an interrupt
+  reaches one process).
+  """
+  if jax.process_count() > 1 or any(leaf.is_deleted() for leaf in jax.tree.leaves(_state_arrays(state))):
+    return
+  step = int(jax.device_get(state.step))
+  if step != manager.latest_step():
+    save(step)
+    manager.wait_until_finished()
+  logging.warning("Interrupted: checkpoint at step %d; rerun with the same workdir to resume.", step)
+
+
 def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike,
                        mesh: jax.sharding.Mesh | None = None) -> tuple[TrainState, dict]:
   """Trains (or resumes) the configured classifier in `workdir`; returns the final state and metrics.
@@ -347,37 +363,41 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike,
       best_checkpoints.save(step, args=ocp.args.StandardSave(_state_arrays(state)), metrics=epoch_metrics)
 
   summary, step = {}, start_step
-  for epoch in range(start_step // steps_per_epoch, config.num_epochs):
-    if step >= max_steps:
-      break
-    alpha = alpha_on_mesh(epoch)
-    step_metrics = []
-    batches = data.batches(train_split, config.batch_size, seed=config.seed, epoch=epoch, shuffle=True,
-                           start_batch=step - epoch * steps_per_epoch, drop_remainder=True)
-    for batch in batches:
-      state, m = train_step(state, parallel.shard_batch(batch, mesh), step_key, alpha)
-      step_metrics.append(m)
-      step += 1
-      progress(step)
+  try:
+    for epoch in range(start_step // steps_per_epoch, config.num_epochs):
       if step >= max_steps:
         break
-      if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and step % steps_per_epoch:
+      alpha = alpha_on_mesh(epoch)
+      step_metrics = []
+      batches = data.batches(train_split, config.batch_size, seed=config.seed, epoch=epoch, shuffle=True,
+                             start_batch=step - epoch * steps_per_epoch, drop_remainder=True)
+      for batch in batches:
+        state, m = train_step(state, parallel.shard_batch(batch, mesh), step_key, alpha)
+        step_metrics.append(m)
+        step += 1
+        progress(step)
+        if step >= max_steps:
+          break
+        if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and step % steps_per_epoch:
+          save(step)
+      if step < (epoch + 1) * steps_per_epoch:
+        logging.info("Stopping at step %d (config.max_steps); rerun with the same workdir to resume.", step)
         save(step)
-    if step < (epoch + 1) * steps_per_epoch:
-      logging.info("Stopping at step %d (config.max_steps); rerun with the same workdir to resume.", step)
-      save(step)
-      break
-    summary = {"epoch": epoch + 1, "label_smoothing": float(jax.device_get(alpha)),
-               "learning_rate": float(jax.device_get(lr_at(step - 1)))}
-    if step_metrics:  # means over the steps of this epoch run by this invocation
-      summary.update({f"train_{k}": float(np.mean(v)) for k, v in
-                      jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(step_metrics)).items()})
-    with progress.timed("eval"):
-      summary.update(evaluate(eval_step, state, test_split, config.eval_batch_size, mesh, "test"))
-      if val_split is not None:
-        summary.update(evaluate(eval_step, state, val_split, config.eval_batch_size, mesh, "val"))
-    writer.write_scalars(step, summary)
-    save(step, summary)
+        break
+      summary = {"epoch": epoch + 1, "label_smoothing": float(jax.device_get(alpha)),
+                 "learning_rate": float(jax.device_get(lr_at(step - 1)))}
+      if step_metrics:  # means over the steps of this epoch run by this invocation
+        summary.update({f"train_{k}": float(np.mean(v)) for k, v in
+                        jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(step_metrics)).items()})
+      with progress.timed("eval"):
+        summary.update(evaluate(eval_step, state, test_split, config.eval_batch_size, mesh, "test"))
+        if val_split is not None:
+          summary.update(evaluate(eval_step, state, val_split, config.eval_batch_size, mesh, "val"))
+      writer.write_scalars(step, summary)
+      save(step, summary)
+  except KeyboardInterrupt:
+    _save_on_interrupt(checkpoints, state, save)
+    raise
   checkpoints.wait_until_finished()
   if step == total_steps:
     _export(workdir / "model", state, kind, module_kwargs)
