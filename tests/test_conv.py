@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from jax import lax
 
+from jaxmia import models
+from jaxmia.models import xla_cpu
 from jaxmia.models.conv import conv_general_dilated
 
 CASES = {
@@ -71,3 +73,37 @@ def test_flax_conv_in_a_loop_matches_lax():
     return jax.jit(lambda x: lax.fori_loop(0, 3, lambda i, x: x - 0.01 * step(x), x))(x)
 
   np.testing.assert_allclose(descend(ours), descend(ref), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("setting", ["1", "0"])
+def test_xla_cpu_switch_turns_the_formulations_on_and_off(monkeypatch, setting):
+  """`JAXMIA_XLA_CPU_FORMULATIONS` decides between jaxmia's formulations and plain lax; values agree."""
+  module = models.create_classifier("resnet50", num_classes=3)
+  x = jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (2, 32, 32, 3)), jnp.float32)
+  variables = module.init(jax.random.key(0), x)
+  loss = lambda v: jnp.sum(module.apply(v, x) ** 2)
+  monkeypatch.setenv(xla_cpu.ENV_VAR, setting)
+  jaxpr = str(jax.make_jaxpr(jax.grad(loss))(variables))
+  value = jax.jit(lambda v, x: module.apply(v, x))(variables, x)
+  # ResNet-50 has 53 convolutions, 36 of them 1x1, and an fc head; each layer appears in the forward pass and
+  # in both gradients (but for the stem's input gradient, which the parameter gradient does not need).
+  on = setting == "1"
+  assert ("optimization_barrier" in jaxpr) == on  # `materialize`, and the swapped kernels of 3x3 gradients
+  assert jaxpr.count("dot_general[") == ((36 + 1) * 3 if on else 3)
+  if not on:
+    assert jaxpr.count("conv_general_dilated[") == 53 * 3 - 1
+  monkeypatch.setenv(xla_cpu.ENV_VAR, "0" if on else "1")
+  np.testing.assert_allclose(jax.jit(lambda v, x: module.apply(v, x))(variables, x), value, rtol=1e-4, atol=1e-5)
+
+
+def test_xla_cpu_switch_rejects_other_values(monkeypatch):
+  monkeypatch.setenv(xla_cpu.ENV_VAR, "yes")
+  with pytest.raises(ValueError, match="must be 1"):
+    xla_cpu.enabled()
+
+
+@pytest.mark.parametrize("backend,expected", [("cpu", True), ("gpu", False), ("tpu", False)])
+def test_xla_cpu_switch_default_follows_the_backend(monkeypatch, backend, expected):
+  monkeypatch.delenv(xla_cpu.ENV_VAR, raising=False)
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  assert xla_cpu.enabled() == expected

@@ -17,13 +17,23 @@ matmul, and its backward pass as two more: forward plus both gradients measured 
 XLA's convolutions on ResNet bottleneck shapes (`scripts/bench_conv.py --tables 1x1`), and the ResNet-152
 training step at B = 16 went from 10.8 to 9.8 s (`scripts/bench_train.py`).
 
-Pass it to Flax as `nn.Conv(..., conv_general_dilated=conv_general_dilated)`.
+Every output goes through `models.materialize`: XLA stores it, and the backward pass stores its cotangent,
+instead of fusing the BatchNorm gradient that produces the cotangent into each of its consumers — the
+transposes that feed the weight gradients among them, which then read the BatchNorm's operands in
+transposed order (~2 s of ResNet-152's 10.7 s training step at B = 16; with it the step takes 7-8 s).
+
+All three are XLA:CPU formulations: with `jaxmia.models.xla_cpu` switched off (the default on GPU and TPU) this
+is `lax.conv_general_dilated` itself. Pass it to Flax as
+`nn.Conv(..., conv_general_dilated=conv_general_dilated)`.
 """
 import functools
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from jaxmia.models import xla_cpu
+from jaxmia.models.materialize import materialize
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -79,12 +89,16 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                          dimension_numbers=None, feature_group_count: int = 1, batch_group_count: int = 1,
                          precision=None, preferred_element_type=None):
   """Same signature and result as `lax.conv_general_dilated`."""
+  if not xla_cpu.enabled():
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                    dimension_numbers, feature_group_count, batch_group_count, precision,
+                                    preferred_element_type)
   dimension_numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   if _is_pointwise(lhs, rhs, _static(padding), lhs_dilation, rhs_dilation, dimension_numbers,
                    feature_group_count, batch_group_count):
-    return _pointwise(lhs, rhs, tuple(window_strides), precision, preferred_element_type)
+    return materialize(_pointwise(lhs, rhs, tuple(window_strides), precision, preferred_element_type))
   options = dict(window_strides=window_strides, padding=padding, lhs_dilation=lhs_dilation,
                  rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                  feature_group_count=feature_group_count, batch_group_count=batch_group_count,
                  precision=precision, preferred_element_type=preferred_element_type)
-  return _conv(lhs, rhs, tuple((k, _static(v)) for k, v in options.items()))
+  return materialize(_conv(lhs, rhs, tuple((k, _static(v)) for k, v in options.items())))

@@ -12,11 +12,16 @@ took 149 operands (all 36 blocks of `layer3`) and these recomputations were abou
 division before fusion decides what to duplicate. Division by one is exact in every floating dtype, so values
 and gradients (the cotangent is divided by one too, cutting the backward pass's chain the same way) are
 unchanged bit for bit. `optimization_barrier` alone does not do it: XLA removes barriers before fusion.
+With `jaxmia.models.xla_cpu` switched off (the default on GPU and TPU) it returns `x` as it is.
 """
 import jax.numpy as jnp
 from jax import lax
 
+from jaxmia.models import xla_cpu
+
 
 def materialize(x: jnp.ndarray) -> jnp.ndarray:
   """`x` unchanged (any shape, floating dtype); XLA stores it instead of recomputing it in its consumers."""
+  if not xla_cpu.enabled():
+    return x
   return x / lax.optimization_barrier(jnp.ones((), x.dtype))
