@@ -8,11 +8,15 @@ One step is what `python -m jaxmia.train` runs per batch: on-device augmentation
 backward and the Adam update, with the state donated. PPA's step (`../shared/bench/baseline.md`, section 4)
 is forward, `CrossEntropyLoss(label_smoothing=0.1)`, backward and Adam on ready-made tensors (no
 augmentation), so the comparison slightly favours PyTorch. Compilation is excluded (warm-up steps); each
-number is the median of `--steps` timed steps.
+number is the median of `--steps` timed steps, each row measured in a fresh process (a process that has run
+other rows before measured up to 30% slower). `JAXMIA_XLA_CPU_FORMULATIONS=0` measures the plain lax
+formulations (`jaxmia.models.xla_cpu`).
 """
 import argparse
+import json
 import pathlib
 import statistics
+import subprocess
 import sys
 import time
 
@@ -56,6 +60,27 @@ def bench(arch: str, batch_size: int, dtype: str, steps: int, warmup: int) -> fl
   return statistics.median(times)
 
 
+def matmul_gflops() -> float:
+  """XLA's float32 GFLOP/s on a 4096x4096 matrix product now: how busy the host is (278 when quiet)."""
+  a = jnp.ones((4096, 4096), jnp.float32)
+  product = jax.jit(lambda a: a @ a)
+  jax.block_until_ready(product(a))
+  times = []
+  for _ in range(5):
+    start = time.perf_counter()
+    jax.block_until_ready(product(a))
+    times.append(time.perf_counter() - start)
+  return 2 * 4096**3 / statistics.median(times) / 1e9
+
+
+def bench_in_subprocess(arch: str, batch_size: int, dtype: str, steps: int, warmup: int) -> float:
+  """`bench(...)` in a fresh Python process (this script with `--row`)."""
+  command = [sys.executable, __file__, "--row", json.dumps([arch, batch_size, dtype]), "--steps", str(steps),
+             "--warmup", str(warmup)]
+  output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+  return json.loads(output.strip().splitlines()[-1])["seconds"]
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--archs", default="resnet18,resnet152")
@@ -63,19 +88,24 @@ def main():
   parser.add_argument("--dtypes", default="float32,bfloat16")
   parser.add_argument("--steps", type=int, default=5, help="timed steps per row (median reported)")
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first one compiles)")
+  parser.add_argument("--row", help=argparse.SUPPRESS)  # '[arch, batch, dtype]': measure one row, print JSON
   args = parser.parse_args()
-  print(f"jax {jax.__version__}, devices: {jax.devices()}")
+  if args.row:
+    print(json.dumps({"seconds": bench(*json.loads(args.row), args.steps, args.warmup)}))
+    return
+  print(f"jax {jax.__version__}, devices: {jax.devices()}; 4096^2 matmul {matmul_gflops():.0f} GFLOP/s")
   print("| target | batch | dtype | jaxmia s/step | jaxmia images/s | PPA PyTorch images/s | speed-up |")
   print("| --- | --- | --- | --- | --- | --- | --- |")
   for arch in args.archs.split(","):
     for batch_size in (int(b) for b in args.batches.split(",")):
       for dtype in args.dtypes.split(","):
-        seconds = bench(arch, batch_size, dtype, args.steps, args.warmup)
+        seconds = bench_in_subprocess(arch, batch_size, dtype, args.steps, args.warmup)
         ours = batch_size / seconds
         ppa = PPA_IMAGES_PER_SECOND.get((arch, batch_size))
         ratio = f"{ours / ppa:.2f}x" if ppa else "n/a"
         print(f"| {arch} | {batch_size} | {dtype} | {seconds:.2f} | {ours:.2f} | {ppa or 'n/a'} | {ratio} |",
               flush=True)
+  print(f"4096^2 matmul after the rows: {matmul_gflops():.0f} GFLOP/s")
 
 
 if __name__ == "__main__":
