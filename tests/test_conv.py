@@ -20,6 +20,20 @@ CASES = {
 }
 
 
+def assert_value_and_gradients_match_lax(x, w, options, atol):
+  """`sum(sin(conv(x, w)))` and its gradients w.r.t. x and w equal those of `lax.conv_general_dilated`."""
+
+  def loss(conv):
+    return lambda x, w: jnp.sum(jnp.sin(conv(x, w, **options)))
+
+  want = jax.value_and_grad(loss(lax.conv_general_dilated), (0, 1))(x, w)
+  got = jax.value_and_grad(loss(conv_general_dilated), (0, 1))(x, w)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+  for g, h in zip(got[1], want[1]):
+    assert g.shape == h.shape
+    np.testing.assert_allclose(g, h, rtol=1e-4, atol=atol)
+
+
 @pytest.mark.parametrize("layout", [("NHWC", "HWIO", "NHWC"), ("NCHW", "OIHW", "NCHW")])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_value_and_gradients_match_lax(case, layout):
@@ -28,17 +42,7 @@ def test_value_and_gradients_match_lax(case, layout):
   rng = np.random.default_rng(0)
   x = rng.standard_normal((2, 9, 9, 8) if layout[0] == "NHWC" else (2, 8, 9, 9)).astype(np.float32)
   w = rng.standard_normal((3, 2, 8 // groups, 12) if layout[1] == "HWIO" else (12, 8 // groups, 3, 2))
-  w = w.astype(np.float32)
-
-  def loss(conv):
-    return lambda x, w: jnp.sum(jnp.sin(conv(x, w, **options)))
-
-  want = jax.value_and_grad(loss(lax.conv_general_dilated), (0, 1))(x, w)
-  got = jax.value_and_grad(loss(conv_general_dilated), (0, 1))(x, w)
-  np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
-  for g, h in zip(got[1], want[1]):
-    assert g.shape == h.shape
-    np.testing.assert_allclose(g, h, rtol=1e-4, atol=1e-4)
+  assert_value_and_gradients_match_lax(x, w.astype(np.float32), options, atol=1e-4)
 
 
 @pytest.mark.parametrize("stride,padding", [(1, "VALID"), (2, "SAME"), (3, ((0, 0), (0, 0))), (2, "VALID")])
@@ -47,18 +51,9 @@ def test_pointwise_conv_is_a_matmul_with_lax_values_and_gradients(stride, paddin
   x = rng.standard_normal((2, 9, 8, 6)).astype(np.float32)
   w = rng.standard_normal((1, 1, 6, 5)).astype(np.float32)
   options = dict(window_strides=(stride, stride), padding=padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-  def loss(conv):
-    return lambda x, w: jnp.sum(jnp.sin(conv(x, w, **options)))
-
   jaxpr = str(jax.make_jaxpr(lambda x, w: conv_general_dilated(x, w, **options))(x, w))
   assert "dot_general" in jaxpr and "conv_general_dilated" not in jaxpr
-  want = jax.value_and_grad(loss(lax.conv_general_dilated), (0, 1))(x, w)
-  got = jax.value_and_grad(loss(conv_general_dilated), (0, 1))(x, w)
-  np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
-  for g, h in zip(got[1], want[1]):
-    assert g.shape == h.shape
-    np.testing.assert_allclose(g, h, rtol=1e-4, atol=1e-5)
+  assert_value_and_gradients_match_lax(x, w, options, atol=1e-5)
 
 
 def test_flax_conv_in_a_loop_matches_lax():
