@@ -8,8 +8,9 @@ One step is what `python -m jaxmia.train` runs per batch: on-device augmentation
 backward and the Adam update, with the state donated. PPA's step (`../shared/bench/baseline.md`, section 4)
 is forward, `CrossEntropyLoss(label_smoothing=0.1)`, backward and Adam on ready-made tensors (no
 augmentation), so the comparison slightly favours PyTorch. Compilation is excluded (warm-up steps); each
-number is the median of `--steps` timed steps, each row measured in a fresh process (a process that has run
-other rows before measured up to 30% slower). `JAXMIA_XLA_CPU_FORMULATIONS=0` measures the plain lax
+number is the median of `--steps` timed steps, each row measured in a fresh process (rows measured one after
+another in one process came out up to 30% slower, though the host's own speed varied too: hence the matmul
+rate printed before and after the rows). `JAXMIA_XLA_CPU_FORMULATIONS=0` measures the plain lax
 formulations (`jaxmia.models.xla_cpu`).
 """
 import argparse
