@@ -43,7 +43,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from PIL import Image
 
-from jaxmia import cli, convert, data, metrics, parallel, report
+from jaxmia import classifier, cli, convert, data, metrics, parallel, report
 from jaxmia.attack import optimize
 from jaxmia.convert.inception import fid_inception_from_torch
 from jaxmia.data import augment, image_ops
@@ -482,14 +482,12 @@ def _feature_metrics(results: Results, run: AttackRun, fake: dict, real: dict, *
 
 def _target_utility(results: Results, setup: _Setup, config, test_split) -> None:
   """Test accuracy, top-5 accuracy and ECE (10 bins) of the target on its whole test split."""
-  from jaxmia import train  # pylint: disable=import-outside-toplevel  (imports this package's metrics)
   target, variables, _ = _load_weights(config.target or setup.run.config["target"], "Target model", "target")
-  state = train.TrainState(step=0, apply_fn=target.apply, params=variables["params"],
-                           batch_stats=variables.get("batch_stats", {}), tx=None, opt_state=None)
+  variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
   size = int(config.target_image_size) or int(setup.run.config["attack"]["resize"])
-  eval_step = train.make_eval_step(ml_collections.ConfigDict({"image_size": size}), setup.mesh)
-  utility = train.evaluate(eval_step, parallel.replicate(state, setup.mesh), test_split, setup.batch_size,
-                           setup.mesh, "test")
+  eval_step = classifier.make_eval_step(target.apply, size, setup.mesh)
+  utility = classifier.evaluate_split(eval_step, parallel.replicate(variables, setup.mesh), test_split,
+                                      setup.batch_size, setup.mesh, "test")
   results.values["test_accuracy"], results.values["ece"] = utility["test_accuracy"], utility["test_ece"]
   results.details["test_top5_accuracy"] = utility["test_top5_accuracy"]
 

@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # `configs` imports as under `python -m`
 
 from configs import faces  # noqa: E402
-from jaxmia import parallel, train  # noqa: E402
+from jaxmia import classifier, parallel, train  # noqa: E402
 
 # PPA `Classifier.fit` step on this machine (torch 2.13 CPU, 2 threads), images/s: baseline.md section 4.
 PPA_IMAGES_PER_SECOND = {("resnet18", 16): 14.8, ("resnet18", 32): 12.1,
@@ -44,7 +44,7 @@ def bench(arch: str, batch_size: int, dtype: str, steps: int, warmup: int) -> fl
   mesh = parallel.make_mesh()
   module = train.create_model(config, NUM_CLASSES)
   state = train.create_train_state(config, module, jax.random.key(0), steps_per_epoch=100, mesh=mesh)
-  step = train.jit_train_step(train.make_train_step(config, NUM_CLASSES), mesh)
+  step = classifier.jit_train_step(train.make_train_step(config, NUM_CLASSES), mesh)
   rng = np.random.default_rng(0)
   batch = parallel.shard_batch({
       "image": rng.integers(0, 256, (batch_size, 224, 224, 3), dtype=np.uint8),

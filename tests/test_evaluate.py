@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from jaxmia import convert, data, evaluate, models, parallel, report
+from jaxmia import classifier, convert, data, evaluate, models, parallel, report
 from jaxmia.attack import optimize
 from jaxmia.data import augment, image_ops, pipeline
 from jaxmia.metrics import knowledge_extraction
@@ -272,7 +272,7 @@ def test_student_schedule_and_label_remapping():
   labels, classes = knowledge_extraction.remap_labels(np.array([7, 2, 7, 5]))
   np.testing.assert_array_equal(classes, [2, 5, 7])
   np.testing.assert_array_equal(labels, [2, 0, 2, 1])
-  schedule = knowledge_extraction.epoch_cosine_schedule(0.1, 1e-4, num_epochs=4, steps_per_epoch=3)
+  schedule = classifier.epoch_cosine_schedule(0.1, 1e-4, num_epochs=4, steps_per_epoch=3)
   # Constant within an epoch, cosine across epochs (PyTorch CosineAnnealingLR stepped per epoch).
   expected = [1e-4 + (0.1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)]
   np.testing.assert_allclose([schedule(jnp.int32(s)) for s in range(12)], np.repeat(expected, 3), rtol=1e-6)

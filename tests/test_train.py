@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from jaxmia import convert, data, parallel, train
+from jaxmia import classifier, convert, data, parallel, train
 
 sys.path.insert(0, str(REPO))  # configs/*.py import each other as `configs.<name>`, as under `python -m`
 
@@ -57,7 +57,8 @@ def run_steps(config, mesh, num_steps):
   state = train.create_train_state(config, module, jax.random.key(0), 5, mesh)
   # The smoothing factor is an argument, so changing it must not retrace (at most one trace per run).
   chex.clear_trace_counter()
-  step = train.jit_train_step(chex.assert_max_traces(train.make_train_step(config, split.num_classes), n=1), mesh)
+  step = classifier.jit_train_step(chex.assert_max_traces(train.make_train_step(config, split.num_classes), n=1),
+                                   mesh)
   key = jax.device_put(jax.random.key(1), parallel.replicated(mesh))
   losses = []
   for i, batch in enumerate(data.batches(split, config.batch_size, seed=0, epoch=0)):
@@ -103,7 +104,7 @@ def test_resume_mid_epoch_equals_uninterrupted(uninterrupted, tmp_path):
 
 def test_ctrl_c_checkpoints_the_last_step_and_resume_equals_uninterrupted(uninterrupted, tmp_path, monkeypatch):
   _, params, _ = uninterrupted
-  jit_train_step = train.jit_train_step
+  jit_train_step = classifier.jit_train_step
 
   def interrupted_after_three_steps(train_step, mesh):
     step, calls = jit_train_step(train_step, mesh), []
@@ -117,7 +118,7 @@ def test_ctrl_c_checkpoints_the_last_step_and_resume_equals_uninterrupted(uninte
     return interrupting_step
 
   with monkeypatch.context() as patch:
-    patch.setattr(train, "jit_train_step", interrupted_after_three_steps)
+    patch.setattr(classifier, "jit_train_step", interrupted_after_three_steps)
     with pytest.raises(KeyboardInterrupt):
       train.train_and_evaluate(smoke_config(**MID), tmp_path)
   # Inside epoch 0 (5 steps), before any regular checkpoint: the interrupt saved step 3.

@@ -5,7 +5,7 @@ A student classifier is trained only on the attack's images, rendered from their
 augmented, with the attacked classes as labels (remapped to 0..K-1). Its top-1 accuracy on the target's real
 training and test images of those classes is ξ_train and ξ_test.
 
-Training reuses `jaxmia.train`'s jitted train step (augmentation, BatchNorm updates, data sharding) with
+Training reuses `jaxmia.classifier`'s jitted train step (augmentation, BatchNorm updates, data sharding) with
 PyTorch-style SGD: momentum, L2 weight decay added to the gradients, and a cosine learning rate that changes
 once per epoch (PyTorch's `CosineAnnealingLR` stepped per epoch; PPA: 0.1 -> 1e-4 over 75 epochs).
 
@@ -21,7 +21,7 @@ from absl import logging
 import numpy as np
 import optax
 
-from jaxmia import models, parallel
+from jaxmia import classifier, parallel
 from jaxmia.data import augment
 
 # `render(render_variables, latents [B, ...]) -> images [B, S, S, 3]` in [-1, 1], jit-able.
@@ -56,53 +56,23 @@ def remap_labels(targets) -> tuple[np.ndarray, np.ndarray]:
   return labels.astype(np.int32).reshape(-1), classes.astype(np.int32)
 
 
-def epoch_cosine_schedule(learning_rate: float, final_learning_rate: float, num_epochs: int,
-                          steps_per_epoch: int) -> optax.Schedule:
-  """`final + (lr - final) * (1 + cos(pi * epoch / num_epochs)) / 2` with `epoch = step // steps_per_epoch`."""
-  def schedule(step):
-    epoch = (step // steps_per_epoch).astype(jnp.float32)
-    return final_learning_rate + (learning_rate - final_learning_rate) * 0.5 * (
-        1.0 + jnp.cos(jnp.pi * epoch / num_epochs))
-  return schedule
-
-
 def student_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
-  """PyTorch `SGD(lr, momentum, weight_decay)`: the decay is added to the gradient before the momentum."""
-  schedule = epoch_cosine_schedule(config.learning_rate, config.final_learning_rate, config.num_epochs,
-                                   steps_per_epoch)
-  return optax.chain(optax.add_decayed_weights(config.weight_decay),
-                     optax.sgd(schedule, momentum=config.momentum or None))
+  """PyTorch `SGD(lr, momentum, weight_decay)` with a cosine learning rate that changes once per epoch."""
+  schedule = classifier.epoch_cosine_schedule(config.learning_rate, config.final_learning_rate, config.num_epochs,
+                                              steps_per_epoch)
+  return classifier.sgd(schedule, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
-def _train_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The student settings in `jaxmia.train`'s config layout (what its train and eval steps read)."""
-  return ml_collections.ConfigDict({
-      "image_size": config.image_size,
-      "init_weights": config.init_weights,
-      "model": {"arch": config.arch, "builder_kwargs": config.builder_kwargs.to_dict(), "aux_loss_weight": 0.0,
-                "dtype": config.dtype},
-      "defense": {"name": "none"},
-      "augment": {"size": config.image_size, "crop_scale": tuple(config.crop_scale),
-                  "crop_ratio": tuple(config.crop_ratio), "brightness": 0.0, "contrast": 0.0, "saturation": 0.0,
-                  "hue": 0.0, "flip": bool(config.flip)},
-  })
-
-
-def create_student(config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: int):
-  """A fresh student `TrainState` (host arrays): random head, backbone from `init_weights` if given."""
-  from jaxmia import train  # jaxmia.train imports jaxmia.metrics: import it when a student is built
-  train_config = _train_config(config)
-  module = models.create_classifier(config.arch, num_classes, dtype=jnp.dtype(config.dtype),
-                                    **config.builder_kwargs.to_dict())
-  init = jax.jit(lambda key: module.init({"params": key}, jnp.zeros((1, config.image_size, config.image_size, 3))))
+def create_student(config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: int, mesh):
+  """A fresh student `TrainState` replicated over `mesh`: random head, backbone from `init_weights` if given."""
+  module = classifier.create_model("classifier", dict(arch=config.arch, num_classes=num_classes,
+                                                      **config.builder_kwargs.to_dict()), dtype=config.dtype)
   # An 'rbg' key: XLA's RngBitGenerator compiles several times faster than threefry for a whole network.
-  variables = jax.device_get(init(jax.random.key(config.seed, impl="rbg")))
-  variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
+  variables = classifier.init_variables(module, jax.random.key(config.seed, impl="rbg"), config.image_size)
   if config.init_weights:
-    variables = train.merge_pretrained(variables, train.pretrained_variables(train_config))
-  return train.TrainState.create(apply_fn=module.apply, params=variables["params"],
-                                 batch_stats=variables.get("batch_stats", {}),
-                                 tx=student_optimizer(config, steps_per_epoch))
+    variables = classifier.merge_pretrained(
+        variables, classifier.pretrained_variables(config.init_weights, config.arch, config.builder_kwargs.to_dict()))
+  return classifier.create_train_state(module, variables, student_optimizer(config, steps_per_epoch), mesh)
 
 
 def train_student(latents, labels, *, render: Render, render_variables, num_classes: int,
@@ -120,7 +90,6 @@ def train_student(latents, labels, *, render: Render, render_variables, num_clas
   Each epoch visits the latents in a fresh order (`default_rng([seed, epoch])`); the last batch of an epoch is
   filled up from the start of the same order, so every step has the full batch and compiles once.
   """
-  from jaxmia import train  # see create_student
   latents, labels = np.asarray(latents), np.asarray(labels, np.int32)
   if len(latents) != len(labels) or not len(latents):
     raise ValueError(f"train_student needs one label per latent and at least one latent; got {len(latents)} "
@@ -131,8 +100,12 @@ def train_student(latents, labels, *, render: Render, render_variables, num_clas
   batch_size = int(config.batch_size)
   parallel.check_batch_size(batch_size, mesh, "knowledge_extraction.batch_size")
   steps_per_epoch = math.ceil(len(latents) / batch_size)
-  state = parallel.replicate(create_student(config, num_classes, steps_per_epoch), mesh)
-  train_step = train.jit_train_step(train.make_train_step(_train_config(config), num_classes), mesh)
+  state = create_student(config, num_classes, steps_per_epoch, mesh)
+  augment_kwargs = dict(size=config.image_size, crop_scale=tuple(config.crop_scale),
+                        crop_ratio=tuple(config.crop_ratio), brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0,
+                        flip=bool(config.flip))
+  train_step = classifier.jit_train_step(classifier.make_train_step(num_classes, augment_kwargs=augment_kwargs),
+                                         mesh)
   repl, sharded = parallel.replicated(mesh), parallel.data_sharding(mesh)
 
   def to_unit_images(variables, w):
@@ -163,23 +136,16 @@ def train_student(latents, labels, *, render: Render, render_variables, num_clas
   return state
 
 
-def make_student_eval_step(image_size: int, mesh):
-  """`jaxmia.train`'s jitted eval step for a student taking `image_size` inputs (build once, reuse)."""
-  from jaxmia import train  # see create_student
-  return train.make_eval_step(ml_collections.ConfigDict({"image_size": image_size}), mesh)
-
-
 def student_accuracy(state, split, classes, *, eval_step, batch_size: int, mesh) -> float:
   """Top-1 accuracy of the student on `split` (a `jaxmia.data.Split` holding only images of `classes`).
 
   The split's labels are original class ids; the student predicts positions in the sorted `classes`.
-  `eval_step` from `make_student_eval_step`.
+  `eval_step`: `classifier.make_eval_step(state.apply_fn, image_size, mesh)` (build once, reuse).
   """
-  from jaxmia import train  # see create_student
   classes = np.asarray(classes)
   if split.num_examples == 0:
     raise ValueError("student_accuracy got an empty split; the attacked classes have no real images there.")
-  logits, labels = train.predict(eval_step, state, split, batch_size, mesh)
+  logits, labels = classifier.predict(eval_step, classifier.model_variables(state), split, batch_size, mesh)
   positions = np.searchsorted(classes, labels)
   if np.any(positions >= len(classes)) or np.any(classes[np.minimum(positions, len(classes) - 1)] != labels):
     raise ValueError("The split holds images of classes the student was not trained on; restrict it to "
@@ -198,7 +164,7 @@ def knowledge_extraction_score(latents, targets, *, render: Render, render_varia
   mesh = mesh or parallel.make_mesh()
   state = train_student(latents, labels, render=render, render_variables=render_variables,
                         num_classes=len(classes), config=config, mesh=mesh, progress=progress)
-  eval_step = make_student_eval_step(config.image_size, mesh)
+  eval_step = classifier.make_eval_step(state.apply_fn, config.image_size, mesh)
   accuracy = lambda split: student_accuracy(state, split, classes, eval_step=eval_step,
                                             batch_size=config.eval_batch_size, mesh=mesh)
   return {"xi_train": accuracy(train_split), "xi_test": accuracy(test_split), "num_classes": len(classes)}
