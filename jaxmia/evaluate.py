@@ -15,7 +15,7 @@ Metrics (PPA, Struppek et al. 2022; the label-smoothing paper's Table 1):
   FID: pool3 features of the FID Inception, selected images vs the training images of the attacked classes.
   Precision, recall, density, coverage (k=3): per attacked class, averaged over classes.
   Test Acc, ECE (10 bins): the target on its test split.
-  ξ_train / ξ_test: knowledge extraction score (`jaxmia.metrics.knowledge_extraction`).
+  ξ_train / ξ_test: knowledge extraction score (a student trained on the selected images, `jaxmia.student`).
 
 Images are generated from the latents batch by batch inside one jitted function (synthesis -> clamp to
 [-1, 1] -> the attack's centre crop -> antialiased resize to each network's input), sharded over the
@@ -43,12 +43,11 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from PIL import Image
 
-from jaxmia import classifier, cli, convert, data, metrics, parallel, report
+from jaxmia import classifier, cli, convert, data, metrics, parallel, report, student
 from jaxmia.attack import optimize
 from jaxmia.convert.inception import fid_inception_from_torch
 from jaxmia.data import augment, image_ops
 from jaxmia.data.pipeline import IndexedSource
-from jaxmia.metrics import knowledge_extraction
 from jaxmia.models.inception import FID_RESOLUTION
 
 OUTPUT_DIR = report.EVALUATION_DIR
@@ -582,12 +581,12 @@ def evaluate_attack(config: ml_collections.ConfigDict, run_dir, out_dir=None, me
                     ppa_compat=setup.ppa_compat)
   timed("target_utility", _target_utility, results, setup, config, test_split)
 
-  student = config.knowledge_extraction
-  if student.enabled:
-    score = timed("knowledge_extraction", knowledge_extraction.knowledge_extraction_score,
-                  run.selected_w, run.selected_targets, render=setup.render_fn(int(student.image_size)),
+  student_config = config.knowledge_extraction
+  if student_config.enabled:
+    score = timed("knowledge_extraction", student.knowledge_extraction_score,
+                  run.selected_w, run.selected_targets, render=setup.render_fn(int(student_config.image_size)),
                   render_variables=setup.generator_variables, train_split=class_subset(train_split, classes)[0],
-                  test_split=class_subset(test_split, classes)[0], config=student, mesh=mesh)
+                  test_split=class_subset(test_split, classes)[0], config=student_config, mesh=mesh)
     results.values.update(xi_train=score["xi_train"], xi_test=score["xi_test"])
   else:
     results.unavailable.update(dict.fromkeys(("xi_train", "xi_test"), "knowledge extraction disabled "

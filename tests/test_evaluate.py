@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from jaxmia import classifier, convert, data, evaluate, models, parallel, report
+from jaxmia import classifier, convert, data, evaluate, models, parallel, report, student
 from jaxmia.attack import optimize
 from jaxmia.data import augment, image_ops, pipeline
 from jaxmia.metrics import knowledge_extraction
@@ -260,7 +260,7 @@ def test_student_learns_a_separable_problem():
   config.arch, config.builder_kwargs.base_channels, config.init_weights = "resnet18", 4, ""
   config.image_size, config.num_epochs, config.batch_size, config.eval_batch_size = 16, 10, 16, 24
   config.learning_rate = 0.05
-  score = knowledge_extraction.knowledge_extraction_score(
+  score = student.knowledge_extraction_score(
       latents, targets, render=_render, render_variables=texture, train_split=_real_split(8, 1),
       test_split=_real_split(8, 2), config=config)
   # Chance is 1/3; a student that learns the colours gets (nearly) everything right.

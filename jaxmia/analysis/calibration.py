@@ -11,7 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmia import metrics
 from jaxmia.analysis import report
+from jaxmia.data import augment
 
 
 def run_name(alpha: float, seed: int) -> str:
@@ -21,7 +23,6 @@ def run_name(alpha: float, seed: int) -> str:
 def test_probabilities(module, variables, images, *, image_size: int, batch_size: int = 250, mesh=None):
   """Softmax outputs `[N, C]` (float32, host) of an exported classifier on uint8 images `[N, H, W, 3]`."""
   from jaxmia.attack import optimize  # pylint: disable=g-import-not-at-top  (imports the attack stack)
-  from jaxmia.data import augment  # pylint: disable=g-import-not-at-top
 
   @jax.jit
   def probabilities(x):
@@ -33,7 +34,6 @@ def test_probabilities(module, variables, images, *, image_size: int, batch_size
 
 def measure(probs: np.ndarray, labels: np.ndarray, num_bins: int = 10) -> dict:
   """`{'test_accuracy', 'ece', 'confidence', 'bins': {'count', 'accuracy', 'confidence'}}` of `probs` `[N, C]`."""
-  from jaxmia import metrics  # pylint: disable=g-import-not-at-top
   bins = jax.device_get(metrics.reliability_bins(probs, labels, num_bins))
   return {"test_accuracy": float(np.mean(np.argmax(probs, -1) == labels)),
           "ece": float(metrics.expected_calibration_error(probs, labels, num_bins)),
