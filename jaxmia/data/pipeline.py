@@ -6,7 +6,8 @@
       ...                                        # {'image': uint8 [b, S, S, 3], 'label': int32 [b]}
 
 Split names: 'train', 'test', 'validation' (carved from the stored train split when
-`validation_fraction > 0`) and, for 'mnist_embedded', 'public' (the GAN prior's data; ignore its labels).
+`validation_fraction > 0`) and, for 'mnist_embedded' and 'numbers_embedded', 'public' (the GAN prior's data;
+ignore its labels).
 The stored train/test split follows PPA (see `builders`); the views below are pure functions of the stored
 labels and `split_seed`, so changing them never re-prepares the data:
 - validation: PPA's rule, `RandomState(split_seed).permutation(n)`, the last `int(validation_fraction * n)`
@@ -25,10 +26,10 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
-DATASETS = ('facescrub', 'celeba', 'stanford_dogs', 'mnist_embedded')
+DATASETS = ('facescrub', 'celeba', 'stanford_dogs', 'mnist_embedded', 'numbers_embedded')
 # Config fields that select the prepared TFDS variant (the stored bytes); the others only select views.
 _STORAGE_FIELDS = ('image_size', 'resize', 'split_seed', 'test_fraction', 'num_identities', 'crop_to_bbox',
-                   'public_fraction')
+                   'public_fraction', 'num_digits', 'train_per_class', 'test_per_class', 'public_per_class')
 
 
 def get_dataset_config(name: str) -> ml_collections.ConfigDict:
@@ -57,6 +58,15 @@ def get_dataset_config(name: str) -> ml_collections.ConfigDict:
     config.resize = 'pad'
     config.test_fraction = 0.2          # of the private part: 2,000 train / 500 test images
     config.public_fraction = 0.5        # per class, for the GAN prior ('public' split, 2,500 images)
+  elif name == 'numbers_embedded':
+    config.image_size = 32              # k digits side by side, letterboxed into 32x32
+    config.resize = 'letterbox'
+    config.num_digits = 2               # classes are the 10**num_digits numbers
+    config.test_fraction = 0.2          # digit images: 250 public, 200 train, 50 test per digit (as mnist_embedded)
+    config.public_fraction = 0.5
+    config.train_per_class = 100        # stored composites per class (samples_per_class takes a nested subset)
+    config.test_per_class = 10
+    config.public_per_class = 100       # the attacker's data (GAN prior)
   return config
 
 
