@@ -36,7 +36,7 @@ def get_config(arg=None):
   config.defense = defense_config()
 
   config.label_smoothing = 0.0  # smoothing factor alpha of the cross-entropy target (negative allowed)
-  config.ls_schedule = "ppa"  # schedule of negative alpha: 'ppa' (0 until epoch 50, ramp) | 'smooth' | 'constant'
+  config.ls_schedule = "ppa"  # negative-alpha schedule: 'ppa' (exact, 100 epochs) | 'proportional' | 'smooth' | 'constant'
 
   config.optimizer = ConfigDict()
   config.optimizer.learning_rate = 1e-3  # Adam step size before decays

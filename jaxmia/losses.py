@@ -71,7 +71,7 @@ def poincare_loss(logits: Array, labels: Array, xi: float = 1e-4) -> Array:
   return jnp.arccosh(1.0 + 2.0 * diff_sq / (u_gap * v_gap))
 
 
-ScheduleKind = Literal["ppa", "smooth", "constant"]
+ScheduleKind = Literal["ppa", "proportional", "smooth", "constant"]
 
 
 def ls_schedule(alpha: float, num_epochs: int, kind: ScheduleKind = "ppa",
@@ -82,7 +82,11 @@ def ls_schedule(alpha: float, num_epochs: int, kind: ScheduleKind = "ppa",
     `ppa`: PPA's schedule, reproduced with its quirk: 0 for epochs < 50, then
       `alpha * (epoch + 1 - 50) / (num_epochs - 50)` for 50 <= epoch < 75, then `alpha`. With 100 epochs it
       ramps only to alpha / 2 at epoch 74 and jumps to alpha at epoch 75. The 50/75 epochs are fixed, as in
-      PPA, whatever `num_epochs` is.
+      PPA, whatever `num_epochs` is, so with fewer than 76 epochs it never reaches `alpha`: use it only for
+      PPA's 100 epochs.
+    `proportional`: PPA's shape at proportional epochs, for any length: 0 for the first half
+      (`epoch < num_epochs // 2`), a linear ramp `alpha * (epoch + 1 - start) / (stop - start)` that reaches
+      `alpha` at epoch `stop - 1` with `stop = num_epochs - num_epochs // 4`, then `alpha` for the last quarter.
     `smooth`: 0 for the first `warmup_epochs` (default `num_epochs // 2`), then a linear ramp
       `alpha * (epoch + 1 - warmup) / (num_epochs - warmup)` that reaches `alpha` exactly at the last epoch.
     `constant`: `alpha` for every epoch.
@@ -96,6 +100,9 @@ def ls_schedule(alpha: float, num_epochs: int, kind: ScheduleKind = "ppa",
   epochs = np.arange(num_epochs, dtype=np.float64)
   if kind == "ppa":
     start, stop, span = 50, 75, max(num_epochs - 50, 1)
+  elif kind == "proportional":
+    start, stop = num_epochs // 2, num_epochs - num_epochs // 4
+    span = stop - start
   elif kind == "smooth":
     start = num_epochs // 2 if warmup_epochs is None else warmup_epochs
     if not 0 <= start < num_epochs:
@@ -104,7 +111,8 @@ def ls_schedule(alpha: float, num_epochs: int, kind: ScheduleKind = "ppa",
   elif kind == "constant":
     start, stop, span = 0, 0, 1
   else:
-    raise ValueError(f"unknown label-smoothing schedule {kind!r}; use 'ppa', 'smooth' or 'constant'.")
+    raise ValueError(f"unknown label-smoothing schedule {kind!r}; use 'ppa', 'proportional', 'smooth' or "
+                     "'constant'.")
   ramp = alpha * (1.0 / span) * (epochs + 1 - start)
   table = np.where(epochs < start, 0.0, np.where(epochs < stop, ramp, alpha)).astype(np.float32)
 

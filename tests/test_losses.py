@@ -109,3 +109,27 @@ def test_smooth_and_constant_schedules():
   np.testing.assert_allclose([constant(e) for e in range(7)], [0.1] * 7, rtol=1e-7)
   with pytest.raises(ValueError, match="schedule"):
     losses.ls_schedule(0.1, 7, kind="cosine")
+
+
+@pytest.mark.parametrize("num_epochs", [1, 2, 3, 4, 7, 10, 12, 20, 41, 100])
+def test_proportional_schedule_holds_alpha_for_the_last_quarter(num_epochs):
+  alpha = -0.05
+  values = np.array([float(v) for v in map(losses.ls_schedule(alpha, num_epochs, kind="proportional"),
+                                           range(num_epochs))])
+  first_half, last_quarter = num_epochs // 2, num_epochs - num_epochs // 4
+  np.testing.assert_array_equal(values[:first_half], 0.0)           # α = 0 for the first half
+  np.testing.assert_allclose(values[last_quarter:], alpha, rtol=1e-6)  # α for the last quarter
+  np.testing.assert_allclose(values[-1], alpha, rtol=1e-6)          # reached whatever the length
+  assert np.all(np.diff(np.abs(values)) >= 0)                       # a monotone ramp in between
+  ramp = values[first_half:last_quarter]
+  np.testing.assert_allclose(ramp, alpha * np.arange(1, len(ramp) + 1) / len(ramp), rtol=1e-6)
+
+
+def test_proportional_schedule_is_ppa_shaped_at_100_epochs():
+  """Same phases as PPA's at 100 epochs (0 before 50, α from 75); only PPA's α/2 -> α jump is gone."""
+  ppa = np.array([float(v) for v in map(losses.ls_schedule(-0.05, 100, kind="ppa"), range(100))])
+  proportional = np.array([float(v) for v in map(losses.ls_schedule(-0.05, 100, kind="proportional"), range(100))])
+  np.testing.assert_array_equal(proportional[:50], ppa[:50])
+  np.testing.assert_array_equal(proportional[75:], ppa[75:])
+  np.testing.assert_allclose(proportional[74], -0.05, rtol=1e-6)
+  np.testing.assert_allclose(ppa[74], -0.025, rtol=1e-6)
