@@ -57,6 +57,7 @@ def get_config(arg=None):
   config.ema_kimg = 5.0                 # G_ema half-life in kimg (NVlabs `auto`: batch * 10 / 32)
   config.ema_rampup = 0.05              # G_ema half-life <= images seen * ramp-up (None/0: no ramp-up)
   config.compute_dtype = "float32"      # 'bfloat16' for accelerators (params and Adam stay float32)
+  config.diffaugment = ""               # DiffAugment policy of what D sees, e.g. 'translation,cutout' ('' = none)
 
   config.num_samples = 64               # images in each sample grid (fixed latents, const noise)
   config.sample_every_kimg = 10.0       # write samples/fakes_<kimg>.png this often

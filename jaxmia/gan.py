@@ -11,6 +11,10 @@ NVlabs' order, each with its own latents:
   G_ema     `p_ema <- p + beta * (p_ema - p)`, `beta = 0.5 ** (batch / ema_nimg)`, `ema_nimg` ramped up as
             `min(ema_kimg * 1000, images_seen * ema_rampup)`
 
+With `diffaugment` set (e.g. 'translation,cutout'), D sees every real and generated image, in every phase
+including R1 (whose gradient is taken w.r.t. the un-augmented reals), through `jaxmia.diffaugment` with
+per-image draws; its keys are folded out of each phase's key, so '' reproduces the runs made before it existed.
+
 Every generator pass draws `z ~ N(0, I)`, mixes styles with probability `style_mixing_prob` (one cutoff per
 batch) and uses random noise; the mapping outputs of the main latents move `w_avg` (an EMA with
 `w_avg_beta`, stored in the generator's 'buffers' collection) as NVlabs' training-mode mapping does. Each
@@ -44,7 +48,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from jaxmia import cli, convert, data, parallel
+from jaxmia import cli, convert, data, diffaugment, parallel
 from jaxmia.generate import image_grid, save_png
 from jaxmia.models import stylegan2
 
@@ -179,9 +183,9 @@ def _logits(discriminator, d_params, images):
   return discriminator.apply({"params": d_params}, images)[:, 0].astype(jnp.float32)
 
 
-def r1_penalty(discriminator, d_params, reals):
-  """`|d sum(D(x)) / dx|^2` per image `[B]` (R1 of Mescheder et al., as NVlabs computes it)."""
-  grads = jax.grad(lambda x: jnp.sum(_logits(discriminator, d_params, x)))(reals)
+def r1_penalty(discriminator, d_params, reals, augment=lambda x: x):
+  """`|d sum(D(augment(x))) / dx|^2` per image `[B]` (R1 of Mescheder et al., as NVlabs computes it)."""
+  grads = jax.grad(lambda x: jnp.sum(_logits(discriminator, d_params, augment(x))))(reals)
   return jnp.sum(jnp.square(grads.astype(jnp.float32)), axis=(1, 2, 3))
 
 
@@ -200,6 +204,11 @@ def make_steps(config: ConfigDict):
   mixing = config.style_mixing_prob
   pl_interval, r1_interval = _pl_interval(config), config.r1_interval if config.r1_gamma else None
   z_dim = generator.z_dim
+  policy = diffaugment.parse_policy(config.diffaugment)
+
+  def augment(images, key, salt):
+    """What D sees of `images`: DiffAugment with a key folded out of the phase's key (identity without policy)."""
+    return diffaugment.diff_augment(images, jax.random.fold_in(key, salt), policy) if policy else images
 
   def run_g(g_params, g_buffers, z, key):
     """(images, ws, updated G buffers) from latents `z`."""
@@ -215,7 +224,7 @@ def make_steps(config: ConfigDict):
     z_key, g_key = jax.random.split(key)
     z = jax.random.normal(z_key, (config.batch_size, z_dim))
     fakes, _, buffers = run_g(g_params, state.g_buffers, z, g_key)
-    logits = _logits(discriminator, state.d_params, fakes)
+    logits = _logits(discriminator, state.d_params, augment(fakes, key, 1))
     return jnp.mean(jax.nn.softplus(-logits)), (buffers, logits)
 
   def g_pl_loss(g_params, state, key):
@@ -256,14 +265,14 @@ def make_steps(config: ConfigDict):
     z_key, g_key = jax.random.split(key)
     z = jax.random.normal(z_key, (config.batch_size, z_dim))
     fakes, _, buffers = run_g(state.g_params, state.g_buffers, z, g_key)
-    fake_logits = _logits(discriminator, d_params, jax.lax.stop_gradient(fakes))
-    real_logits = _logits(discriminator, d_params, reals)
+    fake_logits = _logits(discriminator, d_params, augment(jax.lax.stop_gradient(fakes), key, 1))
+    real_logits = _logits(discriminator, d_params, augment(reals, key, 2))
     loss = jnp.mean(jax.nn.softplus(fake_logits)) + jnp.mean(jax.nn.softplus(-real_logits))
     return loss, (buffers, {"loss_d": loss, "logits_fake": jnp.mean(fake_logits),
                             "logits_real": jnp.mean(real_logits)})
 
-  def d_r1_loss(d_params, reals):
-    penalty = r1_penalty(discriminator, d_params, reals)
+  def d_r1_loss(d_params, reals, key):
+    penalty = r1_penalty(discriminator, d_params, reals, lambda x: augment(x, key, 3))
     return jnp.mean(penalty) * (config.r1_gamma / 2) * r1_interval, jnp.mean(penalty)
 
   def d_step(state: GanState, reals, key):
@@ -276,7 +285,7 @@ def make_steps(config: ConfigDict):
       return state, metrics
 
     def regularise(state):
-      grads, penalty = jax.grad(d_r1_loss, has_aux=True)(state.d_params, reals)
+      grads, penalty = jax.grad(d_r1_loss, has_aux=True)(state.d_params, reals, key)
       params, opt_state = apply_update(d_opt, grads, state.d_opt_state, state.d_params)
       return state.replace(d_params=params, d_opt_state=opt_state), penalty
 
@@ -305,7 +314,7 @@ def to_float_images(images) -> jax.Array:
 # Config fields that decide what one iteration computes (besides the seed and the data).
 STEP_FIELDS = ("resolution", "generator", "discriminator", "batch_size", "optimizer", "r1_gamma", "r1_interval",
                "pl_weight", "pl_interval", "pl_batch_shrink", "pl_decay", "style_mixing_prob", "ema_kimg",
-               "ema_rampup", "compute_dtype")
+               "ema_rampup", "compute_dtype", "diffaugment")
 # ... and those that a resumed run must share with the run that wrote the checkpoint.
 RESUME_FIELDS = STEP_FIELDS + ("seed", "dataset", "split")
 
@@ -393,6 +402,7 @@ def train(config: ConfigDict, workdir: str | os.PathLike, mesh: jax.sharding.Mes
   workdir = pathlib.Path(workdir)
   mesh = mesh or parallel.make_mesh()
   _check_config(config, mesh)
+  diffaugment.parse_policy(config.diffaugment)  # a bad policy fails before any work
   split = data.load_split(config.dataset, config.split)
   image_size = split.source[0]["image"].shape[0]
   if image_size != config.resolution:
