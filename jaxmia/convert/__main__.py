@@ -69,9 +69,60 @@ def convert_stylegan2(args):
   _print_summary(rows + [("parameters", f"{_count(variables):,}"), ("output", folder)])
 
 
-def _describe(value) -> str:
-  text = repr(value)
-  return text if len(text) <= 100 else text[:97] + "..."
+def _kwargs_text(kwargs, limit: int = 300) -> str:
+  try:
+    text = json.dumps(kwargs, default=torch_reader.describe_value)
+  except (TypeError, ValueError):  # e.g. non-string keys, or an int too long for a decimal string
+    return torch_reader.describe_value(kwargs, limit)
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def print_structure(obj, max_depth: int = torch_reader.MAX_DEPTH, max_objects: int = torch_reader.MAX_OBJECTS):
+  """Prints every tensor (path, dtype, shape) and value of a loaded torch file; returns (tensors, values).
+
+  Iterative, so nesting never meets Python's recursion limit, and memoised: a container, array or network
+  reached again along another path is printed once, later occurrences as `same object as <first path>`, so
+  shared structure costs one line per use instead of one per expanded path. Beyond `max_depth` levels or
+  `max_objects` printed entries it stops with a `TorchFileError`.
+  """
+  tensors, values = 0, 0
+  first_path = {}  # id(container, array or network) -> where it was printed
+  stack = [(obj, "", 0)]
+  printed = 0
+  while stack:
+    value, path, depth = stack.pop()
+    printed += 1
+    if printed > max_objects:
+      raise torch_reader.TorchFileError(f"more than {max_objects:,} entries to print (max_objects)")
+    if depth > max_depth:
+      raise torch_reader.TorchFileError(f"nested more than {max_depth} levels deep at {path} (max_depth)")
+    name = path or "<top>"
+    if isinstance(value, (np.ndarray, torch_reader.NVlabsNetwork, dict, list, tuple)):
+      seen = first_path.get(id(value))
+      if seen is not None:
+        shape = f"  {value.dtype}  {tuple(value.shape)}" if isinstance(value, np.ndarray) else ""
+        print(f"{name}{shape}: same object as {seen or '<top>'}")
+        continue
+    if isinstance(value, np.ndarray):
+      first_path[id(value)] = path
+      tensors, values = tensors + 1, values + value.size
+      print(f"{name}  {value.dtype}  {tuple(value.shape)}")
+      continue
+    if isinstance(value, torch_reader.NVlabsNetwork):
+      first_path[id(value)] = path
+      print(f"{name}: NVlabs {value.class_name}, init_kwargs {_kwargs_text(value.init_kwargs)}")
+      children = list(value.state_dict.items())
+      prefix = path
+    elif isinstance(value, dict) and value:
+      children, prefix = list(value.items()), path
+    elif isinstance(value, (list, tuple)) and any(isinstance(v, (np.ndarray, dict, list, tuple)) for v in value):
+      children, prefix = list(enumerate(value)), path
+    else:
+      print(f"{name}: {torch_reader.describe_value(value)}")
+      continue
+    first_path[id(value)] = path
+    stack.extend((v, f"{prefix}.{k}" if prefix else str(k), depth + 1) for k, v in reversed(children))
+  return tensors, values
 
 
 def inspect_file(args):
@@ -81,26 +132,7 @@ def inspect_file(args):
     if not error.global_name.startswith("torch_utils.persistence."):
       raise
     obj = torch_reader.read_nvlabs_pickle(args.file)
-  tensors, values = 0, 0
-
-  def walk(value, path):
-    nonlocal tensors, values
-    if isinstance(value, np.ndarray):
-      tensors, values = tensors + 1, values + value.size
-      print(f"{path}  {value.dtype}  {tuple(value.shape)}")
-    elif isinstance(value, torch_reader.NVlabsNetwork):
-      print(f"{path}: NVlabs {value.class_name}, init_kwargs {json.dumps(value.init_kwargs)}")
-      walk(value.state_dict, path)
-    elif isinstance(value, dict) and value:
-      for k, v in value.items():
-        walk(v, f"{path}.{k}" if path else str(k))
-    elif isinstance(value, (list, tuple)) and any(isinstance(v, (np.ndarray, dict, list, tuple)) for v in value):
-      for i, v in enumerate(value):
-        walk(v, f"{path}.{i}" if path else str(i))
-    else:
-      print(f"{path or '<top>'}: {_describe(value)}")
-
-  walk(obj, "")
+  tensors, values = print_structure(obj)
   print(f"{tensors} tensors, {values:,} values")
 
 
