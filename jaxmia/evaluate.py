@@ -30,7 +30,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 import pathlib
 import time
 from typing import Any
@@ -43,7 +42,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from PIL import Image
 
-from jaxmia import classifier, cli, convert, data, metrics, parallel, report, student
+from jaxmia import classifier, cli, convert, data, files, metrics, parallel, report, student
 from jaxmia.attack import optimize
 from jaxmia.convert.inception import fid_inception_from_torch
 from jaxmia.data import augment, image_ops
@@ -144,14 +143,6 @@ def _digest(value) -> str:
   return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _file_digest(path: pathlib.Path) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
 def _num_classes(net: FeatureNetwork, variables) -> int:
   x = jax.ShapeDtypeStruct((1, net.image_size, net.image_size, 3), jnp.float32)
   return jax.eval_shape(lambda v, x: net.module.apply(v, x), variables, x).shape[-1]
@@ -174,7 +165,7 @@ def load_network(name: str, section: ml_collections.ConfigDict, field: str):
   path = pathlib.Path(weights)
   if name == "fid" and path.is_file():
     module, variables = fid_inception_from_torch(path)   # pytorch-fid's pt_inception-*.pth
-    return FeatureNetwork(name, "pytorch_fid", module, FID_RESOLUTION, _file_digest(path)), variables
+    return FeatureNetwork(name, "pytorch_fid", module, FID_RESOLUTION, files.file_digest(path)), variables
   if name == "evaluation":
     module, variables, weights_id = _load_weights(weights, "Evaluation model", f"{field}.weights")
     return FeatureNetwork(name, "classifier", module, int(section.image_size), weights_id), variables
@@ -317,7 +308,8 @@ def training_features(networks, network_variables, split, classes, *, cache_dir:
         rows = subset.labels == c
         per_class[net.name, c] = (features[rows], positions[rows])
         if jax.process_index() == 0:
-          _atomic_write(path(net.name, c), lambda f: np.savez(f, features=features[rows], positions=positions[rows]))
+          files.atomic_write(path(net.name, c),
+                             lambda f: np.savez(f, features=features[rows], positions=positions[rows]))
   result = {}
   for net in networks:
     parts = [per_class[net.name, int(c)] for c in classes]
@@ -330,29 +322,14 @@ def training_features(networks, network_variables, split, classes, *, cache_dir:
 # ------------------------------------------------------------------------------------------------ outputs
 
 
-def _atomic_write(path: pathlib.Path, write) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "wb") as f:
-    write(f)
-  os.replace(tmp, path)
-
-
-def _to_uint8(images) -> np.ndarray:
-  return np.asarray(np.round((np.clip(images, -1.0, 1.0) + 1.0) * 127.5), np.uint8)
-
-
 def nearest_neighbour_grid(fake_images: np.ndarray, real_images: np.ndarray, rows: int, gap: int = 4) -> Image.Image:
   """PNG grid: class blocks of two rows, fakes `[rows * k, S, S, 3]` uint8 above their nearest reals."""
-  n, size = fake_images.shape[0], fake_images.shape[1]
-  per_row = n // rows
-  block = 2 * size + gap
-  grid = np.full((rows * block - gap, per_row * size, 3), 255, np.uint8)
-  for i in range(n):
-    r, c = divmod(i, per_row)
-    top = r * block
-    grid[top:top + size, c * size:(c + 1) * size] = fake_images[i]
-    grid[top + size:top + 2 * size, c * size:(c + 1) * size] = real_images[i]
-  return Image.fromarray(grid)
+  per_row = len(fake_images) // rows
+  blocks = [files.image_grid(np.concatenate([fake_images[r * per_row:(r + 1) * per_row],
+                                             real_images[r * per_row:(r + 1) * per_row]]), per_row)
+            for r in range(rows)]
+  spacer = np.full((gap, *blocks[0].shape[1:]), 255, np.uint8)
+  return Image.fromarray(np.concatenate([part for block in blocks for part in (spacer, block)][1:]))
 
 
 def _write_csv(path: pathlib.Path, rows: list[dict]) -> None:
@@ -360,7 +337,7 @@ def _write_csv(path: pathlib.Path, rows: list[dict]) -> None:
   writer = csv.DictWriter(text, fieldnames=list(rows[0]))
   writer.writeheader()
   writer.writerows(rows)
-  _atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+  files.atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
 
 def _finite_or_none(value):
@@ -508,9 +485,9 @@ def _write_grid(path: pathlib.Path, setup: _Setup, config, classes, split, real,
   positions = real[space][2][nearest[space][rows]]
   reals = np.stack([split.source[int(p)]["image"] for p in positions])
   reals = image_ops.resize(augment.normalize(augment.to_unit_range(reals)), size)
-  grid = nearest_neighbour_grid(_to_uint8(fakes), _to_uint8(reals), rows=len(shown))
+  grid = nearest_neighbour_grid(files.to_uint8(fakes), files.to_uint8(reals), rows=len(shown))
   if jax.process_index() == 0:
-    _atomic_write(path, lambda f: grid.save(f, format="PNG"))
+    files.atomic_write(path, lambda f: grid.save(f, format="PNG"))
   return (f"Classes {', '.join(str(int(c)) for c in shown)} (one block each, top to bottom): {per} selected "
           f"samples above the training image of the same class nearest to each in "
           f"{'FaceNet' if space == 'facenet' else 'evaluation-model'} feature space.")
@@ -622,8 +599,8 @@ def evaluate_attack(config: ml_collections.ConfigDict, run_dir, out_dir=None, me
   }
   if jax.process_index() == 0:
     _write_csv(out_dir / files["per_class"], _per_class_rows(results, run, train_split, classes))
-    _atomic_write(out_dir / report.REPORT_FILE, lambda f: f.write(json.dumps(result, indent=2).encode()))
-    _atomic_write(out_dir / "report.md", lambda f: f.write(report.run_markdown(result).encode()))
+    files.atomic_write(out_dir / report.REPORT_FILE, lambda f: f.write(json.dumps(result, indent=2).encode()))
+    files.atomic_write(out_dir / "report.md", lambda f: f.write(report.run_markdown(result).encode()))
   logging.info("Evaluation of %s written to %s:\n%s", run.run_dir, out_dir, report.comparison_table([result]))
   return result
 

@@ -7,13 +7,13 @@
 Images are clamped to [-1, 1] for display only (the generator itself never clamps).
 """
 import argparse
-import math
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
+
+from jaxmia.files import image_grid, save_png  # the grid helpers of this CLI (jaxmia.gan imports them here)
 
 
 def generate_images(generator, variables, key, num: int, *, truncation_psi: float = 1.0,
@@ -44,21 +44,6 @@ def generate_images(generator, variables, key, num: int, *, truncation_psi: floa
     z_batch = jnp.pad(z_batch, ((0, pad), (0, 0)))
     batches.append(np.asarray(run(z_batch, jax.random.fold_in(noise_key, i)))[:batch_size - pad])
   return np.concatenate(batches)
-
-
-def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
-  """`[N, H, W, C]` images in [-1, 1] (clamped) -> one uint8 `[rows*H, columns*W, C]` grid, row-major."""
-  n, h, w, ch = images.shape
-  columns = columns or math.ceil(math.sqrt(n))
-  rows = math.ceil(n / columns)
-  pixels = np.rint((np.clip(images, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
-  grid = np.zeros((rows * columns, h, w, ch), np.uint8)
-  grid[:n] = pixels
-  return grid.reshape(rows, columns, h, w, ch).transpose(0, 2, 1, 3, 4).reshape(rows * h, columns * w, ch)
-
-
-def save_png(grid: np.ndarray, path: str):
-  Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
 
 
 def main(argv=None):

@@ -18,7 +18,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # config files import `configs`
 
-from jaxmia import cli  # noqa: E402
+from jaxmia import cli, files  # noqa: E402
 from jaxmia.analysis import calibration, report  # noqa: E402
 
 config_flags.DEFINE_config_file("train_config", None, "Training config (configs/*.py[:variant]).", lock_config=True)
@@ -30,7 +30,7 @@ FLAGS = flags.FLAGS
 
 
 def plot(summary: dict, path: pathlib.Path):
-  plt = report.pyplot()
+  plt = files.pyplot()
   fig, axes = plt.subplots(1, len(summary), figsize=(3.6 * len(summary), 3.6), squeeze=False)
   for ax, (alpha, stats) in zip(axes[0], summary.items()):
     bins = stats["bins"]

@@ -17,7 +17,7 @@ import pathlib
 
 import numpy as np
 
-from jaxmia import convert, data, parallel
+from jaxmia import convert, data, files, parallel
 from jaxmia.analysis import geometry, report, runs
 
 STAT_TITLES = {"intra_mean": "mean intra-class distance", "inter_mean": "mean inter-class distance",
@@ -25,7 +25,7 @@ STAT_TITLES = {"intra_mean": "mean intra-class distance", "inter_mean": "mean in
 
 
 def plot_violins(stats_by_label: dict, path: pathlib.Path):
-  plt = report.pyplot()
+  plt = files.pyplot()
   labels = list(stats_by_label)
   fig, axes = plt.subplots(1, len(geometry.STAT_NAMES), figsize=(3.2 * len(geometry.STAT_NAMES), 3.6), sharey=True)
   for ax, name in zip(axes, geometry.STAT_NAMES):
@@ -41,7 +41,7 @@ def plot_violins(stats_by_label: dict, path: pathlib.Path):
 
 
 def plot_tsne(embeddings: dict, labels: np.ndarray, path: pathlib.Path):
-  plt = report.pyplot()
+  plt = files.pyplot()
   num_classes = len(np.unique(labels))
   cmap = "tab10" if num_classes <= 10 else "tab20" if num_classes <= 20 else "hsv"
   size = float(np.clip(3000 / len(labels), 2, 20))
@@ -103,7 +103,7 @@ def main():
     for stat in geometry.STAT_NAMES:
       values = getattr(stats[name], stat)
       values = values[np.isfinite(values)]
-      entry[stat] = report.mean_sd(values) | {"median": float(np.median(values)) if len(values) else float("nan")}
+      entry[stat] = files.mean_sd(values) | {"median": float(np.median(values)) if len(values) else float("nan")}
     numbers["models"].append(entry)
     print(f"{name}: {len(rows)} samples, features {features.shape[1]}-d")
 

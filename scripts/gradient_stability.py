@@ -22,7 +22,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # config files import `configs`
 
-from jaxmia import convert, parallel  # noqa: E402
+from jaxmia import convert, files, parallel  # noqa: E402
 from jaxmia.analysis import gradients, report, runs  # noqa: E402
 
 config_flags.DEFINE_config_file("attack_config", None, "Attack config (configs/attack_*.py[:variant]).",
@@ -37,7 +37,7 @@ FLAGS = flags.FLAGS
 
 
 def plot(similarities: dict, path: pathlib.Path):
-  plt = report.pyplot()
+  plt = files.pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   for name, sim in similarities.items():
     steps = np.arange(1, sim.shape[1] + 1)
@@ -85,9 +85,9 @@ def main(argv):
                                            target_model=target_model, target_variables=target_variables,
                                            config=config.attack, batch_size=batch_size, mesh=mesh)
     similarities[name] = sim
-    per_step = [report.mean_sd(s[np.isfinite(s)]) for s in sim.T]
+    per_step = [files.mean_sd(s[np.isfinite(s)]) for s in sim.T]
     numbers["models"].append({"label": name, "model": model_dir,
-                              "overall": report.mean_sd(np.nanmean(sim, 1)),
+                              "overall": files.mean_sd(np.nanmean(sim, 1)),
                               "per_step": per_step})
     print(f"{name}: mean similarity {numbers['models'][-1]['overall']['mean']:.4f}")
 

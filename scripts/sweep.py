@@ -19,7 +19,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # config files import `configs`
 
-from jaxmia import cli  # noqa: E402
+from jaxmia import cli, files  # noqa: E402
 from jaxmia.analysis import report, sweep  # noqa: E402
 
 config_flags.DEFINE_config_file("train_config", None, "Training config (configs/*.py[:variant]).", lock_config=True)
@@ -47,7 +47,7 @@ def delta_metric(records) -> str:
 
 
 def plot(records, sizes, path: pathlib.Path):
-  plt = report.pyplot()
+  plt = files.pyplot()
   fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.6))
   positions = range(len(sizes))
   for ax, (metric, label, scale) in zip(axes, PANELS):

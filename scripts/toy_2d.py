@@ -15,6 +15,7 @@ import pathlib
 
 import numpy as np
 
+from jaxmia import files
 from jaxmia.analysis import report, toy
 
 CLASS_STYLES = (dict(c="#69c765", marker="o", s=20), dict(c="#5cd0f7", marker="s", s=20),
@@ -41,7 +42,7 @@ def draw_panel(ax, result: toy.ToyResult, seed_index: int, alpha_index: int, alp
 
 
 def plot(result: toy.ToyResult, alphas, xs, outdir):
-  plt = report.pyplot()
+  plt = files.pyplot()
   for j, alpha in enumerate(alphas):
     fig, ax = plt.subplots(figsize=(5.5, 5))
     fig.colorbar(draw_panel(ax, result, 0, j, alpha, xs), ax=ax, ticks=[0.0, 0.25, 0.5, 0.75, 1.0],

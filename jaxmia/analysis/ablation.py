@@ -14,7 +14,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from jaxmia import convert, parallel
+from jaxmia import convert, files, parallel
 from jaxmia.attack import final_selection, initial_selection, optimize, run
 
 STAGES = ("sampling", "optimization", "selection")
@@ -60,9 +60,7 @@ def _cached(path: pathlib.Path, compute):
   arrays = compute()
   if jax.process_index() == 0:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    files.atomic_write(path, lambda f: np.savez(f, **arrays))
   return arrays
 
 

@@ -11,8 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmia import metrics
-from jaxmia.analysis import report
+from jaxmia import files, metrics
 from jaxmia.data import augment
 
 
@@ -69,7 +68,7 @@ def run_calibration(train_config, alphas: Sequence[float], seeds: Sequence[int],
 
 
 def summarize(records: Sequence[dict]) -> dict:
-  """`{α: {'test_accuracy'|'ece'|'confidence': mean_sd, 'bins': pooled bins}}`; pooled bins weight each
+  """`{α: {'test_accuracy'|'ece'|'confidence': files.mean_sd, 'bins': pooled bins}}`; pooled bins weight each
   seed's bin by its count (empty pooled bins have accuracy and confidence NaN)."""
   summary = {}
   for alpha in sorted({r["alpha"] for r in records}, reverse=True):
@@ -78,6 +77,6 @@ def summarize(records: Sequence[dict]) -> dict:
     with np.errstate(invalid="ignore", divide="ignore"):
       pooled = {k: np.sum([np.multiply(r["bins"]["count"], r["bins"][k]) for r in runs], axis=0) / counts
                 for k in ("accuracy", "confidence")}
-    summary[alpha] = {**{k: report.mean_sd([r[k] for r in runs]) for k in ("test_accuracy", "ece", "confidence")},
+    summary[alpha] = {**{k: files.mean_sd([r[k] for r in runs]) for k in ("test_accuracy", "ece", "confidence")},
                       "bins": {"count": counts.tolist(), **{k: v.tolist() for k, v in pooled.items()}}}
   return summary

@@ -1,4 +1,5 @@
-"""Small helpers shared by the analysis scripts: summary statistics and JSON/markdown/PNG output."""
+"""Small helpers shared by the analysis scripts: mean ± sd text, markdown tables and JSON/markdown output
+(`jaxmia.files` has the statistics, `mean_sd`, and the figure set-up, `pyplot`)."""
 import json
 import pathlib
 from typing import Any, Sequence
@@ -6,17 +7,8 @@ from typing import Any, Sequence
 import numpy as np
 
 
-def mean_sd(values) -> dict:
-  """`{'mean', 'sd', 'n'}` of `values` (sample sd, ddof=1; sd is 0 for one value, both NaN for none)."""
-  values = np.asarray(values, np.float64).ravel()
-  if not len(values):
-    return {"mean": float("nan"), "sd": float("nan"), "n": 0}
-  sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-  return {"mean": float(np.mean(values)), "sd": sd, "n": int(len(values))}
-
-
 def format_mean_sd(stats: dict, digits: int = 2) -> str:
-  """'m ± s' of a `mean_sd` dict ('–' if it holds no values)."""
+  """'m ± s' of a `files.mean_sd` dict ('–' if it holds no values)."""
   if not stats["n"]:
     return "–"
   return f"{stats['mean']:.{digits}f} ± {stats['sd']:.{digits}f}"
@@ -49,10 +41,3 @@ def _nan_to_none(value):
     return int(value)
   return value
 
-
-def pyplot():
-  """matplotlib.pyplot on the non-interactive Agg backend (figures are only written to files)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt

@@ -22,7 +22,7 @@ import optax
 from flax import linen as nn
 
 from jaxmia import losses
-from jaxmia.analysis.report import mean_sd
+from jaxmia.files import mean_sd
 from jaxmia.models.resnet import BatchNorm, linear_bias_init, linear_kernel_init
 
 UNROLL = 1

@@ -15,7 +15,6 @@ and `fold_in(fold_in(seed key, 3), i)` in stage 3, so a resumed run equals an un
 """
 import ast
 import json
-import os
 import pathlib
 import time
 
@@ -23,10 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from PIL import Image
 
 import jaxmia
-from jaxmia import convert, parallel
+from jaxmia import convert, files, parallel
 from jaxmia.attack import final_selection, initial_selection, optimize
 from jaxmia.models import stylegan2
 
@@ -56,24 +54,14 @@ def resolve_targets(spec, num_classes: int) -> np.ndarray:
   return classes.astype(np.int32)
 
 
-def _atomic_write(path: pathlib.Path, write) -> None:
-  """Calls `write(file)` on a temporary file next to `path`, then renames it to `path`."""
-  tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "wb") as f:
-    write(f)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def _save_npz(path: pathlib.Path, **arrays) -> None:
   if jax.process_index() == 0:
-    _atomic_write(path, lambda f: np.savez(f, **arrays))
+    files.atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def _save_json(path: pathlib.Path, value) -> None:
   if jax.process_index() == 0:
-    _atomic_write(path, lambda f: f.write(json.dumps(value, indent=2, default=str).encode()))
+    files.atomic_write(path, lambda f: f.write(json.dumps(value, indent=2, default=str).encode()))
 
 
 def _load(path: str, what: str, config_field: str):
@@ -116,17 +104,6 @@ def _progress(total: int):
   return report
 
 
-def _render_grid(images: np.ndarray, columns: int) -> Image.Image:
-  """`[N, S, S, C]` uint8 images as one PIL image, `columns` per row."""
-  n, size = images.shape[0], images.shape[1]
-  rows = -(-n // columns)
-  grid = np.zeros((rows * size, min(n, columns) * size, images.shape[-1]), np.uint8)
-  for i, image in enumerate(images):
-    r, c = divmod(i, columns)
-    grid[r * size:(r + 1) * size, c * size:(c + 1) * size] = image
-  return Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-
-
 def _write_grids(workdir, w, targets, generator, generator_variables, config, mesh) -> None:
   """Writes `images/class_XXXX.png`: the first `output.images_per_class` selected images of each class."""
   per_class = int(config.output.images_per_class)
@@ -136,11 +113,10 @@ def _write_grids(workdir, w, targets, generator, generator_variables, config, me
   crop = optimize.resolve_center_crop(int(config.attack.center_crop), generator.img_resolution)
   size = int(config.output.image_size)
 
-  def to_uint8(w, gv):
-    images = optimize.target_view(optimize.synthesize(generator, gv, w), clamp=True, center_crop=crop, resize=size)
-    return jnp.round((images + 1.0) * 127.5).astype(jnp.uint8)
+  def view(w, gv):
+    return optimize.target_view(optimize.synthesize(generator, gv, w), clamp=True, center_crop=crop, resize=size)
 
-  render = optimize.cached_jit("render", (generator,), (crop, size), lambda: jax.jit(to_uint8))
+  render = optimize.cached_jit("render", (generator,), (crop, size), lambda: jax.jit(view))
   gv = generator_variables if mesh is None else parallel.replicate(generator_variables, mesh)
   images = optimize.map_in_batches(lambda w: render(w, gv), (w[rows],), int(config.final_selection.batch_size),
                                    mesh=mesh)
@@ -148,8 +124,9 @@ def _write_grids(workdir, w, targets, generator, generator_variables, config, me
     return
   (workdir / "images").mkdir(exist_ok=True)
   for cls in np.unique(targets):
-    grid = _render_grid(images[targets[rows] == cls], columns=min(per_class, 10))
-    _atomic_write(workdir / "images" / f"class_{int(cls):04d}.png", lambda f: grid.save(f, format="PNG"))
+    class_images = images[targets[rows] == cls]
+    grid = files.image_grid(class_images, columns=min(len(class_images), per_class, 10))
+    files.save_png(grid, workdir / "images" / f"class_{int(cls):04d}.png")
 
 
 def run_attack(config, workdir) -> dict:

@@ -10,7 +10,6 @@ A weights folder looks like::
 `(module, variables)` pair. `jaxmia.json` is written last: a folder that has it is complete.
 """
 import datetime
-import hashlib
 import importlib
 import json
 import os
@@ -21,6 +20,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+
+from jaxmia import files
 
 INFO_FILE = "jaxmia.json"
 VARIABLES_DIR = "variables"
@@ -47,14 +48,6 @@ def _folder(path) -> epath.Path:
 def _check_kind(kind: str):
   if kind not in KINDS:
     raise ValueError(f"Unknown weights kind {kind!r}; known kinds: {', '.join(KINDS)}.")
-
-
-def _sha256(path: epath.Path) -> str:
-  digest = hashlib.sha256()
-  with path.open("rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
 
 
 def save_converted(path, variables, *, kind: str, module_kwargs: Mapping[str, Any], source=None,
@@ -87,7 +80,7 @@ def save_converted(path, variables, *, kind: str, module_kwargs: Mapping[str, An
     source_path = epath.Path(os.fspath(source))
     if not source_path.is_file():
       raise FileNotFoundError(f"{source}: source file not found (needed for its SHA-256).")
-    info["source"] = {"name": source_path.name, "sha256": _sha256(source_path)}
+    info["source"] = {"name": source_path.name, "sha256": files.file_digest(source_path)}
 
   if folder.exists():
     if not overwrite:
@@ -105,9 +98,7 @@ def save_converted(path, variables, *, kind: str, module_kwargs: Mapping[str, An
     checkpointer.save(folder / VARIABLES_DIR, tree, force=overwrite)
 
   if primary:
-    temporary = folder / (INFO_FILE + ".tmp")
-    temporary.write_text(json.dumps(info, indent=2) + "\n")
-    temporary.rename(folder / INFO_FILE)
+    files.atomic_write(folder / INFO_FILE, lambda f: f.write((json.dumps(info, indent=2) + "\n").encode()))
   return folder
 
 
