@@ -14,7 +14,10 @@ architecture trained once). Workdir layout:
     evaluation_model/            jaxmia.train workdir; model/ is the exported classifier
     seed_<s>/alpha_<α>/target/   jaxmia.train workdir of the target
     seed_<s>/alpha_<α>/attack/   jaxmia.attack workdir; evaluation/report.json from jaxmia.evaluate
-    report.md, study.json        Table-1 columns per α (mean ± sd over seeds, differences to the baseline α)
+    report.md, study.json        Table-1 columns per α (mean ± sd over seeds, differences to the baseline α);
+                                 Acc@1 of the starting, optimised and selected latents; paired per-class
+                                 differences of Acc@1 to the baseline α with hierarchical bootstrap intervals
+    per_class.csv                Acc@1 per class and α (mean over seeds) and its difference to the baseline
     samples.png                  real training images and selected attack samples per class for each α
     metrics.png                  Acc@1, δ_eval, ξ_train and ξ_test per α (mean ± sd, seeds as dots)
 
@@ -22,7 +25,9 @@ A stage whose output exists (an exported model, `summary.json`, `report.json`) i
 command continues an interrupted study; the stages themselves resume mid-way as well. The report is always
 rebuilt from the evaluated cells.
 """
+import csv
 import dataclasses
+import io
 import json
 import math
 import pathlib
@@ -35,9 +40,10 @@ import jax.numpy as jnp
 from ml_collections import ConfigDict, config_flags
 import numpy as np
 
-from jaxmia import cli, convert, data, gan, report, train
+from jaxmia import cli, convert, data, files, gan, report, train
 from jaxmia.convert import store
 from jaxmia import evaluate as evaluation
+from jaxmia.analysis import statistics
 from jaxmia.attack import optimize, run as attack_run
 
 # Metrics plotted in metrics.png (keys of report.json's "metrics").
@@ -178,6 +184,123 @@ def aggregate(config: ConfigDict, workdir: pathlib.Path) -> list[dict]:
   return rows
 
 
+# Acc@1 at the three points of the attack (keys of report.json's details / metrics, per_class.csv columns).
+ATTACK_POINTS = (("start (stage 1)", "acc_top1_initial"), ("optimised (stage 2)", "acc_top1_all_optimized"),
+                 ("selected (stage 3)", "acc_top1"))
+
+
+def _per_class_values(cell: Cell, key: str) -> dict[int, float]:
+  """`{class: value}` of column `key` in a cell's evaluation/per_class.csv (empty cells left out)."""
+  path = cell.attack_dir / report.EVALUATION_DIR / "per_class.csv"
+  with path.open() as f:
+    return {int(row["class"]): float(row[key]) for row in csv.DictReader(f) if row.get(key)}
+
+
+def per_class_matrix(config: ConfigDict, workdir: pathlib.Path, alpha: float, key: str = "acc_top1"):
+  """(classes `[C]`, values `[S, C]` of per-class column `key` for α, one row per seed; NaN where missing)."""
+  tables = [_per_class_values(Cell(int(s), float(alpha), workdir / f"seed_{int(s)}" / alpha_name(float(alpha))), key)
+            for s in config.seeds]
+  classes = np.array(sorted(set().union(*tables)), int)
+  return classes, np.array([[t.get(int(c), np.nan) for c in classes] for t in tables])
+
+
+def paired_differences(config: ConfigDict, workdir: pathlib.Path, key: str = "acc_top1") -> dict:
+  """Per α ≠ baseline: mean per-class difference of `key` to the baseline α with its bootstrap interval.
+
+  `{alpha: {'mean', 'low', 'high', 'num_seeds', 'num_classes', 'classes', 'per_class' [C]}}`; classes are those
+  attacked in both runs of a seed (paired by seed and class).
+  """
+  classes, base = per_class_matrix(config, workdir, config.baseline_alpha, key)
+  boot = config.get("bootstrap", ConfigDict(dict(num_resamples=10000, seed=0, confidence=0.95)))
+  out = {}
+  for alpha in config.alphas:
+    if float(alpha) == float(config.baseline_alpha):
+      continue
+    other_classes, other = per_class_matrix(config, workdir, alpha, key)
+    common = np.intersect1d(classes, other_classes)
+    d = other[:, np.searchsorted(other_classes, common)] - base[:, np.searchsorted(classes, common)]
+    out[float(alpha)] = {**statistics.hierarchical_bootstrap(d, int(boot.num_resamples), int(boot.seed),
+                                                             float(boot.confidence)),
+                         "classes": common.tolist(), "per_class": np.nanmean(d, axis=0).tolist()}
+  return out
+
+
+def attack_points(rows: list[dict]) -> list[dict]:
+  """Per α: `{label: (mean, sd)}` of Acc@1 at the start, after stage 2 and after the final selection."""
+  out = []
+  for row in rows:
+    points = {}
+    for label, key in ATTACK_POINTS:
+      values = [r["metrics"].get(key) if key in r["metrics"] else r.get("details", {}).get(key) for r in row["reports"]]
+      points[label] = _mean_sd(values)
+    out.append(points)
+  return out
+
+
+def _pct(mean_sd: tuple) -> str:
+  mean, sd = mean_sd
+  if mean is None:
+    return "n/a"
+  return f"{100 * mean:.1f}" + ("" if sd is None else f" ± {100 * sd:.1f}")
+
+
+def paired_section(config: ConfigDict, workdir: pathlib.Path, rows: list[dict], paired: dict) -> list[str]:
+  """report.md lines: Acc@1 through the attack per α and the paired differences with their intervals."""
+  points = attack_points(rows)
+  conf = int(round(100 * float(config.get("bootstrap", {}).get("confidence", 0.95))))
+  header = ["α", "Test Acc (%)"] + [f"Acc@1 {label} (%)" for label, _ in ATTACK_POINTS] + \
+      [f"Δ Acc@1 to α = {config.baseline_alpha:g} (pp) [{conf}% CI]"]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for row, point in zip(rows, points):
+    diff = paired.get(row["alpha"])
+    delta = "baseline" if diff is None else (f"{100 * diff['mean']:+.1f} [{100 * diff['low']:+.1f}, "
+                                             f"{100 * diff['high']:+.1f}]")
+    test = _pct((row["mean"].get("test_accuracy"), row["sd"].get("test_accuracy")))
+    lines.append(f"| {row['alpha']:g} | {test} | " + " | ".join(_pct(point[label]) for label, _ in ATTACK_POINTS)
+                 + f" | {delta} |")
+  n_classes = max((d["num_classes"] for d in paired.values()), default=0)
+  return [
+      f"## Attack success and paired differences ({len(config.seeds)} seeds × {n_classes} classes)", "",
+      "Mean ± sd over seeds. Acc@1: the evaluation model's top-1 accuracy on the attack's starting latents "
+      "(stage 1), on all optimised latents (stage 2) and on the final selection (stage 3, the paper's Acc@1). "
+      f"Δ: the mean over seeds and classes of (Acc@1 of a class under α) − (Acc@1 of the same class and seed "
+      f"under α = {config.baseline_alpha:g}), with a {conf}% percentile interval from "
+      f"{int(config.get('bootstrap', {}).get('num_resamples', 10000))} hierarchical bootstrap resamples "
+      "(seeds, then classes, with replacement).", "",
+      "\n".join(lines), ""]
+
+
+def per_class_section(paired: dict, config: ConfigDict, workdir: pathlib.Path) -> tuple[list[str], list[dict]]:
+  """report.md lines (per-class Acc@1 per α and differences) and the rows of per_class.csv."""
+  alphas = [float(a) for a in config.alphas]
+  matrices = {a: per_class_matrix(config, workdir, a) for a in alphas}
+  classes = sorted(set().union(*(set(c.tolist()) for c, _ in matrices.values())))
+  rows = []
+  for c in classes:
+    row = {"class": c}
+    for a in alphas:
+      cls, values = matrices[a]
+      where = np.flatnonzero(cls == c)
+      row[f"acc_top1_alpha{a:g}"] = float(np.nanmean(values[:, where[0]])) if len(where) else float("nan")
+    for a, diff in paired.items():
+      where = np.flatnonzero(np.array(diff["classes"]) == c)
+      row[f"delta_alpha{a:g}"] = diff["per_class"][where[0]] if len(where) else float("nan")
+    rows.append(row)
+  header = ["class"] + [f"Acc@1 α={a:g} (%)" for a in alphas] + [f"Δ α={a:g} (pp)" for a in paired]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for row in rows:
+    cells = [f"{100 * row[f'acc_top1_alpha{a:g}']:.0f}" for a in alphas] + \
+        [f"{100 * row[f'delta_alpha{a:g}']:+.0f}" for a in paired]
+    lines.append(f"| {row['class']} | " + " | ".join(cells) + " |")
+  counts = []
+  for a, diff in paired.items():
+    per_class = np.asarray(diff["per_class"])
+    counts.append(f"α = {a:g}: higher in {int(np.sum(per_class > 0))}, equal in {int(np.sum(per_class == 0))}, "
+                  f"lower in {int(np.sum(per_class < 0))} of {len(per_class)} classes")
+  return ([f"## Per class (mean over seeds; also per_class.csv)", "", "; ".join(counts) + ".", "",
+           "\n".join(lines), ""], rows)
+
+
 def _named(name: str, metrics: dict, unavailable: dict | None = None) -> dict:
   return {"name": name, "metrics": metrics, "unavailable": unavailable or {}}
 
@@ -231,6 +354,8 @@ def samples_figure(config: ConfigDict, workdir: pathlib.Path, prior: pathlib.Pat
       w, targets = f["selected_w"], f["selected_targets"]
     columns.append((f"α = {alpha:g}", w, targets))
   classes = np.unique(columns[0][2])
+  if config.figure.get("classes"):
+    classes = np.intersect1d(classes, np.asarray(config.figure.classes))
   train_split = data.load_split(config.target.dataset, "train")
   real_images, real_labels = data.load_arrays(train_split)
   size = real_images.shape[1]
@@ -293,6 +418,8 @@ def metrics_figure(rows: list[dict], path: pathlib.Path) -> None:
 def write_report(config: ConfigDict, workdir: pathlib.Path, timings: dict) -> dict:
   """Builds report.md, study.json, samples.png and metrics.png from the evaluated cells."""
   rows = aggregate(config, workdir)
+  paired = paired_differences(config, workdir)
+  class_lines, class_rows = per_class_section(paired, config, workdir)
   alphas = [row["alpha"] for row in rows]
   baseline = alphas.index(float(config.baseline_alpha))
   n = len(config.seeds)
@@ -301,10 +428,13 @@ def write_report(config: ConfigDict, workdir: pathlib.Path, timings: dict) -> di
   samples_figure(config, workdir, prior, workdir / "samples.png")
   metrics_figure(rows, workdir / "metrics.png")
   lines = [
-      "# Label smoothing and model inversion: embedded digits study", "",
-      f"Targets: {config.target.model.arch} on the private MNIST split, α ∈ {{{', '.join(f'{a:g}' for a in alphas)}}}; "
+      f"# Label smoothing and model inversion: {config.target.dataset.name} study", "",
+      f"Targets: {config.target.model.arch} on the private {config.target.dataset.name} training split "
+      f"({config.target.dataset.get('samples_per_class') or 'all'} images per class), "
+      f"α ∈ {{{', '.join(f'{a:g}' for a in alphas)}}}; "
       f"attack: PPA through the StyleGAN2 prior `{prior}`; evaluation model: {config.evaluation_model.model.arch}. "
       f"Seeds: {', '.join(str(s) for s in config.seeds)}{' (quick run)' if config.quick else ''}.", "",
+      *paired_section(config, workdir, rows, paired),
       f"## Mean over {n} seed{'s' if n > 1 else ''} (differences to α = {config.baseline_alpha:g})", "",
       "FID, precision, recall, density and coverage use the evaluation model's penultimate features (no "
       "Inception network offline); δ_face is n/a for digits.", "",
@@ -317,15 +447,23 @@ def write_report(config: ConfigDict, workdir: pathlib.Path, timings: dict) -> di
     seed_reports = [_named(f"α = {row['alpha']:g}", r["metrics"], r["unavailable"])
                     for row in rows for r, s in zip(row["reports"], config.seeds) if s == seed]
     lines += [f"### Seed {seed}", "", table(seed_reports, baseline, notes=False), ""]
+  lines += class_lines
   lines += ["## Stage times (this invocation)", ""]
   lines += [f"- {name}: {seconds:.0f} s" for name, seconds in timings.items()] or ["- nothing was run"]
-  (workdir / "report.md").write_text("\n".join(lines) + "\n")
+  files.atomic_write(workdir / "report.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
+  text = io.StringIO()
+  writer = csv.DictWriter(text, fieldnames=list(class_rows[0]) if class_rows else ["class"])
+  writer.writeheader()
+  writer.writerows(class_rows)
+  files.atomic_write(workdir / "per_class.csv", lambda f: f.write(text.getvalue().encode()))
   study = {"alphas": alphas, "seeds": list(config.seeds), "baseline_alpha": float(config.baseline_alpha),
            "mean": {f"{row['alpha']:g}": row["mean"] for row in rows},
            "sd": {f"{row['alpha']:g}": row["sd"] for row in rows},
            "per_seed": {f"{row['alpha']:g}": [r["metrics"] for r in row["reports"]] for row in rows},
+           "attack_points": {f"{row['alpha']:g}": point for row, point in zip(rows, attack_points(rows))},
+           "paired_differences": {f"{a:g}": {k: v for k, v in d.items() if k != "classes"} for a, d in paired.items()},
            "timings": timings, "config": json.loads(config.to_json_best_effort())}
-  (workdir / "study.json").write_text(json.dumps(study, indent=2))
+  files.atomic_write(workdir / "study.json", lambda f: f.write(json.dumps(study, indent=2).encode()))
   return study
 
 

@@ -70,6 +70,33 @@ def test_aggregate_means_and_sds_over_seeds(tmp_path):
   assert text.endswith("n/a:\n- δ_face: no FaceNet")  # one merged note for all rows
 
 
+def test_paired_differences_pair_seed_and_class(tmp_path):
+  """Per-class Acc@1 written as the evaluation does; Δ is the mean of same-seed, same-class differences."""
+  config = experiment.resolve(_quick_config())
+  config.seeds = (0, 1, 2)
+  config.bootstrap = dict(num_resamples=500, seed=0, confidence=0.95)
+  rng = np.random.default_rng(0)
+  shift = {0.1: 0.2, 0.0: 0.0, -0.05: -0.3}
+  base = rng.uniform(0.3, 0.7, size=(3, 8))
+  for cell in experiment.cells(config, tmp_path):
+    out = cell.attack_dir / report.EVALUATION_DIR
+    out.mkdir(parents=True)
+    values = base[cell.seed] + shift[cell.alpha]
+    classes = range(8) if cell.alpha != 0.1 else range(1, 8)  # class 0 missing in the α = 0.1 runs
+    lines = ["class,acc_top1,acc_top1_initial"] + [f"{c},{values[c]:.6g},0.5" for c in classes]
+    (out / "per_class.csv").write_text("\n".join(lines) + "\n")
+  paired = experiment.paired_differences(config, tmp_path)
+  assert set(paired) == {0.1, -0.05}
+  assert paired[0.1]["classes"] == list(range(1, 8)) and paired[-0.05]["num_classes"] == 8
+  for alpha, diff in paired.items():
+    np.testing.assert_allclose(diff["mean"], shift[alpha], atol=1e-5)
+    np.testing.assert_allclose(diff["per_class"], shift[alpha], atol=1e-5)
+    assert diff["low"] == pytest.approx(shift[alpha], abs=1e-5) and diff["high"] == pytest.approx(shift[alpha], abs=1e-5)
+  lines, rows = experiment.per_class_section(paired, config, tmp_path)
+  assert len(rows) == 8 and np.isnan(rows[0]["delta_alpha0.1"]) and rows[1]["delta_alpha-0.05"] == pytest.approx(-0.3, abs=1e-5)
+  assert "α = -0.05: higher in 0, equal in 0, lower in 8 of 8 classes" in lines[2]
+
+
 @pytest.mark.slow
 def test_quick_study_writes_a_complete_report(tmp_path):
   study = experiment.run_study(_quick_config(), tmp_path)
