@@ -31,8 +31,6 @@ import io
 import json
 import math
 import pathlib
-import time
-from typing import Callable
 
 from absl import app, flags, logging
 import jax
@@ -40,11 +38,9 @@ import jax.numpy as jnp
 from ml_collections import ConfigDict, config_flags
 import numpy as np
 
-from jaxmia import cli, convert, data, files, gan, report, train
-from jaxmia.convert import store
-from jaxmia import evaluate as evaluation
+from jaxmia import chain, cli, convert, data, files, gan, report, train
 from jaxmia.analysis import statistics
-from jaxmia.attack import optimize, run as attack_run
+from jaxmia.attack import optimize
 
 # Metrics plotted in metrics.png (keys of report.json's "metrics").
 PLOTTED = ("acc_top1", "delta_eval", "xi_train", "xi_test")
@@ -87,56 +83,28 @@ def cells(config: ConfigDict, workdir: pathlib.Path) -> list[Cell]:
           for s in config.seeds for a in config.alphas]
 
 
-@dataclasses.dataclass(frozen=True)
-class Stage:
-  name: str
-  outputs: pathlib.Path          # exists when the stage is done
-  run: Callable[[], object]
-
-  @property
-  def kind(self) -> str:
-    return self.name.split(" (")[0]
-
-
-def remaining_seconds(todo: list[Stage], durations: dict[str, float]) -> float:
-  """ETA of `todo`: each stage costs the mean duration of finished stages of its kind (else of all stages)."""
-  by_kind: dict[str, list[float]] = {}
-  for name, seconds in durations.items():
-    by_kind.setdefault(name.split(" (")[0], []).append(seconds)
-  overall = float(np.mean(list(durations.values()))) if durations else 0.0
-  return sum(float(np.mean(by_kind[s.kind])) if s.kind in by_kind else overall for s in todo)
-
-
-def _exported(folder: pathlib.Path) -> pathlib.Path:
-  return folder / store.INFO_FILE
-
-
 def prior_path(config: ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
   return workdir / "prior" / "generator" if config.retrain_prior else pathlib.Path(config.prior)
 
 
-def stages(config: ConfigDict, workdir: pathlib.Path) -> list[Stage]:
-  """Every stage of the study in run order (shared stages first, then cell by cell)."""
+def stages(config: ConfigDict, workdir: pathlib.Path) -> list[chain.Stage]:
+  """Every stage of the study in run order (shared stages first, then each cell's `chain.target_chain`)."""
   prior = prior_path(config, workdir)
   evaluation_model = workdir / "evaluation_model" / "model"
   out = []
   if config.retrain_prior:
-    out.append(Stage("prior (jaxmia.gan)", _exported(prior), lambda: gan.train(config.gan, workdir / "prior")))
-  elif not _exported(prior).exists():
+    out.append(chain.Stage("prior (jaxmia.gan)", chain.exported_model_info(prior),
+                           lambda: gan.train(config.gan, workdir / "prior")))
+  elif not chain.exported_model_info(prior).exists():
     raise FileNotFoundError(f"No StyleGAN2 prior at {prior} (config.prior). Use the shipped "
                             "converted_weights/mnist32_stylegan2 from a full checkout, or retrain it with "
                             "--config.retrain_prior=True.")
-  out.append(Stage("evaluation model", _exported(evaluation_model),
-                   lambda: train.train_and_evaluate(config.evaluation_model, workdir / "evaluation_model")))
+  out.append(chain.Stage("evaluation model", chain.exported_model_info(evaluation_model),
+                         lambda: train.train_and_evaluate(config.evaluation_model, workdir / "evaluation_model")))
+  evaluate = evaluate_config(config, workdir, evaluation_model)
   for cell in cells(config, workdir):
-    label = f"seed {cell.seed}, α = {cell.alpha:g}"
-    out.append(Stage(f"target ({label})", _exported(cell.target_dir / "model"),
-                     lambda cell=cell: train.train_and_evaluate(target_config(config, cell), cell.target_dir)))
-    out.append(Stage(f"attack ({label})", cell.attack_dir / "summary.json",
-                     lambda cell=cell: attack_run.run_attack(attack_config(config, cell, prior), cell.attack_dir)))
-    out.append(Stage(f"evaluation ({label})", cell.attack_dir / report.EVALUATION_DIR / report.REPORT_FILE,
-                     lambda cell=cell: evaluation.evaluate_attack(
-                         evaluate_config(config, workdir, evaluation_model), cell.attack_dir)))
+    out += chain.target_chain(f"seed {cell.seed}, α = {cell.alpha:g}", target_config(config, cell), cell.target_dir,
+                              attack_config(config, cell, prior), cell.attack_dir, evaluate)
   return out
 
 
@@ -165,10 +133,9 @@ def evaluate_config(config: ConfigDict, workdir: pathlib.Path, evaluation_model:
 
 
 def _mean_sd(values: list) -> tuple[float | None, float | None]:
-  finite = [v for v in values if v is not None and math.isfinite(v)]
-  if not finite:
-    return None, None
-  return float(np.mean(finite)), float(np.std(finite, ddof=1)) if len(finite) > 1 else None
+  """(mean, sd) of the finite values; None for what cannot be computed (no values; sd of one value)."""
+  stats = files.mean_sd([v for v in values if v is not None and math.isfinite(v)])
+  return (stats["mean"] if stats["n"] else None), (stats["sd"] if stats["n"] > 1 else None)
 
 
 def aggregate(config: ConfigDict, workdir: pathlib.Path) -> list[dict]:
@@ -340,10 +307,7 @@ def _generated_images(generator, variables, w: np.ndarray) -> np.ndarray:
 
 def samples_figure(config: ConfigDict, workdir: pathlib.Path, prior: pathlib.Path, path: pathlib.Path) -> None:
   """Real training images of each attacked class beside the first selected attack samples for each α."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-
+  plt = files.pyplot()
   k = int(config.figure.samples_per_class)
   seed = int(config.seeds[0])
   generator, variables = convert.load_converted(prior)
@@ -391,10 +355,7 @@ def samples_figure(config: ConfigDict, workdir: pathlib.Path, prior: pathlib.Pat
 
 def metrics_figure(rows: list[dict], path: pathlib.Path) -> None:
   """Bar plot of PLOTTED metrics per α: mean with ± sd error bars and each seed as a dot."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-
+  plt = files.pyplot()
   columns = {c.key: c for c in report.COLUMNS}
   fig, axes = plt.subplots(1, len(PLOTTED), figsize=(3.2 * len(PLOTTED), 3.2))
   x = np.arange(len(rows))
@@ -472,30 +433,11 @@ def write_report(config: ConfigDict, workdir: pathlib.Path, timings: dict) -> di
 
 def run_study(config: ConfigDict, workdir) -> dict:
   """Runs the missing stages of the study in `workdir`, then writes the report; returns study.json's dict."""
-  from clu import periodic_actions  # imports TensorFlow: keep it out of `import jaxmia.experiment`
-
   config = resolve(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  plan = stages(config, workdir)
-  todo = [stage for stage in plan if not stage.outputs.exists()]
-  for stage in plan:
-    if stage.outputs.exists():
-      logging.info("Study: %s already done (%s).", stage.name, stage.outputs)
-  progress = periodic_actions.ReportProgress(num_train_steps=len(plan), every_secs=None, every_steps=1)
-  progress(len(plan) - len(todo))
-  timings, started = {}, time.monotonic()
-  for i, stage in enumerate(todo):
-    logging.info("Study: stage %d/%d: %s.", len(plan) - len(todo) + i + 1, len(plan), stage.name)
-    t0 = time.monotonic()
-    stage.run()
-    timings[stage.name] = time.monotonic() - t0
-    elapsed = time.monotonic() - started
-    eta = remaining_seconds(todo[i + 1:], timings)
-    logging.info("Study: %s done in %.0f s (%.0f s so far, about %.0f s to go).", stage.name, timings[stage.name],
-                 elapsed, eta)
-    progress(len(plan) - len(todo) + i + 1)
+  files.atomic_write(workdir / "config.json", lambda f: f.write(config.to_json_best_effort(indent=2).encode()))
+  timings = chain.run_stages(stages(config, workdir))
   study = write_report(config, workdir, timings)
   logging.info("Study report: %s", workdir / "report.md")
   return study

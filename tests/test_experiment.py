@@ -8,7 +8,7 @@ from PIL import Image
 import pytest
 
 from configs import digits_study
-from jaxmia import experiment, report
+from jaxmia import chain, experiment, report
 
 
 def _quick_config():
@@ -28,12 +28,12 @@ def test_cells_of_a_seed_differ_only_in_alpha(tmp_path):
 
 
 def test_eta_uses_the_mean_time_of_each_stage_kind():
-  stage = lambda name: experiment.Stage(name, None, None)
+  stage = lambda name: chain.Stage(name, None, None)
   done = {"evaluation model": 100.0, "target (seed 0, α = 0.1)": 30.0, "target (seed 0, α = 0)": 10.0,
           "attack (seed 0, α = 0.1)": 6.0}
   todo = [stage("target (seed 1, α = 0)"), stage("attack (seed 0, α = 0)"), stage("evaluation (seed 0, α = 0)")]
   # targets: mean 20; attacks: 6; evaluations not seen yet: the mean of all finished stages, 36.5.
-  assert experiment.remaining_seconds(todo, done) == 20.0 + 6.0 + 36.5
+  assert chain.remaining_seconds(todo, done) == 20.0 + 6.0 + 36.5
 
 
 def test_unknown_baseline_is_refused():
