@@ -267,20 +267,19 @@ def make_eval_step(apply_fn: Callable, image_size: int, mesh: jax.sharding.Mesh)
 def predict(eval_step: Callable, variables, split, batch_size: int, mesh) -> tuple[np.ndarray, np.ndarray]:
   """Logits `[N, C]` and labels `[N]` of a whole split, in order (`eval_step` from `make_eval_step`).
 
-  Every process reads every global batch (evaluation splits are small) and feeds its own rows; the last
-  batch is padded to `batch_size` and the padding cut from the (replicated) logits.
+  Every process reads every global batch (evaluation splits are small) and feeds its own rows
+  (`parallel.map_batches`: the last batch is padded to `batch_size` and the padding cut from the logits).
   """
-  all_logits, all_labels = [], []
-  rows = parallel.process_slice(batch_size)
-  for batch in data.batches(split, batch_size, seed=0, epoch=0, shuffle=False, drop_remainder=False,
-                            process_index=0, process_count=1):
-    images, n = batch["image"], len(batch["label"])
-    if n < batch_size:
-      images = np.concatenate([images, np.zeros((batch_size - n, *images.shape[1:]), images.dtype)])
-    logits = jax.device_get(eval_step(variables, parallel.shard_batch(images[rows], mesh)))
-    all_logits.append(logits[:n])
-    all_labels.append(batch["label"])
-  return np.concatenate(all_logits), np.concatenate(all_labels)
+  labels = []
+
+  def images():
+    for batch in data.batches(split, batch_size, seed=0, epoch=0, shuffle=False, drop_remainder=False,
+                              process_index=0, process_count=1):
+      labels.append(batch["label"])
+      yield (batch["image"],)
+
+  logits = list(parallel.map_batches(lambda x: eval_step(variables, x), images(), batch_size, mesh=mesh))
+  return np.concatenate(logits), np.concatenate(labels)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -219,26 +219,6 @@ def _jit(fn, mesh, num_sharded: int, num_replicated: int):
   return jax.jit(fn, in_shardings=(sharded,) * num_sharded + (repl,) * num_replicated, out_shardings=repl)
 
 
-def map_batches(fn, batches, batch_size: int, mesh, *constants):
-  """Yields `(num_rows, host outputs)` of `fn(*batch, *constants)` for each host batch (a tuple of arrays of
-  at most `batch_size` global rows; the last is padded by repeating its final row).
-
-  Every process passes the same global batches and feeds its own rows; outputs are replicated, so every
-  process gets them whole. The next batch is dispatched before the previous one is copied to the host.
-  """
-  rows = parallel.process_slice(batch_size)
-  pending = None
-  for batch in batches:
-    n = len(batch[0])
-    index = np.minimum(np.arange(batch_size), n - 1)
-    outputs = fn(*parallel.shard_batch(tuple(np.asarray(x)[index][rows] for x in batch), mesh), *constants)
-    if pending is not None:
-      yield pending[0], jax.device_get(pending[1])
-    pending = (n, outputs)
-  if pending is not None:
-    yield pending[0], jax.device_get(pending[1])
-
-
 def _latent_batches(w, targets, batch_size):
   for start in range(0, len(w), batch_size):
     yield w[start:start + batch_size], targets[start:start + batch_size]
@@ -299,7 +279,7 @@ def training_features(networks, network_variables, split, classes, *, cache_dir:
     variables = parallel.replicate({net.name: network_variables[net.name] for net in computing}, mesh)
     batches = ((b["image"],) for b in data.batches(subset, batch_size, seed=0, epoch=0, shuffle=False,
                                                      drop_remainder=False, process_index=0, process_count=1))
-    parts = [jax.tree.map(lambda x: x[:n], out) for n, out in map_batches(fn, batches, batch_size, mesh, variables)]
+    parts = list(parallel.map_batches(lambda images: fn(images, variables), batches, batch_size, mesh=mesh))
     for net in computing:
       features = np.concatenate([part[net.name] for part in parts])
       if jax.process_index() == 0:
@@ -399,13 +379,15 @@ def score_generated_images(setup: _Setup, networks: tuple, network_variables: di
   keep[run.selected] = True
   per_row, features, start = {}, {net.name: [] for net in networks}, 0
   variables = parallel.replicate(network_variables, setup.mesh)
-  for n, out in map_batches(scores, _latent_batches(run.optimized_w, run.targets, setup.batch_size),
-                            setup.batch_size, setup.mesh, setup.generator_variables, variables):
+  batches = _latent_batches(run.optimized_w, run.targets, setup.batch_size)
+  for out in parallel.map_batches(lambda w, t: scores(w, t, setup.generator_variables, variables), batches,
+                                  setup.batch_size, mesh=setup.mesh):
+    n = len(jax.tree.leaves(out)[0])
     for key in ("top1", "top5", "confidence"):
       if key in out:
-        per_row.setdefault(key, []).append(out[key][:n])
+        per_row.setdefault(key, []).append(out[key])
     for name in features:   # only the selected rows leave this loop
-      features[name].append(out[name][:n][keep[start:start + n]])
+      features[name].append(out[name][keep[start:start + n]])
     start += n
     logging.log_every_n_seconds(logging.INFO, "Scored %d of %d generated images.", 60, start, len(keep))
   order = np.searchsorted(np.flatnonzero(keep), run.selected)   # kept rows are in index order
@@ -479,9 +461,8 @@ def _write_grid(path: pathlib.Path, setup: _Setup, config, classes, split, real,
   render_images = setup.render_fn(size)
   render = optimize.cached_jit("evaluate_grid", (setup.generator,), (setup.crop, setup.clamp, size, setup.mesh),
                                lambda: _jit(lambda w, gv: render_images(gv, w), setup.mesh, 1, 1))
-  batches = ((w,) for w, _ in _latent_batches(run.selected_w[rows], run.selected_targets[rows], setup.batch_size))
-  fakes = np.concatenate([out[:n] for n, out in map_batches(render, batches, setup.batch_size, setup.mesh,
-                                                            setup.generator_variables)])
+  fakes = parallel.map_arrays(lambda w: render(w, setup.generator_variables), (run.selected_w[rows],),
+                              setup.batch_size, mesh=setup.mesh)
   positions = real[space][2][nearest[space][rows]]
   reals = np.stack([split.source[int(p)]["image"] for p in positions])
   reals = image_ops.resize(augment.normalize(augment.to_unit_range(reals)), size)

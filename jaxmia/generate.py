@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmia import parallel
 from jaxmia.files import image_grid, save_png  # the grid helpers of this CLI (jaxmia.gan imports them here)
 
 
@@ -33,17 +34,12 @@ def generate_images(generator, variables, key, num: int, *, truncation_psi: floa
   c = jax.nn.one_hot(jnp.full((batch_size,), class_idx), generator.c_dim) if generator.c_dim else None
 
   @jax.jit
-  def run(z_batch, batch_key):
+  def run(z_batch, batch_index):
+    batch_key = jax.random.fold_in(noise_key, batch_index[0])  # every row of a batch holds the batch's index
     ws = generator.apply(variables, z_batch, c, truncation_psi, truncation_cutoff, method="mapping")
     return generator.apply(variables, ws, noise_mode=noise_mode, method="synthesis", rngs={"noise": batch_key})
 
-  batches = []
-  for i, start in enumerate(range(0, num, batch_size)):
-    z_batch = z[start:start + batch_size]
-    pad = batch_size - z_batch.shape[0]
-    z_batch = jnp.pad(z_batch, ((0, pad), (0, 0)))
-    batches.append(np.asarray(run(z_batch, jax.random.fold_in(noise_key, i)))[:batch_size - pad])
-  return np.concatenate(batches)
+  return parallel.map_arrays(run, (z, np.arange(num, dtype=np.int32) // batch_size), batch_size)
 
 
 def main(argv=None):

@@ -4,11 +4,16 @@ Convention: a 1-D mesh with axis `'data'` over all devices of all processes, bui
 so that `jax.jit` propagates shardings the same way on jax 0.10 and 0.12 (where `jax.make_mesh`
 defaults to explicit axes). Batches are split over `'data'`; parameters and optimiser state are
 replicated. Multi-host runs call `initialize_distributed()` first.
+
+`map_batches` (and `map_arrays` over it) is the one way to run a fixed-size jitted function over a dataset:
+it pads the last batch, feeds each process's rows and brings the outputs back to the host.
 """
 import os
+from typing import Callable, Iterable, Iterator
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
@@ -57,8 +62,17 @@ def shard_batch(batch, mesh: jax.sharding.Mesh):
   along `'data'`.
   """
   sharding = data_sharding(mesh)
-  return jax.tree_util.tree_map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+  def put(x):
+    if _is_key_array(x):  # typed PRNG keys have no host (numpy) form: place their data, then wrap it again
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+  return jax.tree_util.tree_map(put, batch)
+
+
+def _is_key_array(x) -> bool:
+  return jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key)
 
 
 def replicate(tree, mesh: jax.sharding.Mesh):
@@ -70,7 +84,7 @@ def replicate(tree, mesh: jax.sharding.Mesh):
   sharding = replicated(mesh)
 
   def put(x):
-    if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+    if _is_key_array(x):
       return jax.device_put(x, sharding)  # typed keys have no host (numpy) form
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
@@ -83,3 +97,67 @@ def process_slice(global_batch: int) -> slice:
   per_process = global_batch // jax.process_count()
   start = jax.process_index() * per_process
   return slice(start, start + per_process)
+
+
+def to_host(tree):
+  """A pytree of (possibly multi-process sharded) arrays as host numpy arrays holding the global values."""
+  if jax.process_count() > 1:
+    return multihost_utils.process_allgather(tree, tiled=True)
+  return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def map_batches(fn: Callable, batches: Iterable[tuple], batch_size: int, *, mesh: jax.sharding.Mesh | None = None
+                ) -> Iterator:
+  """Yields the outputs of `fn(*batch)` for each batch, as host arrays cut to the batch's rows.
+
+  `fn` is a function of fixed-size batches (jitted, so it compiles once): each batch, a tuple of arrays with
+  the same leading size n <= `batch_size` (numpy, or jax arrays such as PRNG keys), is padded to `batch_size`
+  rows by repeating its last row, and the padding rows are dropped from the outputs. Without a `mesh`, `fn`
+  gets the padded arrays. With one, every process passes the same global batches and feeds its own rows
+  (`process_slice`, `shard_batch`; `batch_size` must divide by the device count). Outputs, sharded or
+  replicated, come back whole to every process (`to_host`). The next batch is dispatched before the previous
+  one's outputs are copied to the host.
+  """
+  if mesh is not None:
+    check_batch_size(batch_size, mesh)
+    rows = process_slice(batch_size)
+  pending = None
+  for batch in batches:
+    n = len(batch[0])
+    if not 0 < n <= batch_size:
+      raise ValueError(f"map_batches got a batch of {n} rows; batches need 1 to batch_size={batch_size} rows.")
+    index = np.minimum(np.arange(batch_size), n - 1)
+    padded = tuple(x[index] if isinstance(x, jax.Array) else np.asarray(x)[index] for x in batch)
+    if mesh is not None:
+      padded = shard_batch(tuple(x[rows] for x in padded), mesh)
+    outputs = fn(*padded)
+    if pending is not None:
+      yield _rows_to_host(*pending)
+    pending = (n, outputs)
+  if pending is not None:
+    yield _rows_to_host(*pending)
+
+
+def _rows_to_host(num_rows: int, outputs):
+  return jax.tree_util.tree_map(lambda x: x[:num_rows], to_host(outputs))
+
+
+def map_arrays(fn: Callable, inputs: tuple, batch_size: int, *, mesh: jax.sharding.Mesh | None = None,
+               progress: Callable[[int], None] | None = None):
+  """`fn` over consecutive `batch_size`-row slices of `inputs` (a tuple of arrays with the same leading size N)
+  through `map_batches`; returns its outputs concatenated on the host (N rows).
+
+  `progress(rows_done)` is called after each batch's outputs reach the host.
+  """
+  num_rows = len(inputs[0])
+  if mesh is not None:
+    check_batch_size(batch_size, mesh)
+  if not num_rows:
+    raise ValueError("map_arrays got no rows to process.")
+  slices = (tuple(x[start:start + batch_size] for x in inputs) for start in range(0, num_rows, batch_size))
+  results = []
+  for outputs in map_batches(fn, slices, batch_size, mesh=mesh):
+    results.append(outputs)
+    if progress:
+      progress(min(len(results) * batch_size, num_rows))
+  return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *results)

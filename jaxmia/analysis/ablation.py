@@ -97,7 +97,7 @@ def run_stage_ablation(config, model_dirs: Sequence[str], workdir, *, stages: Se
   def stage2(w_init, m):
     keys = optimize.latent_keys(jax.random.fold_in(seed_key, 2), indices)
     optimise = lambda w, t, k: optimize.optimize_latents(w, t, k, config=config.attack, **common, **models[m])
-    return {"w": optimize.map_in_batches(optimise, (w_init, targets, keys), int(config.attack.batch_size))}
+    return {"w": parallel.map_arrays(optimise, (w_init, targets, keys), int(config.attack.batch_size))}
 
   def stage3(w, m):
     selection = final_selection.select_final_latents(

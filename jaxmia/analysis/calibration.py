@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmia import files, metrics
+from jaxmia import files, metrics, parallel
 from jaxmia.data import augment
 
 
@@ -21,14 +21,13 @@ def run_name(alpha: float, seed: int) -> str:
 
 def test_probabilities(module, variables, images, *, image_size: int, batch_size: int = 250, mesh=None):
   """Softmax outputs `[N, C]` (float32, host) of an exported classifier on uint8 images `[N, H, W, 3]`."""
-  from jaxmia.attack import optimize  # pylint: disable=g-import-not-at-top  (imports the attack stack)
 
   @jax.jit
   def probabilities(x):
     logits = module.apply(variables, augment.eval_transform(x, size=image_size), train=False)
     return jax.nn.softmax(logits.astype(jnp.float32))
 
-  return optimize.map_in_batches(probabilities, (images,), min(batch_size, len(images)), mesh=mesh)
+  return parallel.map_arrays(probabilities, (images,), min(batch_size, len(images)), mesh=mesh)
 
 
 def measure(probs: np.ndarray, labels: np.ndarray, num_bins: int = 10) -> dict:

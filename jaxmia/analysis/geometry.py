@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmia.attack import optimize
+from jaxmia import parallel
 from jaxmia.data import augment
 from jaxmia.metrics import pairwise_squared_distances
 
@@ -89,7 +89,7 @@ def penultimate_features(module, variables, images, *, image_size: int, batch_si
     x = augment.eval_transform(x, size=image_size)
     return module.apply(v, x, train=False, return_features=True)[1].astype(jnp.float32)
 
-  return optimize.map_in_batches(lambda x: features(variables, x), (images,), batch_size, mesh=mesh)
+  return parallel.map_arrays(lambda x: features(variables, x), (images,), batch_size, mesh=mesh)
 
 
 def select_classes(labels, max_classes: int | None, seed: int = 0) -> np.ndarray:

@@ -116,8 +116,8 @@ def random_attack_inputs(key, num_latents: int, num_classes: int, *, generator, 
   mapping = jax.jit(lambda v, z: generator.apply(
       v, z, None, truncation_psi=float(config.candidates.truncation_psi),
       truncation_cutoff=int(config.candidates.truncation_cutoff), method="mapping"))
-  w = optimize.map_in_batches(lambda z: mapping(generator_variables, z), (np.asarray(z),),
-                              int(config.candidates.batch_size))
+  w = parallel.map_arrays(lambda z: mapping(generator_variables, z), (np.asarray(z),),
+                          int(config.candidates.batch_size))
   return (w[:, :1] if config.attack.single_w else w), np.asarray(targets), keys
 
 
@@ -131,6 +131,6 @@ def similarity_for_latents(w, targets, keys, *, generator, generator_variables, 
   run = compiled_trajectory(generator, target_model, settings)
   if mesh is not None:
     generator_variables, target_variables = parallel.replicate((generator_variables, target_variables), mesh)
-  return optimize.map_in_batches(lambda w, t, k: run(w, t, k, generator_variables, target_variables)[1],
-                                 (np.asarray(w, np.float32), np.asarray(targets, np.int32), keys), batch_size,
-                                 mesh=mesh, progress=progress)
+  return parallel.map_arrays(lambda w, t, k: run(w, t, k, generator_variables, target_variables)[1],
+                             (np.asarray(w, np.float32), np.asarray(targets, np.int32), keys), batch_size,
+                             mesh=mesh, progress=progress)

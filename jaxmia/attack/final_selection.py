@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmia import parallel
 from jaxmia.attack import optimize
 from jaxmia.data import image_ops
 
@@ -100,7 +101,7 @@ def select_final_latents(w, targets, keys, *, generator, generator_variables, ta
       generator, target_model, generator_variables, target_variables, settings.dtype, mesh)
   score = optimize.cached_jit("robustness_scores", (generator, target_model), settings, lambda: jax.jit(
       functools.partial(robustness_scores, generator=generator, target_model=target_model, settings=settings)))
-  scores = optimize.map_in_batches(
+  scores = parallel.map_arrays(
       lambda w, t, k: score(w, t, k, *variables),
       (np.asarray(w, np.float32), np.asarray(targets, np.int32), keys), int(config.batch_size),
       mesh=mesh, progress=progress)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmia import parallel
 from jaxmia.attack import optimize
 
 
@@ -101,14 +102,13 @@ def select_initial_latents(key, targets, *, generator, generator_variables, targ
   z = np.asarray(jax.random.normal(key, (int(config.search_space_size), generator.z_dim), jnp.float32))
   score = optimize.cached_jit("candidate_confidences", (generator, target_model), settings, lambda: jax.jit(
       functools.partial(candidate_confidences, generator=generator, target_model=target_model, settings=settings)))
-  confidences = optimize.map_in_batches(lambda z: score(z, *variables), (z,), int(config.batch_size),
-                                        mesh=mesh, progress=progress)
+  confidences = parallel.map_arrays(lambda z: score(z, *variables), (z,), int(config.batch_size),
+                                    mesh=mesh, progress=progress)
   indices = top_candidates_per_class(confidences, targets)
 
   layers = 1 if single_w else generator.num_ws
   to_w = optimize.cached_jit("mapping", (generator,), (settings, layers), lambda: jax.jit(
       lambda z, gv: _mapping(generator, gv, z, settings)[:, :layers]))
-  w = optimize.map_in_batches(lambda z: to_w(z, variables[0]), (z[indices],), int(config.batch_size),
-                              mesh=mesh)
+  w = parallel.map_arrays(lambda z: to_w(z, variables[0]), (z[indices],), int(config.batch_size), mesh=mesh)
   scores = confidences[indices, np.asarray(targets)]
   return InitialLatents(w=w, indices=indices, scores=scores)

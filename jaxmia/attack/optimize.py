@@ -13,9 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.experimental import multihost_utils
 
 from jaxmia import losses, parallel
 from jaxmia.data import image_ops
@@ -258,41 +256,3 @@ def optimize_latents(w_init, targets, keys, *, generator, generator_variables, t
   w, _ = run(w, opt_state, targets, keys, *variables)
   return w
 
-
-def to_host(tree):
-  """A pytree of (possibly multi-process sharded) arrays as host numpy arrays holding the global values."""
-  if jax.process_count() > 1:
-    return multihost_utils.process_allgather(tree, tiled=True)
-  return jax.tree_util.tree_map(np.asarray, tree)
-
-
-def map_in_batches(fn, inputs, batch_size: int, *, mesh=None, progress=None):
-  """`fn` applied to consecutive `batch_size`-row slices of `inputs`; returns its outputs concatenated on host.
-
-  `inputs` is a tuple of arrays with equal leading size N; the last slice is padded by repeating row N-1, so
-  `fn` (a jitted per-batch function) compiles once, and the padding rows are dropped from the result. With a
-  `mesh`, each slice is sharded over `'data'` (`batch_size` must divide by the device count). The next batch
-  is dispatched before the previous one is copied to host. `progress(rows_done)` is called after each batch.
-  """
-  num_rows = len(inputs[0])
-  if mesh is not None:
-    parallel.check_batch_size(batch_size, mesh)
-  results, pending = [], None
-  for start in range(0, num_rows, batch_size):
-    rows = np.minimum(np.arange(start, start + batch_size), num_rows - 1)
-    batch = tuple(x[rows] for x in inputs)
-    if mesh is not None:
-      batch = jax.device_put(batch, parallel.data_sharding(mesh))
-    outputs = fn(*batch)
-    if pending is not None:
-      results.append(to_host(pending))
-      if progress:
-        progress(start)
-    pending = outputs
-  if pending is not None:
-    results.append(to_host(pending))
-    if progress:
-      progress(num_rows)
-  if not results:
-    raise ValueError("map_in_batches got no rows to process.")
-  return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts)[:num_rows], *results)

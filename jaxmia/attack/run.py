@@ -118,8 +118,8 @@ def _write_grids(workdir, w, targets, generator, generator_variables, config, me
 
   render = optimize.cached_jit("render", (generator,), (crop, size), lambda: jax.jit(view))
   gv = generator_variables if mesh is None else parallel.replicate(generator_variables, mesh)
-  images = optimize.map_in_batches(lambda w: render(w, gv), (w[rows],), int(config.final_selection.batch_size),
-                                   mesh=mesh)
+  images = parallel.map_arrays(lambda w: render(w, gv), (w[rows],), int(config.final_selection.batch_size),
+                               mesh=mesh)
   if jax.process_index() != 0:
     return
   (workdir / "images").mkdir(exist_ok=True)
@@ -198,7 +198,7 @@ def run_attack(config, workdir) -> dict:
         generator_variables=generator_variables, target_model=target_model, target_variables=target_variables,
         config=config.attack, discriminator=discriminator, discriminator_variables=discriminator_variables,
         mesh=mesh)
-    optimized[start:stop] = optimize.to_host(w)[:stop - start]
+    optimized[start:stop] = parallel.to_host(w)[:stop - start]
     _save_npz(path, w=optimized[start:stop], start=start, stop=stop)
     report(stop)
   timings["stage2_seconds"] = time.monotonic() - t0
