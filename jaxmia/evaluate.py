@@ -43,7 +43,7 @@ from ml_collections import config_flags
 from PIL import Image
 
 from jaxmia import classifier, cli, convert, data, files, metrics, parallel, report, student
-from jaxmia.attack import optimize
+from jaxmia.attack import render
 from jaxmia.convert.inception import fid_inception_from_torch
 from jaxmia.data import augment, image_ops
 from jaxmia.data.pipeline import IndexedSource
@@ -357,7 +357,7 @@ class _Setup:
 
   def view(self, generator_variables, w):
     """Generated images as the attack's target saw them before resizing: synthesis, clamp, centre crop."""
-    images = optimize.synthesize(self.generator, generator_variables, w).astype(jnp.float32)
+    images = render.synthesize(self.generator, generator_variables, w).astype(jnp.float32)
     return image_ops.center_crop(jnp.clip(images, -1.0, 1.0) if self.clamp else images, self.crop)
 
   def render_fn(self, size: int):
@@ -371,7 +371,7 @@ def score_generated_images(setup: _Setup, networks: tuple, network_variables: di
   run = setup.run
   settings = (setup.crop, setup.clamp, setup.ppa_compat, num_classes,
               tuple((n.name, n.kind, n.image_size) for n in networks), setup.mesh)
-  scores = optimize.cached_jit(
+  scores = render.cached_jit(
       "evaluate_scores", (setup.generator, *(n.module for n in networks)), settings,
       lambda: _jit(fake_scores_fn(setup.view, networks, ppa_compat=setup.ppa_compat, num_classes=num_classes),
                    setup.mesh, 2, 2))
@@ -459,9 +459,9 @@ def _write_grid(path: pathlib.Path, setup: _Setup, config, classes, split, real,
   rows = np.concatenate([np.flatnonzero(run.selected_targets == c)[:per] for c in shown])
   size = int(config.image_size)
   render_images = setup.render_fn(size)
-  render = optimize.cached_jit("evaluate_grid", (setup.generator,), (setup.crop, setup.clamp, size, setup.mesh),
-                               lambda: _jit(lambda w, gv: render_images(gv, w), setup.mesh, 1, 1))
-  fakes = parallel.map_arrays(lambda w: render(w, setup.generator_variables), (run.selected_w[rows],),
+  render_grid = render.cached_jit("evaluate_grid", (setup.generator,), (setup.crop, setup.clamp, size, setup.mesh),
+                                  lambda: _jit(lambda w, gv: render_images(gv, w), setup.mesh, 1, 1))
+  fakes = parallel.map_arrays(lambda w: render_grid(w, setup.generator_variables), (run.selected_w[rows],),
                               setup.batch_size, mesh=setup.mesh)
   positions = real[space][2][nearest[space][rows]]
   reals = np.stack([split.source[int(p)]["image"] for p in positions])
@@ -497,7 +497,7 @@ def evaluate_attack(config: ml_collections.ConfigDict, run_dir, out_dir=None, me
   generator, generator_variables, _ = _load_weights(config.generator or run.config["generator"],
                                                     "StyleGAN2 generator", "generator")
   setup = _Setup(run, generator, parallel.replicate(generator_variables, mesh),
-                 crop=optimize.resolve_center_crop(int(run.config["attack"]["center_crop"]), generator.img_resolution),
+                 crop=render.resolve_center_crop(int(run.config["attack"]["center_crop"]), generator.img_resolution),
                  clamp=not config.ppa_compat, mesh=mesh, batch_size=int(config.batch_size),
                  ppa_compat=bool(config.ppa_compat))
   results = Results()

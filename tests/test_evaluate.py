@@ -16,7 +16,7 @@ from PIL import Image
 
 from conftest import REPO
 from jaxmia import classifier, convert, data, evaluate, models, parallel, report, student
-from jaxmia.attack import optimize
+from jaxmia.attack import render
 from jaxmia.data import augment, image_ops, pipeline
 from jaxmia.metrics import knowledge_extraction
 from jaxmia.models.stylegan2 import Generator
@@ -141,13 +141,13 @@ def test_accuracy_and_eval_distance_match_direct_computation(attack_run, evaluat
   run = evaluate.load_attack_run(attack_run)
   generator, gv = convert.load_converted(attack_run / "generator")
   model, variables = convert.load_converted(attack_run / "evaluation_model")
-  crop = optimize.resolve_center_crop(0, GENERATOR_KWARGS["img_resolution"])
+  crop = render.resolve_center_crop(0, GENERATOR_KWARGS["img_resolution"])
   split = data.load_split(config.dataset, "train")
   real_images, labels = data.load_arrays(split)
 
   @jax.jit
   def direct(gv, variables, w, real_images):
-    fakes = jnp.clip(optimize.synthesize(generator, gv, w), -1, 1)
+    fakes = jnp.clip(render.synthesize(generator, gv, w), -1, 1)
     fakes = image_ops.resize(image_ops.center_crop(fakes, crop), EVAL_SIZE)
     reals = augment.normalize(augment.to_unit_range(real_images))
     return model.apply(variables, jnp.concatenate([fakes, reals]), return_features=True)

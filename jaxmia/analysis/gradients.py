@@ -13,7 +13,7 @@ import numpy as np
 import optax
 
 from jaxmia import parallel
-from jaxmia.attack import optimize
+from jaxmia.attack import optimize, render
 from jaxmia.data import image_ops
 
 
@@ -37,8 +37,8 @@ def consecutive_cosine_similarity(gradients):
 
 def _image_loss(images, targets, step_keys, target_variables, *, target_model, settings):
   """Sum over latents of the attack's identity loss of each image `[B, R, R, C]` (as in the attack)."""
-  view = optimize.target_view(images, clamp=settings.clamp, center_crop=settings.center_crop,
-                              resize=settings.resize)
+  view = render.target_view(images, clamp=settings.clamp, center_crop=settings.center_crop,
+                            resize=settings.resize)
   view = image_ops.random_resized_crop(view, step_keys, settings.resize, settings.crop_scale, settings.crop_ratio)
   logits = target_model.apply(target_variables, view).astype(jnp.float32)
   return jnp.sum(optimize.IDENTITY_LOSSES[settings.identity_loss](logits, targets))
@@ -47,15 +47,15 @@ def _image_loss(images, targets, step_keys, target_variables, *, target_model, s
 def _trajectory(w, targets, keys, generator_variables, target_variables, *, generator, target_model, settings):
   """Stage-2 loop of the attack that also returns the image-gradient similarities, `(w, [B, num_steps - 1])`."""
   tx = optimize.make_optimizer(settings)
-  render = functools.partial(optimize.synthesize, generator)
+  synthesis = functools.partial(render.synthesize, generator)
   if settings.remat != "none":
-    render = jax.checkpoint(render, policy=optimize.REMAT_POLICIES[settings.remat])
+    synthesis = jax.checkpoint(synthesis, policy=optimize.REMAT_POLICIES[settings.remat])
   image_grad = jax.grad(functools.partial(_image_loss, target_model=target_model, settings=settings))
 
   def step(carry, t):
     w, opt_state, previous = carry
     step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, t)
-    images, pullback = jax.vjp(lambda w: render(generator_variables, w), w)
+    images, pullback = jax.vjp(lambda w: synthesis(generator_variables, w), w)
     grad_images = image_grad(images, targets, step_keys, target_variables)
     (grad_w,) = pullback(grad_images)
     updates, opt_state = tx.update(grad_w, opt_state, w)
@@ -63,7 +63,7 @@ def _trajectory(w, targets, keys, generator_variables, target_variables, *, gene
     return (optax.apply_updates(w, updates), opt_state, grad_images.astype(jnp.float32)), similarity
 
   w = jnp.asarray(w, jnp.float32)
-  images = jax.eval_shape(lambda w: render(generator_variables, w), w)
+  images = jax.eval_shape(lambda w: synthesis(generator_variables, w), w)
   init = (w, tx.init(w), jnp.zeros(images.shape, jnp.float32))
   (w, _, _), similarity = jax.lax.scan(step, init, jnp.arange(settings.num_steps))
   return w, similarity[1:].T
@@ -71,7 +71,7 @@ def _trajectory(w, targets, keys, generator_variables, target_variables, *, gene
 
 def compiled_trajectory(generator, target_model, settings):
   """`fn(w, targets, keys, generator_variables, target_variables) -> (w, similarity)`, jitted once per setup."""
-  return optimize.cached_jit("gradient_similarity", (generator, target_model), settings, lambda: jax.jit(
+  return render.cached_jit("gradient_similarity", (generator, target_model), settings, lambda: jax.jit(
       functools.partial(_trajectory, generator=generator, target_model=target_model, settings=settings)))
 
 
@@ -83,8 +83,8 @@ def resolve_settings(config, generator, target_model):
                      "attack.discriminator_loss_weight=0.")
   if settings.num_steps < 2:
     raise ValueError(f"gradient similarity needs at least 2 attack steps, got num_steps={settings.num_steps}.")
-  return (settings, optimize.with_compute_dtype(generator, settings.dtype),
-          optimize.with_compute_dtype(target_model, settings.dtype))
+  return (settings, render.with_compute_dtype(generator, settings.dtype),
+          render.with_compute_dtype(target_model, settings.dtype))
 
 
 def attack_gradient_similarity(w_init, targets, keys, *, generator, generator_variables, target_model,

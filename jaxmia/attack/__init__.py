@@ -9,7 +9,8 @@
 from jaxmia.attack.final_selection import FinalSelection, robustness_scores, select_final_latents, top_per_class
 from jaxmia.attack.initial_selection import (InitialLatents, candidate_confidences, select_initial_latents,
                                              top_candidates_per_class)
-from jaxmia.attack.optimize import latent_keys, optimize_latents, synthesize, target_view
+from jaxmia.attack.optimize import latent_keys, optimize_latents
+from jaxmia.attack.render import synthesize, target_view
 from jaxmia.attack.run import resolve_targets, run_attack
 
 __all__ = [

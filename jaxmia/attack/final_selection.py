@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmia import parallel
-from jaxmia.attack import optimize
+from jaxmia.attack import optimize, render
 from jaxmia.data import image_ops
 
 
@@ -55,7 +55,7 @@ class Settings:
     settings = cls(
         iterations=int(config.iterations), crop_scale=tuple(float(s) for s in config.crop_scale),
         crop_ratio=tuple(float(r) for r in config.crop_ratio), horizontal_flip=bool(config.horizontal_flip),
-        clamp=bool(config.clamp), center_crop=optimize.resolve_center_crop(int(config.center_crop), resolution),
+        clamp=bool(config.clamp), center_crop=render.resolve_center_crop(int(config.center_crop), resolution),
         resize=int(config.resize), dtype=str(config.dtype))
     if settings.iterations < 1:
       raise ValueError(f"final_selection.iterations must be >= 1, got {settings.iterations}.")
@@ -69,8 +69,8 @@ def robustness_scores(w, targets, keys, generator_variables, target_variables, *
   `w` `[b, 1 or num_ws, w_dim]`, `targets` int `[b]`, `keys` `[b]`: latent i's augmentation in iteration t
   uses `fold_in(keys[i], t)`, so its score does not depend on the batch it is scored in.
   """
-  images = optimize.synthesize(generator, generator_variables, w)
-  view = optimize.target_view(images, clamp=settings.clamp, center_crop=settings.center_crop,
+  images = render.synthesize(generator, generator_variables, w)
+  view = render.target_view(images, clamp=settings.clamp, center_crop=settings.center_crop,
                               resize=settings.resize)
 
   def add_iteration(t, total):
@@ -99,7 +99,7 @@ def select_final_latents(w, targets, keys, *, generator, generator_variables, ta
   settings = Settings.from_config(config, generator.img_resolution)
   generator, target_model, variables = optimize.frozen_pair(
       generator, target_model, generator_variables, target_variables, settings.dtype, mesh)
-  score = optimize.cached_jit("robustness_scores", (generator, target_model), settings, lambda: jax.jit(
+  score = render.cached_jit("robustness_scores", (generator, target_model), settings, lambda: jax.jit(
       functools.partial(robustness_scores, generator=generator, target_model=target_model, settings=settings)))
   scores = parallel.map_arrays(
       lambda w, t, k: score(w, t, k, *variables),

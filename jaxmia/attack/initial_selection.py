@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmia import parallel
-from jaxmia.attack import optimize
+from jaxmia.attack import optimize, render
 
 
 class InitialLatents(NamedTuple):
@@ -56,7 +56,7 @@ class Settings:
   @classmethod
   def from_config(cls, config, resolution: int) -> "Settings":
     return cls(truncation_psi=float(config.truncation_psi), truncation_cutoff=int(config.truncation_cutoff),
-               clamp=bool(config.clamp), center_crop=optimize.resolve_center_crop(int(config.center_crop), resolution),
+               clamp=bool(config.clamp), center_crop=render.resolve_center_crop(int(config.center_crop), resolution),
                resize=int(config.resize), horizontal_flip=bool(config.horizontal_flip), dtype=str(config.dtype))
 
 
@@ -69,8 +69,8 @@ def candidate_confidences(z, generator_variables, target_variables, *, generator
                           settings: Settings):
   """Target softmax `[b, C]` of the images of latents `z` `[b, z_dim]`, averaged with their mirror images."""
   ws = _mapping(generator, generator_variables, z, settings)
-  images = optimize.synthesize(generator, generator_variables, ws)
-  view = optimize.target_view(images, clamp=settings.clamp, center_crop=settings.center_crop,
+  images = render.synthesize(generator, generator_variables, ws)
+  view = render.target_view(images, clamp=settings.clamp, center_crop=settings.center_crop,
                               resize=settings.resize)
   if settings.horizontal_flip:
     # [b, 2, S, S, C] -> [2b, ...]: each latent's two views stay on the device that holds the latent.
@@ -100,14 +100,14 @@ def select_initial_latents(key, targets, *, generator, generator_variables, targ
       generator, target_model, generator_variables, target_variables, settings.dtype, mesh)
 
   z = np.asarray(jax.random.normal(key, (int(config.search_space_size), generator.z_dim), jnp.float32))
-  score = optimize.cached_jit("candidate_confidences", (generator, target_model), settings, lambda: jax.jit(
+  score = render.cached_jit("candidate_confidences", (generator, target_model), settings, lambda: jax.jit(
       functools.partial(candidate_confidences, generator=generator, target_model=target_model, settings=settings)))
   confidences = parallel.map_arrays(lambda z: score(z, *variables), (z,), int(config.batch_size),
                                     mesh=mesh, progress=progress)
   indices = top_candidates_per_class(confidences, targets)
 
   layers = 1 if single_w else generator.num_ws
-  to_w = optimize.cached_jit("mapping", (generator,), (settings, layers), lambda: jax.jit(
+  to_w = render.cached_jit("mapping", (generator,), (settings, layers), lambda: jax.jit(
       lambda z, gv: _mapping(generator, gv, z, settings)[:, :layers]))
   w = parallel.map_arrays(lambda z: to_w(z, variables[0]), (z[indices],), int(config.batch_size), mesh=mesh)
   scores = confidences[indices, np.asarray(targets)]

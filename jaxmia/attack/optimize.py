@@ -1,7 +1,7 @@
 """Stage 2 of the Plug & Play Attack: optimise style vectors `w` until the target model sees the target class.
 
-Also holds the image pipeline every stage shares: `w` -> StyleGAN2 synthesis -> optional clamp to [-1, 1] ->
-centre crop -> antialiased resize (the view of a generated image that the target model gets).
+The image pipeline every stage shares (synthesis, the target's view, compute dtype, compiled-code cache) is
+in `jaxmia.attack.render`.
 
 Per-latent independence: each latent has its own PRNG key, the objective is the *sum* of per-latent losses
 (so a latent's gradient is the gradient of its own loss) and Adam is elementwise, so a latent's trajectory
@@ -9,13 +9,13 @@ is the same whether it is optimised alone or in a batch of any size, on any numb
 """
 import dataclasses
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxmia import losses, parallel
+from jaxmia.attack import render
 from jaxmia.data import image_ops
 
 IDENTITY_LOSSES = {
@@ -28,29 +28,8 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_saveable,    # keep conv/matmul outputs, recompute the elementwise ops
     "full": jax.checkpoint_policies.nothing_saveable,  # keep only the inputs, recompute the whole forward pass
 }
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def resolve_center_crop(center_crop: int, resolution: int) -> int:
-  """`center_crop`, or PPA's 800-of-1024 crop scaled to `resolution` (`round(R * 800 / 1024)`) when it is 0."""
-  crop = center_crop or round(resolution * 800 / 1024)
-  if not 0 < crop <= resolution:
-    raise ValueError(f"center_crop={crop} does not fit the generator's {resolution}x{resolution} images; "
-                     f"use 0 (automatic) or a size in [1, {resolution}].")
-  return crop
-
-
-def with_compute_dtype(module, dtype_name: str):
-  """`module` computing in `dtype_name` ('float32' or 'bfloat16'); parameters are untouched."""
-  if dtype_name not in DTYPES:
-    raise ValueError(f"Unknown compute dtype {dtype_name!r}; choose one of {sorted(DTYPES)}.")
-  dtype = DTYPES[dtype_name]
-  if getattr(module, "dtype", dtype) == dtype:
-    return module
-  if not hasattr(module, "dtype"):
-    raise ValueError(f"{type(module).__name__} has no `dtype` attribute, so it cannot compute in {dtype_name}; "
-                     "use dtype='float32'.")
-  return module.clone(dtype=dtype)
+# Kept here for `jaxmia.experiment`, which reads `optimize.synthesize`; the rendering helpers live in `render`.
+synthesize = render.synthesize
 
 
 def frozen_pair(generator, target_model, generator_variables, target_variables, dtype_name: str, mesh=None):
@@ -59,22 +38,8 @@ def frozen_pair(generator, target_model, generator_variables, target_variables, 
   variables = (generator_variables, target_variables)
   if mesh is not None:
     variables = parallel.replicate(variables, mesh)
-  return with_compute_dtype(generator, dtype_name), with_compute_dtype(target_model, dtype_name), variables
-
-
-def synthesize(generator, generator_variables, w):
-  """StyleGAN2 images `[B, R, R, C]` (unclamped) from `w` `[B, 1 or num_ws, w_dim]` (one w is broadcast)."""
-  ws = jnp.broadcast_to(w, (w.shape[0], generator.num_ws, w.shape[-1]))
-  return generator.apply(generator_variables, ws, noise_mode="const", method="synthesis")
-
-
-def target_view(images, *, clamp: bool, center_crop: int, resize: int):
-  """The target model's input: optional clamp to [-1, 1], centre crop, antialiased resize; `[B, S, S, C]`."""
-  if clamp:
-    images = jnp.clip(images, -1.0, 1.0)
-  return image_ops.resize(image_ops.center_crop(images, center_crop), resize, antialias=True)
-
-
+  return (render.with_compute_dtype(generator, dtype_name), render.with_compute_dtype(target_model, dtype_name),
+          variables)
 def latent_keys(key, indices):
   """One key per latent: `fold_in(key, global latent index)`, so a latent's randomness follows it anywhere."""
   return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.asarray(indices, jnp.uint32))
@@ -109,7 +74,7 @@ class Settings:
         lr_milestones=tuple(int(m) for m in config.lr_milestones), lr_gamma=float(config.lr_gamma),
         identity_loss=str(config.identity_loss),
         discriminator_loss_weight=float(config.discriminator_loss_weight), clamp=bool(config.clamp),
-        center_crop=resolve_center_crop(int(config.center_crop), resolution), resize=int(config.resize),
+        center_crop=render.resolve_center_crop(int(config.center_crop), resolution), resize=int(config.resize),
         crop_scale=tuple(float(s) for s in config.crop_scale),
         crop_ratio=tuple(float(r) for r in config.crop_ratio), remat=str(config.remat), dtype=str(config.dtype))
     if settings.identity_loss not in IDENTITY_LOSSES:
@@ -139,10 +104,10 @@ def make_optimizer(settings: Settings) -> optax.GradientTransformation:
 def _per_latent_losses(w, targets, step_keys, generator_variables, target_variables, discriminator_variables, *,
                        generator, target_model, discriminator, settings: Settings):
   """Attack loss of each latent, `[B]`: identity loss on an augmented view (+ weighted realism loss)."""
-  render = functools.partial(synthesize, generator)
+  synthesis = functools.partial(render.synthesize, generator)
   if settings.remat != "none":
-    render = jax.checkpoint(render, policy=REMAT_POLICIES[settings.remat])
-  images = render(generator_variables, w)
+    synthesis = jax.checkpoint(synthesis, policy=REMAT_POLICIES[settings.remat])
+  images = synthesis(generator_variables, w)
   loss = jnp.zeros(w.shape[0], jnp.float32)
   if settings.discriminator_loss_weight > 0:
     # One image at a time: the discriminator's minibatch-std layer would otherwise couple the latents.
@@ -150,7 +115,8 @@ def _per_latent_losses(w, targets, step_keys, generator_variables, target_variab
       return discriminator.apply(discriminator_variables, image[None], None)[0, 0]
     logits_d = jax.vmap(realism_logit)(images).astype(jnp.float32)
     loss = loss + settings.discriminator_loss_weight * jax.nn.softplus(-logits_d)
-  view = target_view(images, clamp=settings.clamp, center_crop=settings.center_crop, resize=settings.resize)
+  view = render.target_view(images, clamp=settings.clamp, center_crop=settings.center_crop,
+                            resize=settings.resize)
   view = image_ops.random_resized_crop(view, step_keys, settings.resize, settings.crop_scale, settings.crop_ratio)
   logits = target_model.apply(target_variables, view).astype(jnp.float32)
   return loss + IDENTITY_LOSSES[settings.identity_loss](logits, targets)
@@ -176,20 +142,6 @@ def _optimize(w, opt_state, targets, keys, generator_variables, target_variables
   return jax.lax.fori_loop(0, settings.num_steps, step, (w, opt_state))
 
 
-_COMPILED: dict[Any, Any] = {}
-
-
-def cached_jit(name: str, modules, settings, build):
-  """The jitted function `build()` for these modules and settings, built once per process.
-
-  Flax modules with equal `repr` are the same network, so converted models loaded twice share compiled code.
-  """
-  cache_key = (name, tuple(repr(m) for m in modules), settings)
-  if cache_key not in _COMPILED:
-    _COMPILED[cache_key] = build()
-  return _COMPILED[cache_key]
-
-
 def _compiled(generator, target_model, discriminator, settings: Settings):
   """`(init, run)`: jitted state initialisation and the jitted optimisation loop (w and Adam state donated)."""
   def build():
@@ -203,7 +155,7 @@ def _compiled(generator, target_model, discriminator, settings: Settings):
 
     return jax.jit(init), jax.jit(run, donate_argnums=(0, 1))
 
-  return cached_jit("optimize", (generator, target_model, discriminator), settings, build)
+  return render.cached_jit("optimize", (generator, target_model, discriminator), settings, build)
 
 
 def _as_key_array(keys):
@@ -247,10 +199,10 @@ def optimize_latents(w_init, targets, keys, *, generator, generator_variables, t
     parallel.check_batch_size(w_init.shape[0], mesh, "attack batch size")
     w_init, targets, keys = jax.device_put((w_init, targets, keys), parallel.data_sharding(mesh))
     variables = parallel.replicate(variables, mesh)
-  generator = with_compute_dtype(generator, settings.dtype)
-  target_model = with_compute_dtype(target_model, settings.dtype)
+  generator = render.with_compute_dtype(generator, settings.dtype)
+  target_model = render.with_compute_dtype(target_model, settings.dtype)
   if discriminator is not None:
-    discriminator = with_compute_dtype(discriminator, settings.dtype)
+    discriminator = render.with_compute_dtype(discriminator, settings.dtype)
   init, run = _compiled(generator, target_model, discriminator, settings)
   w, opt_state = init(w_init)
   w, _ = run(w, opt_state, targets, keys, *variables)

@@ -25,7 +25,7 @@ from absl import logging
 
 import jaxmia
 from jaxmia import convert, files, parallel
-from jaxmia.attack import final_selection, initial_selection, optimize
+from jaxmia.attack import final_selection, initial_selection, optimize, render
 from jaxmia.models import stylegan2
 
 # Config sections whose values decide the results of stages 1 and 2 (checked when resuming).
@@ -110,15 +110,15 @@ def _write_grids(workdir, w, targets, generator, generator_variables, config, me
   if per_class <= 0:
     return
   rows = np.concatenate([np.flatnonzero(targets == c)[:per_class] for c in np.unique(targets)])
-  crop = optimize.resolve_center_crop(int(config.attack.center_crop), generator.img_resolution)
+  crop = render.resolve_center_crop(int(config.attack.center_crop), generator.img_resolution)
   size = int(config.output.image_size)
 
   def view(w, gv):
-    return optimize.target_view(optimize.synthesize(generator, gv, w), clamp=True, center_crop=crop, resize=size)
+    return render.target_view(render.synthesize(generator, gv, w), clamp=True, center_crop=crop, resize=size)
 
-  render = optimize.cached_jit("render", (generator,), (crop, size), lambda: jax.jit(view))
+  render_views = render.cached_jit("render", (generator,), (crop, size), lambda: jax.jit(view))
   gv = generator_variables if mesh is None else parallel.replicate(generator_variables, mesh)
-  images = parallel.map_arrays(lambda w: render(w, gv), (w[rows],), int(config.final_selection.batch_size),
+  images = parallel.map_arrays(lambda w: render_views(w, gv), (w[rows],), int(config.final_selection.batch_size),
                                mesh=mesh)
   if jax.process_index() != 0:
     return
