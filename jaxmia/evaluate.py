@@ -551,10 +551,10 @@ def evaluate_attack(config: ml_collections.ConfigDict, run_dir, out_dir=None, me
                                              "(config.knowledge_extraction.enabled is False)"))
 
   out_dir.mkdir(parents=True, exist_ok=True)
-  files, caption = {"per_class": "per_class.csv"}, ""
+  output_files, caption = {"per_class": "per_class.csv"}, ""
   if nearest and int(config.grid.num_classes) > 0 and int(config.grid.samples_per_class) > 0:
-    files["grid"] = "nearest_neighbours.png"
-    caption = _write_grid(out_dir / files["grid"], setup, config.grid, classes, train_split, real, nearest)
+    output_files["grid"] = "nearest_neighbours.png"
+    caption = _write_grid(out_dir / output_files["grid"], setup, config.grid, classes, train_split, real, nearest)
   timings["total_seconds"] = time.monotonic() - t_start
 
   columns = {key: _finite_or_none(results.values.get(key)) for key in report.COLUMN_KEYS}
@@ -573,13 +573,13 @@ def evaluate_attack(config: ml_collections.ConfigDict, run_dir, out_dir=None, me
           "evaluation_model": config.evaluation_model.weights, "facenet": config.facenet.weights,
           "fid_network": config.fid.weights, "prdc_k": int(config.fid.prdc_k),
       },
-      "files": files,
+      "files": output_files,
       "grid_caption": caption,
       "timings": timings,
       "config": json.loads(config.to_json_best_effort()),
   }
   if jax.process_index() == 0:
-    _write_csv(out_dir / files["per_class"], _per_class_rows(results, run, train_split, classes))
+    _write_csv(out_dir / output_files["per_class"], _per_class_rows(results, run, train_split, classes))
     files.atomic_write(out_dir / report.REPORT_FILE, lambda f: f.write(json.dumps(result, indent=2).encode()))
     files.atomic_write(out_dir / "report.md", lambda f: f.write(report.run_markdown(result).encode()))
   logging.info("Evaluation of %s written to %s:\n%s", run.run_dir, out_dir, report.comparison_table([result]))
