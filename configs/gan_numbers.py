@@ -27,6 +27,6 @@ def get_config(arg=None):
     config.generator.channel_base = 1024
     config.discriminator.channel_max = 48
     config.discriminator.channel_base = 1024
-    config.total_kimg = 200.0
+    config.total_kimg = 120.0
     config.ema_kimg = 5.0
   return config
