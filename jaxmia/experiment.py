@@ -40,7 +40,7 @@ import numpy as np
 
 from jaxmia import chain, cli, convert, data, files, gan, report, train
 from jaxmia.analysis import statistics
-from jaxmia.attack import optimize
+from jaxmia.attack import render
 
 # Metrics plotted in metrics.png (keys of report.json's "metrics").
 PLOTTED = ("acc_top1", "delta_eval", "xi_train", "xi_test")
@@ -301,7 +301,7 @@ def sd_table(rows: list[dict]) -> str:
 
 
 def _generated_images(generator, variables, w: np.ndarray) -> np.ndarray:
-  images = jax.jit(lambda v, w: jnp.clip(optimize.synthesize(generator, v, w), -1.0, 1.0))(variables, w)
+  images = jax.jit(lambda v, w: jnp.clip(render.synthesize(generator, v, w), -1.0, 1.0))(variables, w)
   return np.asarray(images)
 
 
