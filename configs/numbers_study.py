@@ -2,6 +2,11 @@
 
     python -m jaxmia.experiment --config=configs/numbers_study.py --workdir=runs/numbers_study
     python -m jaxmia.experiment --config=configs/numbers_study.py --workdir=runs/quick --config.quick=True
+    python -m jaxmia.experiment --config=configs/numbers_study.py:3 --workdir=runs/numbers3_study  # 1,000 classes
+
+`arg` is the number of digits k (default 2; `scripts/class_sweep.py` runs k = 1, 2, 3). With 1,000 classes a
+fixed random subset of 100 classes (seeded, the same for every α and seed) is attacked. The prior of k digits
+is `converted_weights/numbers<k>_stylegan2`; `--config.retrain_prior=True` trains it in the workdir instead.
 
 Handwritten two-digit numbers (`numbers_embedded`, 100 classes, no download). For every seed, three slim
 ResNet-18 targets that differ only in α (same seed, same data order; α held for the last quarter of 30
@@ -15,6 +20,7 @@ The attack protocol was fixed before any α ≠ 0 target was attacked, by the pi
 on an α = 0 target of a seed outside the study (rule and table: `PILOT` below).
 """
 from ml_collections import ConfigDict
+import numpy as np
 
 from configs import digits_study, gan_numbers, numbers
 
@@ -24,17 +30,27 @@ from configs import digits_study, gan_numbers, numbers
 PILOT = ConfigDict(dict(num_steps=0, learning_rate=0.0, table=""))
 
 
+def attacked_classes(num_digits: int, max_classes: int = 100, seed: int = 0) -> str:
+  """'all', or a fixed random subset of `max_classes` classes (sorted) as the attack's `targets` string."""
+  num_classes = 10 ** num_digits
+  if num_classes <= max_classes:
+    return "all"
+  return str(sorted(np.random.default_rng(seed).choice(num_classes, max_classes, replace=False).tolist()))
+
+
 def get_config(arg=None):
-  """`arg`: unused (set `--config.quick=True` for the small run)."""
-  del arg
+  """`arg`: the number of digits, '1', '2' (default) or '3' (set `--config.quick=True` for the small run)."""
+  if arg not in (None, "1", "2", "3"):
+    raise ValueError(f"Unknown numbers study variant {arg!r}; use configs/numbers_study.py[:1|:2|:3].")
+  k = "2" if arg is None else arg
   config = digits_study.get_config()
   config.seeds = (0, 1, 2)
-  config.prior = "converted_weights/numbers2_stylegan2"
-  config.gan = gan_numbers.get_config()
-  config.target = numbers.get_config()
+  config.prior = f"converted_weights/numbers{k}_stylegan2"
+  config.gan = gan_numbers.get_config(k)
+  config.target = numbers.get_config(k)
   config.bootstrap = ConfigDict(dict(num_resamples=10000, seed=0, confidence=0.95))  # intervals of Δ to baseline
 
-  evaluation_model = numbers.get_config()  # another architecture, all stored private training images
+  evaluation_model = numbers.get_config(k)  # another architecture, all stored private training images
   evaluation_model.dataset.samples_per_class = None
   evaluation_model.model.arch = "densenet121"
   evaluation_model.model.builder_kwargs = ConfigDict(dict(growth_rate=8, num_init_features=16))
@@ -45,7 +61,7 @@ def get_config(arg=None):
   config.evaluation_model = evaluation_model
 
   attack = config.attack
-  attack.targets = "all"                     # every one of the 100 classes
+  attack.targets = attacked_classes(int(k))  # all classes, or 100 of them (fixed, seeded)
   attack.candidates.search_space_size = 5000  # prior samples scored for starting points
   attack.candidates.num_candidates = 40      # optimised latents per class
   attack.candidates.batch_size = 50
@@ -56,12 +72,13 @@ def get_config(arg=None):
   attack.final_selection.batch_size = 100
   attack.output.images_per_class = 0         # no per-class grids for 100 classes (samples.png shows some)
 
-  config.evaluate.dataset = numbers.get_config().dataset
+  config.evaluate.dataset = numbers.get_config(k).dataset
   config.evaluate.grid.num_classes = 10
   config.evaluate.knowledge_extraction.num_epochs = 20
 
   config.figure.samples_per_class = 5
-  config.figure.classes = (0, 7, 13, 28, 42, 56, 69, 77, 85, 99)  # rows of samples.png
+  # Rows of samples.png: these classes where attacked (k = 3: the first attacked ones).
+  config.figure.classes = {"1": tuple(range(10)), "2": (0, 7, 13, 28, 42, 56, 69, 77, 85, 99), "3": ()}[k]
 
   quick = config.quick_settings
   quick.target = numbers.get_config("smoke")

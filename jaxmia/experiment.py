@@ -44,6 +44,7 @@ from jaxmia.attack import render
 
 # Metrics plotted in metrics.png (keys of report.json's "metrics").
 PLOTTED = ("acc_top1", "delta_eval", "xi_train", "xi_test")
+MAX_FIGURE_ROWS = 12  # classes shown in samples.png (config.figure.classes, else the first attacked ones)
 
 
 def resolve(config: ConfigDict) -> ConfigDict:
@@ -320,6 +321,7 @@ def samples_figure(config: ConfigDict, workdir: pathlib.Path, prior: pathlib.Pat
   classes = np.unique(columns[0][2])
   if config.figure.get("classes"):
     classes = np.intersect1d(classes, np.asarray(config.figure.classes))
+  classes = classes[:MAX_FIGURE_ROWS]
   train_split = data.load_split(config.target.dataset, "train")
   real_images, real_labels = data.load_arrays(train_split)
   size = real_images.shape[1]
