@@ -64,6 +64,7 @@ class AttackRun:
   targets: np.ndarray        # int [N]: target class of each optimised latent
   optimized_w: np.ndarray    # [N, 1 or num_ws, w_dim]
   selected: np.ndarray       # int [M]: rows of optimized_w kept by the final selection
+  initial_w: np.ndarray | None = None  # [N, ...]: stage 1's starting latents (None in runs that lack them)
 
   @property
   def selected_w(self) -> np.ndarray:
@@ -88,6 +89,9 @@ def load_attack_run(run_dir) -> AttackRun:
       raise ValueError(f"{latents_path} lacks {sorted(missing)}; it was not written by jaxmia.attack.")
     targets, optimized_w, selected = (np.asarray(f["targets"], np.int32), np.asarray(f["optimized_w"], np.float32),
                                       np.asarray(f["selected_indices"], np.int64))
+    initial_w = np.asarray(f["initial_w"], np.float32) if "initial_w" in f.files else None
+  if initial_w is not None and initial_w.shape != optimized_w.shape:
+    initial_w = None  # e.g. W+ starting latents broadcast differently: leave stage 1 unscored
   if optimized_w.ndim != 3 or len(optimized_w) != len(targets) or not len(selected) or (
       selected.min() < 0 or selected.max() >= len(targets)):
     raise ValueError(f"{latents_path} is inconsistent: optimized_w {optimized_w.shape}, targets {targets.shape}, "
@@ -95,7 +99,7 @@ def load_attack_run(run_dir) -> AttackRun:
   config = json.loads(summary_path.read_text()).get("config")
   if not isinstance(config, dict) or "attack" not in config:
     raise ValueError(f"{summary_path} holds no attack config; it was not written by jaxmia.attack.")
-  return AttackRun(run_dir, config, targets, optimized_w, selected)
+  return AttackRun(run_dir, config, targets, optimized_w, selected, initial_w)
 
 
 def class_subset(split, classes) -> tuple[Any, np.ndarray]:
@@ -365,10 +369,14 @@ class _Setup:
     return lambda generator_variables, w: image_ops.resize(self.view(generator_variables, w), size)
 
 
-def score_generated_images(setup: _Setup, networks: tuple, network_variables: dict, num_classes: int):
-  """`(per_row, features)`: per-latent evaluation-model results for every optimised latent (`top1`, `top5`,
-  `confidence`, `[N]`) and each network's features of the selected latents (`[M, D]`)."""
+def score_generated_images(setup: _Setup, networks: tuple, network_variables: dict, num_classes: int,
+                           w: np.ndarray | None = None, feature_rows: np.ndarray | None = None):
+  """`(per_row, features)`: per-latent evaluation-model results (`top1`, `top5`, `confidence`, `[N]`) for every
+  latent of `w` (default: the optimised ones) and each network's features of `feature_rows` (default: the
+  selected latents; `[M, D]` in that order)."""
   run = setup.run
+  w = run.optimized_w if w is None else w
+  feature_rows = run.selected if feature_rows is None else feature_rows
   settings = (setup.crop, setup.clamp, setup.ppa_compat, num_classes,
               tuple((n.name, n.kind, n.image_size) for n in networks), setup.mesh)
   scores = render.cached_jit(
@@ -376,10 +384,10 @@ def score_generated_images(setup: _Setup, networks: tuple, network_variables: di
       lambda: _jit(fake_scores_fn(setup.view, networks, ppa_compat=setup.ppa_compat, num_classes=num_classes),
                    setup.mesh, 2, 2))
   keep = np.zeros(len(run.targets), bool)
-  keep[run.selected] = True
+  keep[feature_rows] = True
   per_row, features, start = {}, {net.name: [] for net in networks}, 0
   variables = parallel.replicate(network_variables, setup.mesh)
-  batches = _latent_batches(run.optimized_w, run.targets, setup.batch_size)
+  batches = _latent_batches(w, run.targets, setup.batch_size)
   for out in parallel.map_batches(lambda w, t: scores(w, t, setup.generator_variables, variables), batches,
                                   setup.batch_size, mesh=setup.mesh):
     n = len(jax.tree.leaves(out)[0])
@@ -390,20 +398,24 @@ def score_generated_images(setup: _Setup, networks: tuple, network_variables: di
       features[name].append(out[name][keep[start:start + n]])
     start += n
     logging.log_every_n_seconds(logging.INFO, "Scored %d of %d generated images.", 60, start, len(keep))
-  order = np.searchsorted(np.flatnonzero(keep), run.selected)   # kept rows are in index order
+  order = np.searchsorted(np.flatnonzero(keep), feature_rows)   # kept rows are in index order
   return ({k: np.concatenate(v) for k, v in per_row.items()},
           {name: np.concatenate(parts)[order] for name, parts in features.items()})
 
 
-def _attack_accuracy(results: Results, run: AttackRun, per_row: dict) -> None:
-  """Acc@1, Acc@5 and mean target confidence on the selected and on all optimised latents, per class."""
-  groups = {"": run.selected, "_all_optimized": np.arange(len(run.targets))}
-  for suffix, rows in groups.items():
+def _attack_accuracy(results: Results, run: AttackRun, per_row: dict, initial_per_row: dict | None = None) -> None:
+  """Acc@1, Acc@5 and mean target confidence on the selected and on all optimised latents (and on the starting
+  latents of stage 1, `_initial`, when scored), overall and per class."""
+  everything = np.arange(len(run.targets))
+  groups = {"": (run.selected, per_row), "_all_optimized": (everything, per_row)}
+  if initial_per_row:
+    groups["_initial"] = (everything, initial_per_row)
+  for suffix, (rows, scores) in groups.items():
     for name, key in (("acc_top1", "top1"), ("acc_top5", "top5"), ("mean_target_confidence", "confidence")):
-      value = float(per_row[key][rows].mean())
+      value = float(scores[key][rows].mean())
       (results.values if name.startswith("acc") and not suffix else results.details)[name + suffix] = value
       for c in np.unique(run.targets[rows]):
-        results.add_per_class(c, **{name + suffix: float(per_row[key][rows[run.targets[rows] == c]].mean())})
+        results.add_per_class(c, **{name + suffix: float(scores[key][rows[run.targets[rows] == c]].mean())})
 
 
 def _feature_metrics(results: Results, run: AttackRun, fake: dict, real: dict, *, prdc_k: int,
@@ -476,7 +488,8 @@ def _write_grid(path: pathlib.Path, setup: _Setup, config, classes, split, real,
 
 def _per_class_rows(results: Results, run: AttackRun, split, classes) -> list[dict]:
   keys = ("acc_top1", "acc_top5", "mean_target_confidence", "acc_top1_all_optimized", "acc_top5_all_optimized",
-          "mean_target_confidence_all_optimized", "delta_face", "delta_eval") + _PRDC
+          "mean_target_confidence_all_optimized", "acc_top1_initial", "acc_top5_initial",
+          "mean_target_confidence_initial", "delta_face", "delta_eval") + _PRDC
   rows = []
   for c in classes:
     row = {"class": int(c), "class_name": split.class_names[c] if c < len(split.class_names) else "",
@@ -530,7 +543,11 @@ def evaluate_attack(config: ml_collections.ConfigDict, run_dir, out_dir=None, me
     per_row, fake = timed("generated_images", score_generated_images, setup, networks, network_variables,
                           num_classes)
     if "top1" in per_row:
-      _attack_accuracy(results, run, per_row)
+      initial_per_row = None
+      if run.initial_w is not None:  # Acc@1 before stage 2: what the starting latents already show
+        initial_per_row, _ = timed("initial_images", score_generated_images, setup, networks, network_variables,
+                                   num_classes, w=run.initial_w, feature_rows=np.zeros(0, np.int64))
+      _attack_accuracy(results, run, per_row, initial_per_row)
     cache_dir = pathlib.Path(config.feature_cache_dir) if config.feature_cache_dir else out_dir / "feature_cache"
     real = timed("training_features", training_features, networks, network_variables, train_split, classes,
                  cache_dir=cache_dir, dataset_key=_dataset_key(config.dataset), batch_size=setup.batch_size,

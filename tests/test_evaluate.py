@@ -68,7 +68,8 @@ def attack_run(tmp_path_factory):
   w = np.asarray(jax.jit(lambda v, z: generator.apply(v, z, None, truncation_psi=0.7, method="mapping"))(gv, z))[:, :1]
   scores = np.asarray(jax.random.uniform(jax.random.key(5), (len(targets),)))
   selected = np.concatenate([np.flatnonzero(targets == c)[::-1][:SELECTED_PER_CLASS] for c in CLASSES])
-  np.savez(root / "latents.npz", targets=targets, initial_w=w, initial_indices=np.arange(len(targets)),
+  # Stage 1's latents differ from the optimised ones (reversed rows), so Acc@1 before stage 2 is its own number.
+  np.savez(root / "latents.npz", targets=targets, initial_w=w[::-1], initial_indices=np.arange(len(targets)),
            initial_scores=scores, optimized_w=w, final_scores=scores, selected_indices=selected,
            selected_w=w[selected], selected_targets=targets[selected], selected_scores=scores[selected])
   attack_config = importlib.import_module("configs.attack_facescrub_ffhq").get_config("smoke")
@@ -158,6 +159,17 @@ def test_accuracy_and_eval_distance_match_direct_computation(attack_run, evaluat
   np.testing.assert_allclose(result["metrics"]["acc_top1"], np.mean(np.argmax(logits, -1) == targets))
   confidence = np.take_along_axis(np.asarray(jax.nn.softmax(logits)), targets[:, None], 1)
   np.testing.assert_allclose(result["details"]["mean_target_confidence"], confidence.mean(), rtol=1e-5)
+  # Acc@1 of all optimised and of the starting latents (stage 1: the same latents in reverse row order).
+  everything = np.asarray(direct(gv, variables, run.optimized_w, real_images[:1])[0][:len(run.targets)])
+  correct = np.argmax(everything, -1) == run.targets
+  np.testing.assert_allclose(result["details"]["acc_top1_all_optimized"], correct.mean())
+  np.testing.assert_allclose(result["details"]["acc_top1_initial"],
+                             np.mean(np.argmax(everything[::-1], -1) == run.targets))
+  with open(attack_run / "evaluation" / "per_class.csv") as f:
+    per_class = {int(r["class"]): float(r["acc_top1_initial"]) for r in csv.DictReader(f)}
+  for c in CLASSES:
+    np.testing.assert_allclose(per_class[c], np.mean((np.argmax(everything[::-1], -1) == run.targets)[run.targets == c]),
+                               rtol=1e-5)
   features = np.asarray(features, np.float64)
   fake_features, real_features = features[:num_fakes], features[num_fakes:]
   nearest = [min(np.sum((real_features[labels == t] - f) ** 2, axis=1)) for f, t in zip(fake_features, targets)]
