@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmia import files, metrics, parallel
+from jaxmia import convert, data, files, metrics, parallel, train
+from jaxmia.convert import store
 from jaxmia.data import augment
 
 
@@ -46,8 +47,6 @@ def run_calibration(train_config, alphas: Sequence[float], seeds: Sequence[int],
   Each target trains in `workdir/<run name>` (`train_config` with `label_smoothing = α`, `seed = seed`;
   resumed if interrupted, skipped once its model is exported).
   """
-  from jaxmia import convert, data, train  # pylint: disable=g-import-not-at-top  (TensorFlow)
-  from jaxmia.convert import store  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(workdir)
   images, labels = data.load_arrays(data.load_split(train_config.dataset, "test"))
   records = []

@@ -5,6 +5,7 @@ import pathlib
 import ml_collections
 
 from jaxmia import data
+from jaxmia.attack import run
 
 
 def training_config(model_dir) -> ml_collections.ConfigDict | None:
@@ -52,5 +53,4 @@ def load_generator(attack_config):
 
   (`config.generator`, a converted folder, or with `generator = ""` the config's seeded random StyleGAN2.)
   """
-  from jaxmia.attack import run  # pylint: disable=g-import-not-at-top
   return run._generator(attack_config)  # pylint: disable=protected-access
