@@ -28,8 +28,6 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_saveable,    # keep conv/matmul outputs, recompute the elementwise ops
     "full": jax.checkpoint_policies.nothing_saveable,  # keep only the inputs, recompute the whole forward pass
 }
-# Kept here for `jaxmia.experiment`, which reads `optimize.synthesize`; the rendering helpers live in `render`.
-synthesize = render.synthesize
 
 
 def frozen_pair(generator, target_model, generator_variables, target_variables, dtype_name: str, mesh=None):
