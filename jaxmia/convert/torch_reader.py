@@ -32,14 +32,16 @@ of `load_torch_file` and `read_nvlabs_pickle`; raise one only for a file you tru
   records): the declared payloads of all storages together, embedded ones included, so one large embedded
   storage referenced many times cannot multiply itself.
 * `max_output_bytes` (default: twice `max_total_bytes`): the arrays and byte strings the load creates
-  (materialised tensors, numpy arrays, `bytes`/`bytearray` calls). An honest file returns about as many bytes
-  as its storages hold; views of one storage and expanded (stride-0) tensors return more, hence the factor 2.
+  (materialised tensors, numpy arrays, `bytes`/`bytearray` calls), tensors counted at the file's element size
+  (bfloat16 is then widened to float32). An honest file returns about as many bytes as its storages hold;
+  views of one storage and expanded (stride-0) tensors return more, hence the factor 2.
 * `max_member_bytes` (default 2 GiB) and `max_decompressed_bytes` (default 4 GiB): a compressed zip member
   may inflate beyond the file (that is what compression is for), so the file's size cannot bound it; these
-  caps do, with room for any StyleGAN2 or classifier checkpoint. A member whose header lies about its size is
-  read only up to the declared size, and then fails its CRC check.
+  caps do, with room for the StyleGAN2 and classifier checkpoints jaxmia converts. A member whose header lies
+  about its size is read only up to the declared size, and then fails its CRC check.
 * `max_depth` (default 100): how deeply containers may nest. Checkpoints nest a few levels, NVlabs network
-  pickles about twenty; the walkers never recurse per level, so this bounds work, not the Python stack.
+  pickles a few per submodule level; the walkers are iterative, so this limit is about work, not about
+  Python's stack.
 * `max_objects` (default 1,000,000): objects the unpickler may create (and zip entries, and paths a walk of
   shared structure may expand to). A checkpoint with its optimiser state holds tens of thousands.
 
@@ -47,9 +49,10 @@ Before a pickle is unpickled, its opcode stream is scanned without building anyt
 (`BINBYTES8`, `BINUNICODE8`, `BYTEARRAY8`, frames, ...) must fit in the bytes that follow, memo indices must
 not run ahead of the objects made (the C unpickler grows its memo table to the index it is given), marks may
 not nest deeper than `max_depth` and object-making opcodes count against `max_objects`. What the unpickler
-built is then checked for depth, size and reference cycles (no PyTorch file contains a cycle) before any
-other code walks it. Tensor geometry is checked with Python integers (no overflow): non-negative shape,
-strides and offset, every addressed element inside the storage.
+built is then checked for depth, size and reference cycles (state dicts and checkpoints are trees or share
+sub-objects, never cycles, and a cycle would send every consumer around it) before any other code walks it.
+Tensor geometry is checked with Python integers (no overflow): non-negative shape, strides and offset, every
+addressed element inside the storage.
 """
 import dataclasses
 import io
@@ -310,7 +313,8 @@ class _TensorRef:
     if last >= self.storage.numel:
       raise TorchFileError(f"a tensor of shape {_short(shape)} (stride {_short(stride)}, offset {offset}) reaches "
                            f"element {last:,} of a storage with {self.storage.numel:,} elements")
-    budget.take_output(numel * flat.itemsize, f"a tensor of shape {_short(shape)} (stride {_short(stride)})")
+    budget.take_output(numel * self.storage.itemsize,  # at the file's element size (bfloat16: 2 bytes)
+                       f"a tensor of shape {_short(shape)} (stride {_short(stride)})")
     view = np.lib.stride_tricks.as_strided(flat[offset:], shape, [s * flat.itemsize for s in stride],
                                            writeable=False)
     return np.array(view, order="C")
@@ -737,7 +741,7 @@ def _check_structure(root, limits: _Limits):
         frame[2] = max(frame[2], heights[key])
         continue
       if key in active:
-        raise TorchFileError("its data contains itself (a reference cycle); PyTorch files never do")
+        raise TorchFileError("its data contains itself (a reference cycle); state dicts and checkpoints never do")
       if len(stack) >= limits.max_depth:
         raise TorchFileError(f"its data nests more than {limits.max_depth} levels deep (max_depth)")
       count += 1
@@ -761,9 +765,8 @@ def _plain_leaf(obj, memo: dict, budget: _Budget):
   if isinstance(obj, _TensorRef):
     return obj.materialize(budget)
   if isinstance(obj, (_Storage, _StorageView)):
-    array = obj.array()
-    budget.take_output(array.nbytes, f"a bare {type(obj).__name__} of {array.size:,} elements")
-    return np.array(array)
+    budget.take_output(obj.numel * obj.itemsize, f"a bare storage of {obj.numel:,} elements")
+    return np.array(obj.array())
   if isinstance(obj, _NdarrayBuilder):
     if obj.array is None:
       raise TorchFileError("a numpy array without data")
