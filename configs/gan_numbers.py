@@ -27,6 +27,7 @@ def get_config(arg=None):
     config.generator.channel_base = 1024
     config.discriminator.channel_max = 48
     config.discriminator.channel_base = 1024
-    config.total_kimg = 120.0
+    config.discriminator.mbstd_group_size = 16  # the whole batch: with groups of 4 G collapsed to one sample
+    config.total_kimg = 80.0
     config.ema_kimg = 5.0
   return config

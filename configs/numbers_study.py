@@ -72,7 +72,7 @@ def get_config(arg=None):
   attack.final_selection.batch_size = 100
   attack.output.images_per_class = 0         # no per-class grids for 100 classes (samples.png shows some)
 
-  config.evaluate.dataset = numbers.get_config(k).dataset
+  config.evaluate.dataset = numbers.get_config(k).dataset  # the study evaluates against config.target.dataset
   config.evaluate.grid.num_classes = 10
   config.evaluate.knowledge_extraction.num_epochs = 20
 

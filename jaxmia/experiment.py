@@ -123,6 +123,7 @@ def attack_config(config: ConfigDict, cell: Cell, prior: pathlib.Path) -> Config
 
 def evaluate_config(config: ConfigDict, workdir: pathlib.Path, evaluation_model: pathlib.Path) -> ConfigDict:
   evaluate = ConfigDict(config.evaluate.to_dict())
+  evaluate.dataset = ConfigDict(config.target.dataset.to_dict())  # distances to the images the targets saw
   evaluate.evaluation_model.weights = str(evaluation_model)
   evaluate.fid.weights = str(evaluation_model)  # no Inception weights offline: FID in the evaluation model's features
   evaluate.fid.image_size = evaluate.evaluation_model.image_size
@@ -228,7 +229,8 @@ def paired_section(config: ConfigDict, workdir: pathlib.Path, rows: list[dict], 
                  + f" | {delta} |")
   n_classes = max((d["num_classes"] for d in paired.values()), default=0)
   return [
-      f"## Attack success and paired differences ({len(config.seeds)} seeds × {n_classes} classes)", "",
+      f"## Attack success and paired differences ({len(config.seeds)} seed{'s' if len(config.seeds) > 1 else ''} × "
+      f"{n_classes} classes)", "",
       "Mean ± sd over seeds. Acc@1: the evaluation model's top-1 accuracy on the attack's starting latents "
       "(stage 1), on all optimised latents (stage 2) and on the final selection (stage 3, the paper's Acc@1). "
       f"Δ: the mean over seeds and classes of (Acc@1 of a class under α) − (Acc@1 of the same class and seed "

@@ -1,5 +1,5 @@
-"""The end-to-end digits study (`jaxmia.experiment`) in its quick form: report structure, finite metrics in
-range, figures, and a rerun that redoes nothing."""
+"""The end-to-end study (`jaxmia.experiment`): the numbers study in its quick form (report structure, finite
+metrics in range, figures, a rerun that redoes nothing) and the report's statistics on constructed cells."""
 import json
 import math
 
@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from configs import digits_study
+from configs import digits_study, numbers_study
 from jaxmia import chain, experiment, report
 
 
@@ -97,10 +97,16 @@ def test_paired_differences_pair_seed_and_class(tmp_path):
   assert "α = -0.05: higher in 0, equal in 0, lower in 8 of 8 classes" in lines[2]
 
 
+def _quick_numbers_config():
+  config = numbers_study.get_config()
+  config.quick = True
+  return config
+
+
 @pytest.mark.slow
 def test_quick_study_writes_a_complete_report(tmp_path):
-  study = experiment.run_study(_quick_config(), tmp_path)
-  config = experiment.resolve(_quick_config())
+  study = experiment.run_study(_quick_numbers_config(), tmp_path)
+  config = experiment.resolve(_quick_numbers_config())
   assert len(study["timings"]) == 1 + 3 * len(config.seeds) * len(config.alphas)  # evaluation model + cells
 
   text = (tmp_path / "report.md").read_text()
@@ -117,7 +123,7 @@ def test_quick_study_writes_a_complete_report(tmp_path):
       assert 0.0 <= mean[key] <= 1.0, (alpha, key, mean[key])
     for key in ("delta_eval", "fid"):
       assert math.isfinite(mean[key]) and mean[key] >= 0.0, (alpha, key, mean[key])
-    assert mean["delta_face"] is None  # no FaceNet for digits
+    assert mean["delta_face"] is None  # no FaceNet for handwriting
     assert sd["acc_top1"] is None  # one seed in the quick run
     assert len(study["per_seed"][alpha]) == len(config.seeds)
 
@@ -125,6 +131,14 @@ def test_quick_study_writes_a_complete_report(tmp_path):
     with Image.open(tmp_path / name) as image:
       assert image.width > 200 and image.height > 100
 
-  again = experiment.run_study(_quick_config(), tmp_path)  # every stage is done: only the report is rebuilt
+  # The paired section: Acc@1 at the three attack points and an interval for each α against the baseline.
+  assert "## Attack success and paired differences (1 seed × 3 classes)" in text
+  for alpha in ("0.1", "-0.05"):
+    diff = study["paired_differences"][alpha]
+    assert diff["low"] <= diff["mean"] <= diff["high"] and diff["num_classes"] == 3
+    assert all(0.0 <= study["attack_points"][alpha][label][0] <= 1.0 for label, _ in experiment.ATTACK_POINTS)
+  assert (tmp_path / "per_class.csv").read_text().startswith("class,acc_top1_alpha0.1,")
+
+  again = experiment.run_study(_quick_numbers_config(), tmp_path)  # every stage is done: only the report is rebuilt
   assert again["timings"] == {} and again["mean"] == study["mean"]
   assert json.loads((tmp_path / "study.json").read_text())["mean"] == study["mean"]
