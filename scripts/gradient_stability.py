@@ -23,7 +23,8 @@ from ml_collections import config_flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # config files import `configs`
 
 from jaxmia import convert, files, parallel  # noqa: E402
-from jaxmia.analysis import gradients, report, runs  # noqa: E402
+from jaxmia.analysis import gradients, report  # noqa: E402
+from jaxmia.attack import run as attack_run  # noqa: E402
 
 config_flags.DEFINE_config_file("attack_config", None, "Attack config (configs/attack_*.py[:variant]).",
                                 lock_config=True)
@@ -64,7 +65,7 @@ def main(argv):
   mesh = parallel.make_mesh()
   batch_size = FLAGS.batch_size or int(config.attack.batch_size)
   parallel.check_batch_size(batch_size, mesh, "--batch_size")
-  generator, generator_variables = runs.load_generator(config)
+  generator, generator_variables = attack_run.load_generator(config)
   seed = config.seed if FLAGS.seed is None else FLAGS.seed
 
   similarities, numbers, inputs = {}, {"num_latents": FLAGS.num_latents, "seed": seed, "models": []}, None

@@ -8,6 +8,6 @@ Submodules (import them explicitly):
   (`scripts/gradient_stability.py`).
 - `ablation`: attack stages run against models of different α, Tables 5-7 (`scripts/stage_ablation.py`).
 - `sweep`: train / attack / evaluate over α and training-set sizes, Fig. 2 (`scripts/sweep.py`).
-- `runs`: a model folder's training config and dataset; the attack config's generator.
+- `runs`: a model folder's training config and dataset.
 - `report`: summary statistics and JSON / markdown / PNG output shared by the scripts.
 """

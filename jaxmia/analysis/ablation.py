@@ -73,7 +73,7 @@ def run_stage_ablation(config, model_dirs: Sequence[str], workdir, *, stages: Se
   """
   workdir = pathlib.Path(workdir)
   mesh = mesh or parallel.make_mesh()
-  generator, generator_variables = run._generator(config)  # pylint: disable=protected-access
+  generator, generator_variables = run.load_generator(config)
   generator_variables = parallel.replicate(generator_variables, mesh)
   targets_models = [convert.load_converted(d) for d in model_dirs]
   size = int(config.attack.resize)

@@ -5,7 +5,6 @@ import pathlib
 import ml_collections
 
 from jaxmia import data
-from jaxmia.attack import run
 
 
 def training_config(model_dir) -> ml_collections.ConfigDict | None:
@@ -47,10 +46,3 @@ def dataset_and_image_size(model_dir, dataset: str | None = None, data_dir: str 
     raise ValueError(f"the input size of {model_dir} is unknown (no training config.json); pass --image-size.")
   return dataset_config, int(size)
 
-
-def load_generator(attack_config):
-  """`(generator, variables)` of an attack config: exactly the prior `jaxmia.attack.run_attack` would use.
-
-  (`config.generator`, a converted folder, or with `generator = ""` the config's seeded random StyleGAN2.)
-  """
-  return run._generator(attack_config)  # pylint: disable=protected-access

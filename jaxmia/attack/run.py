@@ -71,7 +71,7 @@ def _load(path: str, what: str, config_field: str):
   return convert.load_converted(path)
 
 
-def _generator(config):
+def load_generator(config):
   """The configured generator, or (`generator = ""`) the seeded random StyleGAN2 of `config.random_generator`."""
   if config.generator or "random_generator" not in config:
     return _load(config.generator, "StyleGAN2 generator", "generator")
@@ -139,7 +139,7 @@ def run_attack(config, workdir) -> dict:
   parallel.check_batch_size(int(config.attack.batch_size), mesh, "attack.batch_size")
   parallel.check_batch_size(int(config.final_selection.batch_size), mesh, "final_selection.batch_size")
 
-  generator, generator_variables = _generator(config)
+  generator, generator_variables = load_generator(config)
   target_model, target_variables = _load(config.target, "Target model", "target")
   discriminator = discriminator_variables = None
   if config.attack.discriminator_loss_weight > 0:
