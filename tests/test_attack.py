@@ -192,7 +192,7 @@ def test_stage2_options_keep_latents_independent_and_remat_is_exact(stand_ins):
 def test_multistep_schedule_decays_like_pytorch_multisteplr():
   config = load_config().attack
   config.lr_schedule, config.lr_milestones, config.lr_gamma = "multistep", (3, 5), 0.1
-  tx = optimize.make_optimizer(optimize.Settings.from_config(config, resolution=1024))
+  tx = optimize.make_optimizer(optimize.OptimizationSettings.from_config(config, resolution=1024))
   params = jnp.zeros(2)
   state, steps = tx.init(params), []
   for _ in range(7):  # a constant gradient: every Adam step moves by lr (bias-corrected m / sqrt(v) = 1)
@@ -335,7 +335,7 @@ def test_interrupted_run_resumes_to_uninterrupted_result(weights, tmp_path, monk
 @pytest.mark.parametrize("variant", [None, "smoke"])
 def test_configs_resolve(name, variant):
   config = load_config(name, variant)
-  settings = optimize.Settings.from_config(config.attack, resolution=1024)
+  settings = optimize.OptimizationSettings.from_config(config.attack, resolution=1024)
   assert settings.center_crop == (32 if name == "attack_digits.py" else 800)  # PPA's 800 of 1024 pixels
   for section in ("candidates", "final_selection"):
     assert config[section].center_crop == config.attack.center_crop  # one shared image pipeline

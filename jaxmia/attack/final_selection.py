@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmia import parallel
-from jaxmia.attack import optimize, render
+from jaxmia.attack import render
 from jaxmia.data import image_ops
 
 
@@ -39,8 +39,8 @@ def top_per_class(scores, targets, samples_per_target: int) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
-  """The stage-3 knobs of the `final_selection` config section, resolved for one generator (hashable)."""
+class FinalSelectionSettings:
+  """Stage 3's knobs (the `final_selection` config section), resolved for one generator (hashable)."""
   iterations: int
   crop_scale: tuple[float, float]
   crop_ratio: tuple[float, float]
@@ -51,19 +51,16 @@ class Settings:
   dtype: str
 
   @classmethod
-  def from_config(cls, config, resolution: int) -> "Settings":
-    settings = cls(
-        iterations=int(config.iterations), crop_scale=tuple(float(s) for s in config.crop_scale),
-        crop_ratio=tuple(float(r) for r in config.crop_ratio), horizontal_flip=bool(config.horizontal_flip),
-        clamp=bool(config.clamp), center_crop=render.resolve_center_crop(int(config.center_crop), resolution),
-        resize=int(config.resize), dtype=str(config.dtype))
+  def from_config(cls, config, resolution: int) -> "FinalSelectionSettings":
+    settings = cls(iterations=int(config.iterations), horizontal_flip=bool(config.horizontal_flip),
+                   **render.view_settings(config, resolution), **render.random_crop_settings(config))
     if settings.iterations < 1:
       raise ValueError(f"final_selection.iterations must be >= 1, got {settings.iterations}.")
     return settings
 
 
 def robustness_scores(w, targets, keys, generator_variables, target_variables, *, generator, target_model,
-                      settings: Settings):
+                      settings: FinalSelectionSettings):
   """Mean target-class softmax `[b]` of each latent's image over `iterations` random crops and flips.
 
   `w` `[b, 1 or num_ws, w_dim]`, `targets` int `[b]`, `keys` `[b]`: latent i's augmentation in iteration t
@@ -96,8 +93,8 @@ def select_final_latents(w, targets, keys, *, generator, generator_variables, ta
       crop_ratio, horizontal_flip, clamp, center_crop, resize, batch_size, dtype).
     mesh: a `('data',)` mesh to shard each batch over; `progress(latents_done)` is called per batch.
   """
-  settings = Settings.from_config(config, generator.img_resolution)
-  generator, target_model, variables = optimize.frozen_pair(
+  settings = FinalSelectionSettings.from_config(config, generator.img_resolution)
+  generator, target_model, variables = render.cast_and_replicate(
       generator, target_model, generator_variables, target_variables, settings.dtype, mesh)
   score = render.cached_jit("robustness_scores", (generator, target_model), settings, lambda: jax.jit(
       functools.partial(robustness_scores, generator=generator, target_model=target_model, settings=settings)))

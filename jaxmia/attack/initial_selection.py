@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmia import parallel
-from jaxmia.attack import optimize, render
+from jaxmia.attack import render
 
 
 class InitialLatents(NamedTuple):
@@ -43,8 +43,8 @@ def top_candidates_per_class(confidences, targets) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
-  """The stage-1 knobs of the `candidates` config section, resolved for one generator (hashable)."""
+class CandidateSettings:
+  """Stage 1's knobs (the `candidates` config section), resolved for one generator (hashable)."""
   truncation_psi: float
   truncation_cutoff: int
   clamp: bool
@@ -54,19 +54,18 @@ class Settings:
   dtype: str
 
   @classmethod
-  def from_config(cls, config, resolution: int) -> "Settings":
+  def from_config(cls, config, resolution: int) -> "CandidateSettings":
     return cls(truncation_psi=float(config.truncation_psi), truncation_cutoff=int(config.truncation_cutoff),
-               clamp=bool(config.clamp), center_crop=render.resolve_center_crop(int(config.center_crop), resolution),
-               resize=int(config.resize), horizontal_flip=bool(config.horizontal_flip), dtype=str(config.dtype))
+               horizontal_flip=bool(config.horizontal_flip), **render.view_settings(config, resolution))
 
 
-def _mapping(generator, generator_variables, z, settings: Settings):
+def _mapping(generator, generator_variables, z, settings: CandidateSettings):
   return generator.apply(generator_variables, z, None, truncation_psi=settings.truncation_psi,
                          truncation_cutoff=settings.truncation_cutoff, method="mapping")
 
 
 def candidate_confidences(z, generator_variables, target_variables, *, generator, target_model,
-                          settings: Settings):
+                          settings: CandidateSettings):
   """Target softmax `[b, C]` of the images of latents `z` `[b, z_dim]`, averaged with their mirror images."""
   ws = _mapping(generator, generator_variables, z, settings)
   images = render.synthesize(generator, generator_variables, ws)
@@ -95,8 +94,8 @@ def select_initial_latents(key, targets, *, generator, generator_variables, targ
   if generator.c_dim:
     raise ValueError(f"The generator is conditional (c_dim={generator.c_dim}); the attack needs an unconditional "
                      "StyleGAN2 generator.")
-  settings = Settings.from_config(config, generator.img_resolution)
-  generator, target_model, variables = optimize.frozen_pair(
+  settings = CandidateSettings.from_config(config, generator.img_resolution)
+  generator, target_model, variables = render.cast_and_replicate(
       generator, target_model, generator_variables, target_variables, settings.dtype, mesh)
 
   z = np.asarray(jax.random.normal(key, (int(config.search_space_size), generator.z_dim), jnp.float32))
@@ -108,7 +107,7 @@ def select_initial_latents(key, targets, *, generator, generator_variables, targ
 
   layers = 1 if single_w else generator.num_ws
   to_w = render.cached_jit("mapping", (generator,), (settings, layers), lambda: jax.jit(
-      lambda z, gv: _mapping(generator, gv, z, settings)[:, :layers]))
+      lambda z, generator_variables: _mapping(generator, generator_variables, z, settings)[:, :layers]))
   w = parallel.map_arrays(lambda z: to_w(z, variables[0]), (z[indices],), int(config.batch_size), mesh=mesh)
   scores = confidences[indices, np.asarray(targets)]
   return InitialLatents(w=w, indices=indices, scores=scores)

@@ -30,22 +30,15 @@ REMAT_POLICIES = {
 }
 
 
-def frozen_pair(generator, target_model, generator_variables, target_variables, dtype_name: str, mesh=None):
-  """`(generator, target_model, (generator_variables, target_variables))` for a scoring stage: both modules
-  computing in `dtype_name`, the variables replicated over `mesh` (unchanged when it is None)."""
-  variables = (generator_variables, target_variables)
-  if mesh is not None:
-    variables = parallel.replicate(variables, mesh)
-  return (render.with_compute_dtype(generator, dtype_name), render.with_compute_dtype(target_model, dtype_name),
-          variables)
 def latent_keys(key, indices):
   """One key per latent: `fold_in(key, global latent index)`, so a latent's randomness follows it anywhere."""
   return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.asarray(indices, jnp.uint32))
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
-  """The stage-2 knobs of the attack config, resolved for one generator (hashable: it keys compiled code)."""
+class OptimizationSettings:
+  """Stage 2's knobs (the attack config's `attack` section), resolved for one generator (hashable: it keys
+  compiled code)."""
   num_steps: int
   learning_rate: float
   b1: float
@@ -65,16 +58,14 @@ class Settings:
   dtype: str
 
   @classmethod
-  def from_config(cls, config, resolution: int) -> "Settings":
+  def from_config(cls, config, resolution: int) -> "OptimizationSettings":
     settings = cls(
         num_steps=int(config.num_steps), learning_rate=float(config.learning_rate), b1=float(config.b1),
         b2=float(config.b2), eps=float(config.eps), lr_schedule=str(config.lr_schedule),
         lr_milestones=tuple(int(m) for m in config.lr_milestones), lr_gamma=float(config.lr_gamma),
         identity_loss=str(config.identity_loss),
-        discriminator_loss_weight=float(config.discriminator_loss_weight), clamp=bool(config.clamp),
-        center_crop=render.resolve_center_crop(int(config.center_crop), resolution), resize=int(config.resize),
-        crop_scale=tuple(float(s) for s in config.crop_scale),
-        crop_ratio=tuple(float(r) for r in config.crop_ratio), remat=str(config.remat), dtype=str(config.dtype))
+        discriminator_loss_weight=float(config.discriminator_loss_weight), remat=str(config.remat),
+        **render.view_settings(config, resolution), **render.random_crop_settings(config))
     if settings.identity_loss not in IDENTITY_LOSSES:
       raise ValueError(f"Unknown identity_loss {settings.identity_loss!r}; choose one of {sorted(IDENTITY_LOSSES)}.")
     if settings.remat not in ("none", *REMAT_POLICIES):
@@ -86,7 +77,7 @@ class Settings:
     return settings
 
 
-def make_optimizer(settings: Settings) -> optax.GradientTransformation:
+def make_optimizer(settings: OptimizationSettings) -> optax.GradientTransformation:
   """Adam (PyTorch's update rule; elementwise, so latents never interact) with an optional step-decay schedule.
 
   'multistep' multiplies the learning rate by `lr_gamma` at every step in `lr_milestones`, like PyTorch's
@@ -99,13 +90,29 @@ def make_optimizer(settings: Settings) -> optax.GradientTransformation:
   return optax.adam(learning_rate, b1=settings.b1, b2=settings.b2, eps=settings.eps)
 
 
-def _per_latent_losses(w, targets, step_keys, generator_variables, target_variables, discriminator_variables, *,
-                       generator, target_model, discriminator, settings: Settings):
-  """Attack loss of each latent, `[B]`: identity loss on an augmented view (+ weighted realism loss)."""
+def synthesis_fn(generator, settings: OptimizationSettings):
+  """`synthesize(generator, generator_variables, w)`, rematerialised in the backward pass as `settings.remat`
+  says."""
   synthesis = functools.partial(render.synthesize, generator)
   if settings.remat != "none":
     synthesis = jax.checkpoint(synthesis, policy=REMAT_POLICIES[settings.remat])
-  images = synthesis(generator_variables, w)
+  return synthesis
+
+
+def identity_losses(images, targets, step_keys, target_variables, *, target_model, settings: OptimizationSettings):
+  """Identity loss `[B]` of each generated image `[B, R, R, C]`: the target's view of it, this step's random
+  resized crop (`step_keys`, one per image), the target model, the configured identity loss."""
+  view = render.target_view(images, clamp=settings.clamp, center_crop=settings.center_crop,
+                            resize=settings.resize)
+  view = image_ops.random_resized_crop(view, step_keys, settings.resize, settings.crop_scale, settings.crop_ratio)
+  logits = target_model.apply(target_variables, view).astype(jnp.float32)
+  return IDENTITY_LOSSES[settings.identity_loss](logits, targets)
+
+
+def _per_latent_losses(w, targets, step_keys, generator_variables, target_variables, discriminator_variables, *,
+                       generator, target_model, discriminator, settings: OptimizationSettings):
+  """Attack loss of each latent, `[B]`: identity loss on an augmented view (+ weighted realism loss)."""
+  images = synthesis_fn(generator, settings)(generator_variables, w)
   loss = jnp.zeros(w.shape[0], jnp.float32)
   if settings.discriminator_loss_weight > 0:
     # One image at a time: the discriminator's minibatch-std layer would otherwise couple the latents.
@@ -113,43 +120,60 @@ def _per_latent_losses(w, targets, step_keys, generator_variables, target_variab
       return discriminator.apply(discriminator_variables, image[None], None)[0, 0]
     logits_d = jax.vmap(realism_logit)(images).astype(jnp.float32)
     loss = loss + settings.discriminator_loss_weight * jax.nn.softplus(-logits_d)
-  view = render.target_view(images, clamp=settings.clamp, center_crop=settings.center_crop,
-                            resize=settings.resize)
-  view = image_ops.random_resized_crop(view, step_keys, settings.resize, settings.crop_scale, settings.crop_ratio)
-  logits = target_model.apply(target_variables, view).astype(jnp.float32)
-  return loss + IDENTITY_LOSSES[settings.identity_loss](logits, targets)
+  return loss + identity_losses(images, targets, step_keys, target_variables, target_model=target_model,
+                                settings=settings)
+
+
+def keys_at_step(keys, step):
+  """The keys `[B]` of attack step `step`: `fold_in(key of the latent, step)`."""
+  return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, step)
+
+
+def optimization_loop(gradient, w, opt_state, keys, settings: OptimizationSettings, carry=None):
+  """`num_steps` Adam steps (`make_optimizer`) on `w` in one on-device loop; returns `(w, opt_state, carry)`.
+
+  `gradient(step, w, step_keys, carry) -> (gradient w.r.t. w, carry)` is the gradient of the summed
+  per-latent losses at `step`; `carry` (any pytree, None by default) lets an analysis keep its own state
+  through the loop.
+  """
+  tx = make_optimizer(settings)
+
+  def one_step(i, state):
+    w, opt_state, carry = state
+    grads, carry = gradient(i, w, keys_at_step(keys, i), carry)
+    updates, opt_state = tx.update(grads, opt_state, w)
+    return optax.apply_updates(w, updates), opt_state, carry
+
+  return jax.lax.fori_loop(0, settings.num_steps, one_step, (w, opt_state, carry))
 
 
 def _optimize(w, opt_state, targets, keys, generator_variables, target_variables, discriminator_variables, *,
-              generator, target_model, discriminator, settings: Settings):
+              generator, target_model, discriminator, settings: OptimizationSettings):
   """`num_steps` Adam steps on `w` in one on-device loop; returns the final `(w, opt_state)`."""
-  tx = make_optimizer(settings)
-
   def total_loss(w, step_keys):
     return jnp.sum(_per_latent_losses(
         w, targets, step_keys, generator_variables, target_variables, discriminator_variables,
         generator=generator, target_model=target_model, discriminator=discriminator, settings=settings))
 
-  def step(i, carry):
-    w, opt_state = carry
-    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, i)
-    grads = jax.grad(total_loss)(w, step_keys)
-    updates, opt_state = tx.update(grads, opt_state, w)
-    return optax.apply_updates(w, updates), opt_state
+  def gradient(step, w, step_keys, carry):
+    del step
+    return jax.grad(total_loss)(w, step_keys), carry
 
-  return jax.lax.fori_loop(0, settings.num_steps, step, (w, opt_state))
+  w, opt_state, _ = optimization_loop(gradient, w, opt_state, keys, settings)
+  return w, opt_state
 
 
-def _compiled(generator, target_model, discriminator, settings: Settings):
+def _compiled(generator, target_model, discriminator, settings: OptimizationSettings):
   """`(init, run)`: jitted state initialisation and the jitted optimisation loop (w and Adam state donated)."""
   def build():
     def init(w_init):
       w = jnp.array(w_init, jnp.float32, copy=True)
       return w, make_optimizer(settings).init(w)
 
-    def run(w, opt_state, targets, keys, gv, tv, dv):
-      return _optimize(w, opt_state, targets, keys, gv, tv, dv, generator=generator, target_model=target_model,
-                       discriminator=discriminator, settings=settings)
+    def run(w, opt_state, targets, keys, generator_variables, target_variables, discriminator_variables):
+      return _optimize(w, opt_state, targets, keys, generator_variables, target_variables, discriminator_variables,
+                       generator=generator, target_model=target_model, discriminator=discriminator,
+                       settings=settings)
 
     return jax.jit(init), jax.jit(run, donate_argnums=(0, 1))
 
@@ -178,7 +202,7 @@ def optimize_latents(w_init, targets, keys, *, generator, generator_variables, t
       `config.discriminator_loss_weight > 0`.
     mesh: a `('data',)` mesh to shard the batch over (variables are replicated); None runs where the inputs are.
   """
-  settings = Settings.from_config(config, generator.img_resolution)
+  settings = OptimizationSettings.from_config(config, generator.img_resolution)
   if settings.discriminator_loss_weight > 0 and discriminator is None:
     raise ValueError("config.discriminator_loss_weight > 0 needs a discriminator; pass discriminator= and "
                      "discriminator_variables=, or set the weight to 0.")

@@ -1,13 +1,15 @@
 """How a generated image reaches a network, shared by every attack stage, the evaluation and the analyses:
 `w` -> StyleGAN2 synthesis (`synthesize`) -> optional clamp to [-1, 1] -> centre crop -> antialiased resize
 (`target_view`, the view of a generated image that the target model gets; `resolve_center_crop` sizes the
-crop), frozen networks in a compute dtype (`with_compute_dtype`), and the per-process cache of the jitted
+crop), frozen networks in a compute dtype (`with_compute_dtype`, `cast_and_replicate`), the config fields
+every stage reads for it (`view_settings`, `random_crop_settings`), and the per-process cache of the jitted
 functions built from them (`cached_jit`).
 """
 from typing import Any
 
 import jax.numpy as jnp
 
+from jaxmia import parallel
 from jaxmia.data import image_ops
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -33,6 +35,28 @@ def with_compute_dtype(module, dtype_name: str):
     raise ValueError(f"{type(module).__name__} has no `dtype` attribute, so it cannot compute in {dtype_name}; "
                      "use dtype='float32'.")
   return module.clone(dtype=dtype)
+
+
+def cast_and_replicate(generator, target_model, generator_variables, target_variables, dtype_name: str, mesh=None):
+  """`(generator, target_model, (generator_variables, target_variables))` for a stage that scores images: both
+  modules computing in `dtype_name`, the variables replicated over `mesh` (unchanged when it is None)."""
+  variables = (generator_variables, target_variables)
+  if mesh is not None:
+    variables = parallel.replicate(variables, mesh)
+  return with_compute_dtype(generator, dtype_name), with_compute_dtype(target_model, dtype_name), variables
+
+
+def view_settings(config, resolution: int) -> dict:
+  """The image-pipeline fields of a stage's config section (`candidates`, `attack`, `final_selection`) for a
+  generator of `resolution` pixels: `clamp`, `center_crop` (resolved), `resize` and the compute `dtype`."""
+  return dict(clamp=bool(config.clamp), center_crop=resolve_center_crop(int(config.center_crop), resolution),
+              resize=int(config.resize), dtype=str(config.dtype))
+
+
+def random_crop_settings(config) -> dict:
+  """`crop_scale` and `crop_ratio` of the random resized crops of a config section (stages 2 and 3), as tuples."""
+  return dict(crop_scale=tuple(float(s) for s in config.crop_scale),
+              crop_ratio=tuple(float(r) for r in config.crop_ratio))
 
 
 def synthesize(generator, generator_variables, w):
