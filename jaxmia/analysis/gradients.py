@@ -1,20 +1,18 @@
 """Gradient stability of the attack (the paper's Fig. 6b, Eq. 4): do consecutive attack steps agree on a direction?
 
 For every latent and step t of the Plug & Play optimisation, the cosine similarity between the gradients of the
-attack loss w.r.t. the generated image at steps t-1 and t. The optimisation itself is the attack's (its
-Adam, image pipeline, augmentation keys and identity loss, from `jaxmia.attack.optimize`), run in a loop
-that also exposes the image-space gradient of every step.
+attack loss w.r.t. the generated image at steps t-1 and t. The optimisation itself is the attack's
+(`jaxmia.attack.optimize`: its loop, Adam, image pipeline, augmentation keys and identity loss); only each
+step's gradient is taken through the generated image, so that its image-space gradient is seen.
 """
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxmia import parallel
 from jaxmia.attack import optimize, render
-from jaxmia.data import image_ops
 
 
 def cosine_similarity(a, b, axis=None):
@@ -35,37 +33,32 @@ def consecutive_cosine_similarity(gradients):
   return jax.vmap(cosine_similarity)(gradients[:-1], gradients[1:])
 
 
-def _image_loss(images, targets, step_keys, target_variables, *, target_model, settings):
-  """Sum over latents of the attack's identity loss of each image `[B, R, R, C]` (as in the attack)."""
-  view = render.target_view(images, clamp=settings.clamp, center_crop=settings.center_crop,
-                            resize=settings.resize)
-  view = image_ops.random_resized_crop(view, step_keys, settings.resize, settings.crop_scale, settings.crop_ratio)
-  logits = target_model.apply(target_variables, view).astype(jnp.float32)
-  return jnp.sum(optimize.IDENTITY_LOSSES[settings.identity_loss](logits, targets))
-
-
 def _trajectory(w, targets, keys, generator_variables, target_variables, *, generator, target_model, settings):
-  """Stage-2 loop of the attack that also returns the image-gradient similarities, `(w, [B, num_steps - 1])`."""
-  tx = optimize.make_optimizer(settings)
-  synthesis = functools.partial(render.synthesize, generator)
-  if settings.remat != "none":
-    synthesis = jax.checkpoint(synthesis, policy=optimize.REMAT_POLICIES[settings.remat])
-  image_grad = jax.grad(functools.partial(_image_loss, target_model=target_model, settings=settings))
+  """Stage-2 loop of the attack that also returns the image-gradient similarities, `(w, [B, num_steps - 1])`.
 
-  def step(carry, t):
-    w, opt_state, previous = carry
-    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, t)
+  The attack's own loop, loss and augmentation keys (`optimize.optimization_loop`, `optimize.identity_losses`);
+  each step's gradient w.r.t. w is taken through the image, so the image-space gradient can be compared with
+  the previous step's.
+  """
+  synthesis = optimize.synthesis_fn(generator, settings)
+
+  def image_loss(images, targets, step_keys):
+    return jnp.sum(optimize.identity_losses(images, targets, step_keys, target_variables, target_model=target_model,
+                                            settings=settings))
+
+  def gradient(step, w, step_keys, carry):
+    previous, similarity = carry
     images, pullback = jax.vjp(lambda w: synthesis(generator_variables, w), w)
-    grad_images = image_grad(images, targets, step_keys, target_variables)
+    grad_images = jax.grad(image_loss)(images, targets, step_keys)
     (grad_w,) = pullback(grad_images)
-    updates, opt_state = tx.update(grad_w, opt_state, w)
-    similarity = cosine_similarity(previous, grad_images)
-    return (optax.apply_updates(w, updates), opt_state, grad_images.astype(jnp.float32)), similarity
+    similarity = similarity.at[step].set(cosine_similarity(previous, grad_images))
+    return grad_w, (grad_images.astype(jnp.float32), similarity)
 
   w = jnp.asarray(w, jnp.float32)
   images = jax.eval_shape(lambda w: synthesis(generator_variables, w), w)
-  init = (w, tx.init(w), jnp.zeros(images.shape, jnp.float32))
-  (w, _, _), similarity = jax.lax.scan(step, init, jnp.arange(settings.num_steps))
+  carry = (jnp.zeros(images.shape, jnp.float32), jnp.zeros((settings.num_steps, w.shape[0]), jnp.float32))
+  w, _, (_, similarity) = optimize.optimization_loop(gradient, w, optimize.make_optimizer(settings).init(w), keys,
+                                                     settings, carry)
   return w, similarity[1:].T
 
 
@@ -77,7 +70,7 @@ def compiled_trajectory(generator, target_model, settings):
 
 def resolve_settings(config, generator, target_model):
   """(settings, generator, target_model) for `config` (the attack section), models in its compute dtype."""
-  settings = optimize.Settings.from_config(config, generator.img_resolution)
+  settings = optimize.OptimizationSettings.from_config(config, generator.img_resolution)
   if settings.discriminator_loss_weight > 0:
     raise ValueError("the gradient-stability analysis does not support the discriminator realism loss; set "
                      "attack.discriminator_loss_weight=0.")
