@@ -19,7 +19,7 @@ from ml_collections import config_flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # config files import `configs`
 
 from jaxmia import cli, files  # noqa: E402
-from jaxmia.analysis import calibration, report  # noqa: E402
+from jaxmia.analysis import calibration, tables  # noqa: E402
 
 config_flags.DEFINE_config_file("train_config", None, "Training config (configs/*.py[:variant]).", lock_config=True)
 flags.DEFINE_list("alphas", ["0.1", "0", "-0.05"], "Label smoothing factors.")
@@ -53,16 +53,16 @@ def plot(summary: dict, path: pathlib.Path):
 
 
 def markdown(records, summary) -> str:
-  percent = lambda stats: report.format_mean_sd({**stats, "mean": 100 * stats["mean"], "sd": 100 * stats["sd"]}, 1)
+  percent = lambda stats: tables.format_mean_sd({**stats, "mean": 100 * stats["mean"], "sd": 100 * stats["sd"]}, 1)
   seeds = sorted({r["seed"] for r in records})
   text = (f"# Calibration per α ({len(seeds)} seed{'s' * (len(seeds) > 1)}: {', '.join(map(str, seeds))})\n\n"
           "Mean ± sd over seeds, in %. Confidence is the mean top softmax probability: above the test accuracy "
           "means over-confident.\n\n")
-  text += report.markdown_table(
+  text += tables.markdown_table(
       ["α", "test accuracy", "ECE", "confidence"],
       [[f"{alpha:g}", percent(s["test_accuracy"]), percent(s["ece"]), percent(s["confidence"])]
        for alpha, s in summary.items()])
-  text += "\nRuns:\n\n" + report.markdown_table(
+  text += "\nRuns:\n\n" + tables.markdown_table(
       ["run", "test accuracy", "ECE", "confidence"],
       [[r["name"], f"{100 * r['test_accuracy']:.1f}", f"{100 * r['ece']:.2f}", f"{100 * r['confidence']:.1f}"]
        for r in records])
@@ -77,7 +77,7 @@ def main(argv):
   summary = calibration.summarize(records)
   plot(summary, outdir / "reliability.png")
   text = markdown(records, summary)
-  report.write_outputs(outdir, "calibration", {"runs": records, "summary": {f"{a:g}": s for a, s in summary.items()}},
+  tables.write_outputs(outdir, "calibration", {"runs": records, "summary": {f"{a:g}": s for a, s in summary.items()}},
                        text)
   print(text)
 

@@ -18,7 +18,7 @@ import pathlib
 import numpy as np
 
 from jaxmia import convert, data, files, parallel
-from jaxmia.analysis import geometry, report, runs
+from jaxmia.analysis import geometry, runs, tables
 
 STAT_TITLES = {"intra_mean": "mean intra-class distance", "inter_mean": "mean inter-class distance",
                "intra_nearest": "nearest same-class neighbour", "inter_nearest": "nearest other-class neighbour"}
@@ -111,14 +111,14 @@ def main():
   if args.tsne_classes:
     embeddings = {name: geometry.tsne_embedding(f, seed=args.seed) for name, f in features_by_name.items()}
     plot_tsne(embeddings, labels[rows][tsne_rows], outdir / "geometry_tsne.png")
-  table = report.markdown_table(
+  table = tables.markdown_table(
       ["model", "samples", *STAT_TITLES.values()],
-      [[e["label"], e["num_samples"], *(f"{report.format_mean_sd(e[s], 3)} (median {e[s]['median']:.3f})"
+      [[e["label"], e["num_samples"], *(f"{tables.format_mean_sd(e[s], 3)} (median {e[s]['median']:.3f})"
                                          for s in geometry.STAT_NAMES)] for e in numbers["models"]])
   text = ("# Embedding geometry (Figs. 4-5)\n\nPenultimate features of the "
           f"'{args.split}' split; distances divided by each model's largest pairwise distance; mean ± sd over "
           "samples.\n\n" + table)
-  report.write_outputs(outdir, "geometry", numbers, text)
+  tables.write_outputs(outdir, "geometry", numbers, text)
   print(text)
 
 

@@ -23,7 +23,7 @@ from ml_collections import config_flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # config files import `configs`
 
 from jaxmia import convert, files, parallel  # noqa: E402
-from jaxmia.analysis import gradients, report  # noqa: E402
+from jaxmia.analysis import gradients, tables  # noqa: E402
 from jaxmia.attack import run as attack_run  # noqa: E402
 
 config_flags.DEFINE_config_file("attack_config", None, "Attack config (configs/attack_*.py[:variant]).",
@@ -93,14 +93,14 @@ def main(argv):
     print(f"{name}: mean similarity {numbers['models'][-1]['overall']['mean']:.4f}")
 
   plot(similarities, outdir / "gradient_stability.png")
-  table = report.markdown_table(
+  table = tables.markdown_table(
       ["model", "mean over steps (± sd over latents)", "first step", "last step"],
-      [[e["label"], report.format_mean_sd(e["overall"], 4), report.format_mean_sd(e["per_step"][0], 4),
-        report.format_mean_sd(e["per_step"][-1], 4)] for e in numbers["models"]])
+      [[e["label"], tables.format_mean_sd(e["overall"], 4), tables.format_mean_sd(e["per_step"][0], 4),
+        tables.format_mean_sd(e["per_step"][-1], 4)] for e in numbers["models"]])
   text = (f"# Gradient stability (Fig. 6b)\n\n{FLAGS.num_latents} random latents and targets, "
           f"{int(config.attack.num_steps)} attack steps; cosine similarity of consecutive image-space gradients "
           "of the attack loss.\n\n" + table)
-  report.write_outputs(outdir, "gradient_stability", numbers, text)
+  tables.write_outputs(outdir, "gradient_stability", numbers, text)
   print(text)
 
 

@@ -20,8 +20,8 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # config files import `configs`
 
-from jaxmia import cli, evaluate, parallel, report as reports  # noqa: E402
-from jaxmia.analysis import ablation, report  # noqa: E402
+from jaxmia import cli, evaluate, parallel, report  # noqa: E402
+from jaxmia.analysis import ablation, tables  # noqa: E402
 
 config_flags.DEFINE_config_file("attack_config", None, "Attack config (configs/attack_*.py[:variant]).",
                                 lock_config=True)
@@ -37,7 +37,7 @@ FLAGS = flags.FLAGS
 
 
 def tables(results: dict, labels: list[str], stages: list[int], metric_keys: list[str]) -> str:
-  columns = {c.key: c for c in reports.COLUMNS}
+  columns = {c.key: c for c in report.COLUMNS}
   text = ""
   for stage in stages:
     text += f"\n## Stage {stage} ({ablation.STAGES[stage - 1]}) with another model\n"
@@ -49,10 +49,10 @@ def tables(results: dict, labels: list[str], stages: list[int], metric_keys: lis
         for other in range(len(labels)):
           combo = [main] * 3
           combo[stage - 1] = other
-          cells.append(reports.format_value(results[tuple(combo)], column))
+          cells.append(report.format_value(results[tuple(combo)], column))
         rows.append([labels[main], *cells])
       text += f"\n{column.header}" + (" (%)" if column.percent else "") + ":\n\n"
-      text += report.markdown_table([f"other stages \\ stage {stage}", *labels], rows)
+      text += tables.markdown_table([f"other stages \\ stage {stage}", *labels], rows)
   return text
 
 
@@ -61,9 +61,9 @@ def main(argv):
   labels = FLAGS.label or [f"m{i}" for i in range(len(FLAGS.model))]
   if len(labels) != len(FLAGS.model):
     raise app.UsageError(f"give one --label per --model ({len(FLAGS.model)} models, {len(labels)} labels).")
-  unknown = set(FLAGS.metrics) - {c.key for c in reports.COLUMNS}
+  unknown = set(FLAGS.metrics) - {c.key for c in report.COLUMNS}
   if unknown:
-    raise app.UsageError(f"unknown --metrics {sorted(unknown)}; choose from {[c.key for c in reports.COLUMNS]}.")
+    raise app.UsageError(f"unknown --metrics {sorted(unknown)}; choose from {[c.key for c in report.COLUMNS]}.")
   stages = [int(s) for s in FLAGS.stages]
   mesh = parallel.make_mesh()
   outdir = pathlib.Path(FLAGS.outdir)
@@ -71,7 +71,7 @@ def main(argv):
   results = {}
   for combo, run_dir in run_dirs.items():
     try:
-      results[combo] = reports.load_report(run_dir)
+      results[combo] = report.load_report(run_dir)
     except FileNotFoundError:
       results[combo] = evaluate.evaluate_attack(FLAGS.eval_config, run_dir, mesh=mesh)
   numbers = {"labels": labels, "models": FLAGS.model, "runs": [
@@ -80,7 +80,7 @@ def main(argv):
       for combo in run_dirs]}
   text = ("# Stage ablation (Tables 5-7)\n\nModels: " + ", ".join(f"{l} = {m}" for l, m in zip(labels, FLAGS.model))
           + "\n" + tables(results, labels, stages, FLAGS.metrics))
-  report.write_outputs(outdir, "stage_ablation", numbers, text)
+  tables.write_outputs(outdir, "stage_ablation", numbers, text)
   print(text)
 
 

@@ -20,7 +20,7 @@ from ml_collections import config_flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # config files import `configs`
 
 from jaxmia import cli, files  # noqa: E402
-from jaxmia.analysis import report, sweep  # noqa: E402
+from jaxmia.analysis import sweep, tables  # noqa: E402
 
 config_flags.DEFINE_config_file("train_config", None, "Training config (configs/*.py[:variant]).", lock_config=True)
 config_flags.DEFINE_config_file("attack_config", None, "Attack config (configs/attack_*.py[:variant]).",
@@ -83,11 +83,11 @@ def main(argv):
     numbers["advantages"][metric] = {("all" if s is None else str(s)): {f"{a:g}": v for a, v in row.items()}
                                      for s, row in table.items()}
     shown = [a for a in alphas if a != 0.0]
-    text += f"\n{metric}:\n\n" + report.markdown_table(
+    text += f"\n{metric}:\n\n" + tables.markdown_table(
         ["samples per class", *[f"α = {a:g}" for a in shown]],
         [["all" if s is None else s, *[_signed(row.get(a, float("nan"))) for a in shown]]
          for s, row in table.items()])
-  report.write_outputs(outdir, "sweep", numbers, text)
+  tables.write_outputs(outdir, "sweep", numbers, text)
   print(text)
 
 

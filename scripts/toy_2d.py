@@ -16,7 +16,7 @@ import pathlib
 import numpy as np
 
 from jaxmia import files
-from jaxmia.analysis import report, toy
+from jaxmia.analysis import tables, toy
 
 CLASS_STYLES = (dict(c="#69c765", marker="o", s=20), dict(c="#5cd0f7", marker="s", s=20),
                 dict(c="#fcc947", marker="p", s=40))
@@ -63,14 +63,14 @@ def plot(result: toy.ToyResult, alphas, xs, outdir):
 def markdown(summary: dict, args) -> str:
   rows = []
   for e in summary["per_alpha"]:
-    rows.append([f"{e['alpha']:g}", report.format_mean_sd(e["steps"], 0), e.get("paper_steps", "–"),
-                 report.format_mean_sd(e["distance"]), e.get("paper_distance", "–"),
-                 f"{e['num_reached']}/{e['num_seeds']}", report.format_mean_sd(e["steps_reached"], 0),
-                 report.format_mean_sd(e["distance_reached"])])
+    rows.append([f"{e['alpha']:g}", tables.format_mean_sd(e["steps"], 0), e.get("paper_steps", "–"),
+                 tables.format_mean_sd(e["distance"]), e.get("paper_distance", "–"),
+                 f"{e['num_reached']}/{e['num_seeds']}", tables.format_mean_sd(e["steps_reached"], 0),
+                 tables.format_mean_sd(e["distance_reached"])])
   text = (f"# Toy 2-D experiment (Fig. 1)\n\n{args.num_seeds} seeds from --seed {args.seed}; mean ± sd over "
           "seeds. 'reached': attacks whose target softmax passed the threshold within the step limit (the others "
           "stall where the model is flat and count with the step limit).\n\n")
-  text += report.markdown_table(
+  text += tables.markdown_table(
       ["α", "steps", "paper steps", "distance", "paper distance", "reached", "steps (reached)",
        "distance (reached)"], rows)
   if "paper_ordering" in summary:
@@ -102,7 +102,7 @@ def main():
   xs, _ = toy.confidence_grid(15.0, args.grid_size)
   plot(result, args.alphas, xs, outdir)
   text = markdown(summary, args)
-  report.write_outputs(outdir, "toy_2d", summary, text)
+  tables.write_outputs(outdir, "toy_2d", summary, text)
   print(text)
 
 

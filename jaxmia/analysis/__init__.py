@@ -9,5 +9,5 @@ Submodules (import them explicitly):
 - `ablation`: attack stages run against models of different α, Tables 5-7 (`scripts/stage_ablation.py`).
 - `sweep`: train / attack / evaluate over α and training-set sizes, Fig. 2 (`scripts/sweep.py`).
 - `runs`: a model folder's training config and dataset.
-- `report`: summary statistics and JSON / markdown / PNG output shared by the scripts.
+- `tables`: mean ± sd text, markdown tables and the JSON / markdown output shared by the scripts.
 """
