@@ -184,9 +184,9 @@ def test_training_features_are_cached_per_network_and_class(attack_run, evaluate
   assert folders == ["evaluation"] * 3 + ["fid"] * 3
   evaluation, variables = evaluate.load_network("evaluation", config.evaluation_model, "evaluation_model")
   split = data.load_split(config.dataset, "train")
-  kwargs = dict(cache_dir=attack_run / "cache", dataset_key=evaluate._dataset_key(config.dataset),
+  kwargs = dict(cache_dir=attack_run / "cache", dataset_key=evaluate.dataset_cache_key(config.dataset),
                 batch_size=16, mesh=parallel.make_mesh(), ppa_compat=False)
-  monkeypatch.setattr(evaluate, "real_features_fn", None)   # nothing may be recomputed
+  monkeypatch.setattr(evaluate.feature_cache, "real_features_fn", None)   # nothing may be recomputed
   features, labels, positions = evaluate.training_features((evaluation,), {"evaluation": variables}, split,
                                                            [7, 1], **kwargs)["evaluation"]
   np.testing.assert_array_equal(labels, np.repeat([7, 1], 16))
