@@ -328,18 +328,14 @@ def samples_figure(config: ConfigDict, workdir: pathlib.Path, prior: pathlib.Pat
   real_images, real_labels = data.load_arrays(train_split)
   size = real_images.shape[1]
 
-  def grid(images_per_class: list[np.ndarray]) -> np.ndarray:
-    canvas = np.full((len(classes) * size, k * size, 3), 255, np.uint8)
-    for r, images in enumerate(images_per_class):
-      for c, image in enumerate(images[:k]):
-        canvas[r * size:(r + 1) * size, c * size:(c + 1) * size] = image
-    return canvas
+  def grid(images_per_class: list[np.ndarray]) -> np.ndarray:   # a row of k cells per class, white where empty
+    return np.concatenate([files.image_grid(images[:k], k, fill=255) for images in images_per_class])
 
   panels = [("real (training)", grid([real_images[real_labels == c] for c in classes]))]
   for title, w, targets in columns:
     rows = [np.flatnonzero(targets == c)[:k] for c in classes]
     images = _generated_images(generator, variables, w[np.concatenate(rows)])
-    pixels = np.rint((images + 1.0) * 127.5).astype(np.uint8)
+    pixels = files.to_uint8(images)
     if pixels.shape[1] != size:
       pixels = np.asarray(jax.image.resize(pixels.astype(np.float32), (len(pixels), size, size, 3), "linear"))
       pixels = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
