@@ -1,4 +1,9 @@
-"""Shared test set-up: 4 forced CPU devices, the PyTorch parity fixtures and their recipe."""
+"""Shared test set-up: 4 forced CPU devices, the PyTorch parity fixtures and their recipe.
+
+The fixtures are read from `../shared/fixtures` (override with `JAXMIA_FIXTURES`). When they are absent, only
+the tests that read them are skipped, with the reason: such tests reach them through `load_fixture`,
+`fixture_arrays`, `fixture_path`, `recipe` or the `fixtures_dir` fixture, each of which skips its caller.
+"""
 import os
 import pathlib
 import sys
@@ -13,21 +18,65 @@ import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = pathlib.Path(os.environ.get("JAXMIA_FIXTURES", REPO.parent / "shared" / "fixtures"))
-if not (FIXTURES / "recipe.py").exists():
-  raise RuntimeError(f"PyTorch parity fixtures not found at {FIXTURES}; set JAXMIA_FIXTURES to the folder "
-                     "holding recipe.py and the *.npz files.")
-sys.path.insert(0, str(FIXTURES))
-import recipe  # noqa: E402
+MISSING_FIXTURES = None if (FIXTURES / "recipe.py").exists() else (
+    f"PyTorch parity fixtures not found at {FIXTURES}; set JAXMIA_FIXTURES to the folder holding recipe.py and "
+    "the *.npz files")
+
+
+def require_fixtures() -> None:
+  """Skips the calling test (with the reason) when the fixtures are absent."""
+  if MISSING_FIXTURES:
+    pytest.skip(MISSING_FIXTURES)
+
+
+class _AbsentRecipe:
+  """Stands in for `recipe.py` when the fixtures are absent: a test that uses it is skipped."""
+
+  def __getattr__(self, name):
+    if name.startswith("_"):   # introspection (pytest, copy, pickle) sees an ordinary object
+      raise AttributeError(name)
+    require_fixtures()
+
+
+if MISSING_FIXTURES:
+  recipe = _AbsentRecipe()
+else:
+  sys.path.insert(0, str(FIXTURES))
+  import recipe  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> pathlib.Path:
+  require_fixtures()
   return FIXTURES
+
+
+def fixture_path(*parts: str) -> pathlib.Path:
+  """`FIXTURES/<parts...>` (the calling test is skipped when the fixtures are absent)."""
+  require_fixtures()
+  return FIXTURES.joinpath(*parts)
 
 
 def load_fixture(name: str):
   """(manifest, seed, state, arrays) of `../shared/fixtures/<name>.npz`, state rebuilt by `recipe.py`."""
+  require_fixtures()
   return recipe.load_fixture(str(FIXTURES / f"{name}.npz"))
+
+
+class _LazyArrays:
+  def __init__(self, name: str):
+    self._name, self._arrays = name, None
+
+  def __getitem__(self, key):
+    if self._arrays is None:
+      self._arrays = load_fixture(self._name)[3]
+    return self._arrays[key]
+
+
+def fixture_arrays(name: str) -> _LazyArrays:
+  """The arrays of fixture `name`, loaded on the first lookup: a module can name them at import time, and only
+  the tests that read them are skipped when the fixtures are absent."""
+  return _LazyArrays(name)
 
 
 def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:

@@ -6,17 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FIXTURES, load_fixture
+from conftest import fixture_path, load_fixture
 
 from jaxmia import convert, models
 from jaxmia.convert.classifiers import classifier_state_dict
 
-TORCH_FILES = FIXTURES / "torch_files"
-
-
 @functools.cache
 def expected_tensors():
-  with np.load(TORCH_FILES / "expected.npz") as archive:
+  with np.load(fixture_path("torch_files", "expected.npz")) as archive:
     return dict(archive)
 
 
@@ -81,7 +78,8 @@ def test_missing_and_unexpected_keys_are_reported_together():
 def test_real_torch_files_convert_like_their_bare_state_dict(name, prefix):
   bare = file_state(name, prefix)
   assert len(bare) == 122 and "conv1.weight" in bare
-  variables = convert.classifier_from_torch("resnet18", TORCH_FILES / name, num_classes=10, base_channels=4)
+  variables = convert.classifier_from_torch("resnet18", fixture_path("torch_files", name), num_classes=10,
+                                            base_channels=4)
   assert_trees_equal(variables, convert.classifier_from_torch("resnet18", bare, num_classes=10, base_channels=4))
   assert variables["params"]["layer4_1"]["conv2"]["kernel"].shape == (3, 3, 32, 32)
   module = models.create_classifier("resnet18", 10, base_channels=4)
@@ -100,7 +98,7 @@ def test_in_memory_ppa_checkpoint_is_unwrapped():
 
 def test_slim_resnet_without_base_channels_gets_a_hint():
   with pytest.raises(convert.ConversionError, match=r"pass base_channels=4"):
-    convert.classifier_from_torch("resnet18", TORCH_FILES / "resnet18_zip.pth", num_classes=10)
+    convert.classifier_from_torch("resnet18", fixture_path("torch_files", "resnet18_zip.pth"), num_classes=10)
 
 
 def test_backbone_only_ignores_the_checkpoint_head():

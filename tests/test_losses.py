@@ -3,11 +3,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_fixture
+from conftest import fixture_arrays
 
 from jaxmia import losses
 
-_, _, _, FIX = load_fixture("ppa_losses")
+FIX = fixture_arrays("ppa_losses")   # loaded by the first test that reads it
 SMOOTHINGS = {"p010": 0.1, "p000": 0.0, "m005": -0.05}
 REGIMES = ["", "_confident"]
 
