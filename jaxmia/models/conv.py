@@ -4,8 +4,8 @@ Values and gradients are those of `lax.conv_general_dilated`; only how XLA recei
 JAX writes the input gradient of a convolution as a convolution with the kernel's I and O axes swapped in the
 dimension numbers (no data movement). Outside loops XLA:CPU then copies the kernel into the layout its fast
 convolution library (YNNPACK) takes; inside a `while` loop it does not, and falls back to a generic convolution
-that measured ~3.5x slower — which made the attack's on-device `fori_loop` over steps 1.7x slower than the same
-step outside a loop. Here the backward pass swaps the kernel's I/O axes physically (behind an
+several times slower — which made the attack's on-device `fori_loop` over steps slower than the same step
+outside a loop. Here the backward pass swaps the kernel's I/O axes physically (behind an
 `optimization_barrier`, so XLA cannot fold the swap back into the dimension numbers), and every convolution
 of the backward pass gets the fast path, in loops or not. A second barrier ties the copy to the cotangent, so
 it is made when the backward pass reaches the layer, not all copies at once (peak memory). The weight
@@ -13,14 +13,15 @@ gradient is JAX's own and is dropped by XLA when nothing uses it (frozen network
 
 A 1x1 convolution in NHWC/HWIO layout (ungrouped, undilated, unpadded; any stride) is computed as a strided
 slice and a matrix product instead, with the same values up to summation order. XLA:CPU runs it as a plain
-matmul, and its backward pass as two more: forward plus both gradients measured 1.95-3.8x faster than
-XLA's convolutions on ResNet bottleneck shapes (`scripts/bench_conv.py --tables 1x1`), and the ResNet-152
-training step at B = 16 went from 10.8 to 9.8 s (`scripts/bench_train.py`).
+matmul, and its backward pass as two more, faster than its convolutions on ResNet bottleneck shapes
+(`scripts/bench_conv.py --tables 1x1` and `scripts/bench_train.py` measure it).
 
 Every output goes through `models.materialize`: XLA stores it, and the backward pass stores its cotangent,
 instead of fusing the BatchNorm gradient that produces the cotangent into each of its consumers — the
 transposes that feed the weight gradients among them, which then read the BatchNorm's operands in
-transposed order (~2 s of ResNet-152's 10.7 s training step at B = 16; with it the step takes 7-8 s).
+transposed order (a large part of a ResNet-152 training step in a `jax.profiler` trace).
+
+The README's speed section has the measured figures of all three.
 
 All three are XLA:CPU formulations: with `jaxmia.models.xla_cpu` switched off (the default on GPU and TPU) this
 is `lax.conv_general_dilated` itself. Pass it to Flax as

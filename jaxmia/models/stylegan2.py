@@ -19,11 +19,9 @@ updated here (inference only). Noise mode 'random' draws from the 'noise' RNG st
 Modulated convolutions scale the activations (`x * style`, one conv with the shared kernel, then
 `* demod`) instead of building per-sample kernels for a grouped conv as NVlabs' fused path does. With the
 generator frozen, as in model inversion attacks, the backward pass then needs only input-gradient
-convolutions. Measured with `scripts/bench_generator.py --compare-modconv --res 256 --batch 1 4` (FFHQ-256
-synthesis, jit, float32, jax 0.10.2, 2-core CPU shared with other jobs, so only the ratios count):
-per-sample kernels (vmapped into a grouped conv) took 1.2 s vs 1.1 s forward at B=1 but 15.4 s vs 1.35 s
-forward + gradient w.r.t. ws, and at B=4 24.7 s vs 3.7 s forward, 215 s vs 9.1 s forward + gradient: XLA:CPU
-runs grouped convolutions and their gradients far off its fast path. Activation scaling is used throughout.
+convolutions, and XLA:CPU runs grouped convolutions, their gradients above all, far off its fast path (an
+order of magnitude slower forward + gradient w.r.t. ws; `scripts/bench_generator.py --compare-modconv` times
+both formulations). Activation scaling is used throughout.
 """
 import math
 from typing import Any, Mapping, Sequence

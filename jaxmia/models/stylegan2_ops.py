@@ -12,13 +12,12 @@ functions reproduce to float32 rounding:
   down-sampling evaluates only the kept pixels.
 * Up-sampling convs are transposed stride-2 convs followed by the FIR filter (as NVlabs does). The
   transposed conv is split into its four polyphase components, each an ordinary stride-1 convolution at the
-  input resolution, interleaved afterwards, so its gradient is made of ordinary convolutions too. Against a
-  single `lhs_dilation` convolution (whose input gradient is a stride-2 convolution) on FFHQ-256 synthesis,
-  in process CPU seconds (robust to other jobs on the machine): equal at B=1 (0.63 / 1.13 s forward /
-  forward+backward vs 0.60 / 1.16 s), 10 % and 19 % less at B=4 (1.95 / 3.95 s vs 2.17 / 4.86 s).
+  input resolution, interleaved afterwards, so its gradient is made of ordinary convolutions too; against a
+  single `lhs_dilation` convolution (whose input gradient is a stride-2 convolution) it is as fast at B=1 and
+  faster at larger batches, forward and backward (`scripts/bench_generator.py --compare-modconv` times both).
 * FIR passes have a custom VJP: the adjoint of a FIR pass is another FIR pass (reversed taps, `up` and
-  `down` swapped), whereas autodiff through the slices builds one padded cotangent per tap; this made the
-  backward of the filters after the up-convs two to ten times cheaper.
+  `down` swapped), whereas autodiff through the slices builds one padded cotangent per tap, a much more
+  expensive backward pass for the filters after the up-convs.
 """
 import functools
 from typing import Sequence
