@@ -36,7 +36,7 @@ flags.DEFINE_string("outdir", "runs/stage_ablation", "Directory of the combinati
 FLAGS = flags.FLAGS
 
 
-def tables(results: dict, labels: list[str], stages: list[int], metric_keys: list[str]) -> str:
+def ablation_tables(results: dict, labels: list[str], stages: list[int], metric_keys: list[str]) -> str:
   columns = {c.key: c for c in report.COLUMNS}
   text = ""
   for stage in stages:
@@ -79,7 +79,7 @@ def main(argv):
        "metrics": results[combo]["metrics"], "unavailable": results[combo].get("unavailable", {})}
       for combo in run_dirs]}
   text = ("# Stage ablation (Tables 5-7)\n\nModels: " + ", ".join(f"{l} = {m}" for l, m in zip(labels, FLAGS.model))
-          + "\n" + tables(results, labels, stages, FLAGS.metrics))
+          + "\n" + ablation_tables(results, labels, stages, FLAGS.metrics))
   tables.write_outputs(outdir, "stage_ablation", numbers, text)
   print(text)
 
