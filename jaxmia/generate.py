@@ -58,7 +58,7 @@ def main(argv=None):
   if args.num < 1 or args.batch_size < 1:
     parser.error("--num and --batch-size must be positive")
 
-  from jaxmia.convert import store  # pylint: disable=import-outside-toplevel
+  from jaxmia.convert import store  # noqa: PLC0415 (orbax loads only for the CLI; jaxmia.gan imports this module)
   try:
     info = store.read_info(args.weights)
     if info["kind"] != "stylegan2_generator":

@@ -206,7 +206,7 @@ def run_worker(spec: dict) -> dict:
 
 def measure(spec: dict) -> dict:
   proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+  lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
   if proc.returncode or not lines:
     tail = (proc.stderr or "").strip().splitlines()[-3:]
     return dict(spec, error=f"exit {proc.returncode}: {' | '.join(tail)}")

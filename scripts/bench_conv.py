@@ -12,8 +12,8 @@ For 3x3 convolutions of ResNet and StyleGAN2 FFHQ-256 shapes it prints GFLOP/s o
   * the weight gradient as XLA computes it and as nine tap-wise matrix products (the alternative issue #3
     proposed; written here, not in jaxmia);
 and for the loops whether XLA:CPU compiled the convolution into a YNNPACK fusion ('YNN') or its generic
-convolution ('generic'; also what other backends print). jaxmia keeps the materialised-kernel input gradient and XLA's own
-weight gradient because of what this table measures.
+convolution ('generic'; also what other backends print). jaxmia keeps the materialised-kernel input gradient and
+XLA's own weight gradient because of what this table measures.
 
 A second table times 1x1 convolutions of ResNet bottleneck shapes (forward, input and weight gradient in one
 jitted call) as `lax.conv_general_dilated` and as jaxmia's strided slice + matrix product.

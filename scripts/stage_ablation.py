@@ -78,7 +78,8 @@ def main(argv):
       {"stage_models": [labels[m] for m in combo], "run_dir": str(run_dirs[combo]),
        "metrics": results[combo]["metrics"], "unavailable": results[combo].get("unavailable", {})}
       for combo in run_dirs]}
-  text = ("# Stage ablation (Tables 5-7)\n\nModels: " + ", ".join(f"{l} = {m}" for l, m in zip(labels, FLAGS.model))
+  text = ("# Stage ablation (Tables 5-7)\n\nModels: "
+          + ", ".join(f"{label} = {m}" for label, m in zip(labels, FLAGS.model))
           + "\n" + ablation_tables(results, labels, stages, FLAGS.metrics))
   tables.write_outputs(outdir, "stage_ablation", numbers, text)
   print(text)

@@ -239,7 +239,8 @@ def test_attack_gradient_similarity_optimises_like_the_attack(ramp_attack):
 
 
 def test_attack_gradient_similarity_closed_form(ramp_attack):
-  """Without crops, d loss / d pixel = kernel @ (softmax - onehot) / 64 at every pixel; the mean colour is 1.35 tanh(w)."""
+  """Without crops, d loss / d pixel = kernel @ (softmax - onehot) / 64 at every pixel; the mean colour is
+  1.35 tanh(w)."""
   inputs, models = ramp_attack
   num_steps = 3
   _, similarity = gradients.attack_gradient_similarity(**inputs, **models, config=_attack_config(num_steps, (1.0, 1.0)))

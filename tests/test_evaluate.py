@@ -167,9 +167,9 @@ def test_accuracy_and_eval_distance_match_direct_computation(attack_run, evaluat
                              np.mean(np.argmax(everything[::-1], -1) == run.targets))
   with open(attack_run / "evaluation" / "per_class.csv") as f:
     per_class = {int(r["class"]): float(r["acc_top1_initial"]) for r in csv.DictReader(f)}
+  correct_initial = np.argmax(everything[::-1], -1) == run.targets
   for c in CLASSES:
-    np.testing.assert_allclose(per_class[c], np.mean((np.argmax(everything[::-1], -1) == run.targets)[run.targets == c]),
-                               rtol=1e-5)
+    np.testing.assert_allclose(per_class[c], np.mean(correct_initial[run.targets == c]), rtol=1e-5)
   features = np.asarray(features, np.float64)
   fake_features, real_features = features[:num_fakes], features[num_fakes:]
   nearest = [min(np.sum((real_features[labels == t] - f) ** 2, axis=1)) for f, t in zip(fake_features, targets)]

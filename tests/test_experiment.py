@@ -91,9 +91,11 @@ def test_paired_differences_pair_seed_and_class(tmp_path):
   for alpha, diff in paired.items():
     np.testing.assert_allclose(diff["mean"], shift[alpha], atol=1e-5)
     np.testing.assert_allclose(diff["per_class"], shift[alpha], atol=1e-5)
-    assert diff["low"] == pytest.approx(shift[alpha], abs=1e-5) and diff["high"] == pytest.approx(shift[alpha], abs=1e-5)
+    assert diff["low"] == pytest.approx(shift[alpha], abs=1e-5)
+    assert diff["high"] == pytest.approx(shift[alpha], abs=1e-5)
   lines, rows = experiment.per_class_section(paired, config, tmp_path)
-  assert len(rows) == 8 and np.isnan(rows[0]["delta_alpha0.1"]) and rows[1]["delta_alpha-0.05"] == pytest.approx(-0.3, abs=1e-5)
+  assert len(rows) == 8 and np.isnan(rows[0]["delta_alpha0.1"])
+  assert rows[1]["delta_alpha-0.05"] == pytest.approx(-0.3, abs=1e-5)
   assert "α = -0.05: higher in 0, equal in 0, lower in 8 of 8 classes" in lines[2]
 
 

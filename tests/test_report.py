@@ -25,7 +25,7 @@ SMOOTHED = {"test_accuracy": 0.9310, "ece": 0.1520, "acc_top1": 0.1504, "acc_top
 
 
 def _cells(table, run_name):
-  line = next(l for l in table.splitlines() if l.startswith(f"| {run_name}"))
+  line = next(row for row in table.splitlines() if row.startswith(f"| {run_name}"))
   return dict(zip([c.key for c in report.COLUMNS], [c.strip() for c in line.strip("|").split("|")[1:]]))
 
 
@@ -61,7 +61,7 @@ def test_baseline_outside_the_runs_comes_first_and_no_baseline_means_no_differen
   base = _write(tmp_path, "standard", BASELINE)
   smooth = _write(tmp_path, "ls_negative", SMOOTHED)
   assert report.main([str(smooth / "evaluation" / "report.json"), "--baseline", str(base / "evaluation")]) == 0
-  rows = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| ")][2:]
+  rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][2:]
   assert rows[0].startswith("| standard (baseline)") and rows[1].startswith("| ls_negative")
   assert report.main([str(base), str(smooth)]) == 0
   out = capsys.readouterr().out

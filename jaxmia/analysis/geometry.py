@@ -102,8 +102,8 @@ def select_classes(labels, max_classes: int | None, seed: int = 0) -> np.ndarray
 
 def tsne_embedding(features, *, seed: int = 0, perplexity: float = 30.0, pca_dims: int = 50) -> np.ndarray:
   """2-D t-SNE `[N, 2]` of `features` `[N, D]` (scikit-learn; PCA to `pca_dims` first when D is larger)."""
-  from sklearn.decomposition import PCA  # pylint: disable=g-import-not-at-top
-  from sklearn.manifold import TSNE  # pylint: disable=g-import-not-at-top
+  from sklearn.decomposition import PCA  # noqa: PLC0415 (scikit-learn is slow to import; only t-SNE needs it)
+  from sklearn.manifold import TSNE  # noqa: PLC0415
   features = np.asarray(features, np.float32)
   if features.shape[1] > pca_dims and features.shape[0] > pca_dims:
     features = PCA(pca_dims, random_state=seed).fit_transform(features)

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+import jax
 import numpy as np
 
 from jaxmia.convert import common, store, torch_reader
@@ -20,7 +21,6 @@ _ERRORS = (FileNotFoundError, FileExistsError, torch_reader.TorchFileError, torc
 
 
 def _count(variables, collection="params") -> int:
-  import jax  # pylint: disable=import-outside-toplevel
   return sum(int(np.size(x)) for x in jax.tree.leaves(variables.get(collection, {})))
 
 
@@ -31,7 +31,7 @@ def _print_summary(rows):
 
 
 def convert_classifier(args):
-  from jaxmia.convert import classifiers  # pylint: disable=import-outside-toplevel
+  from jaxmia.convert import classifiers  # noqa: PLC0415 (the model code loads only for its subcommand)
   num_classes = None if args.num_classes.lower() == "none" else int(args.num_classes)
   extra = json.loads(args.module_kwargs)
   state = classifiers.classifier_state_dict(args.input)
@@ -47,7 +47,7 @@ def convert_classifier(args):
 
 
 def convert_stylegan2(args):
-  from jaxmia.convert import stylegan2  # pylint: disable=import-outside-toplevel
+  from jaxmia.convert import stylegan2  # noqa: PLC0415 (the model code loads only for its subcommand)
   networks = torch_reader.read_nvlabs_pickle(args.input)
   if args.network not in networks:
     raise ValueError(f"{args.input} has no network {args.network!r}; it holds {', '.join(networks)}.")

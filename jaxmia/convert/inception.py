@@ -79,7 +79,7 @@ def facenet_module_kwargs(state: Mapping[str, np.ndarray], num_classes: int | No
 def _load_state(state_or_path) -> Mapping[str, np.ndarray]:
   state = state_or_path
   if isinstance(state_or_path, (str, os.PathLike)):
-    from jaxmia.convert import load_torch_file  # Imported here: the reader is only needed for files.
+    from jaxmia.convert import load_torch_file  # noqa: PLC0415 (the reader is only needed for files)
     state = load_torch_file(state_or_path)
   if not isinstance(state, Mapping):
     raise ConversionError(f"Expected a state dict (name -> tensor), got {type(state).__name__}; pass the "

@@ -63,7 +63,7 @@ def _module(cls, init_kwargs: Mapping[str, Any], dtype, what: str):
 
 
 def _read_pickle_network(path, name: str):
-  from jaxmia.convert.torch_reader import read_nvlabs_pickle  # pylint: disable=import-outside-toplevel
+  from jaxmia.convert.torch_reader import read_nvlabs_pickle  # noqa: PLC0415 (the reader is only needed for files)
   networks = read_nvlabs_pickle(path)
   if name not in networks:
     raise ConversionError(f"{path} holds no network {name!r} (it has {sorted(networks)}); is it an NVlabs "

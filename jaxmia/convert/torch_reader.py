@@ -968,7 +968,7 @@ def _load(path_or_bytes, extra_globals=None, limits: _Limits | None = None, name
     source = os.fspath(path_or_bytes)
     if not os.path.isfile(source):
       raise FileNotFoundError(f"{source}: no such file (expected a PyTorch .pt/.pth/.pkl file)")
-    data = open(source, "rb")  # pylint: disable=consider-using-with
+    data = open(source, "rb")  # noqa: SIM115
   try:
     with data:
       data.seek(0, io.SEEK_END)

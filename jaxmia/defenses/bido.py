@@ -41,7 +41,7 @@ def _kernel_minus_one(x: jax.Array, sigma: float) -> jax.Array:
   return jnp.expm1(-_scaled_sq_dists(x, sigma))
 
 
-def hsic_from_kernels(k: jax.Array, l: jax.Array) -> jax.Array:
+def hsic_from_kernels(k: jax.Array, l: jax.Array) -> jax.Array:  # noqa: E741 (the K and L of the formula)
   """Biased HSIC estimate `tr(K H L H) / (m - 1)^2` from two symmetric Gram matrices `[m, m]`.
 
   Adding a constant to every entry of `K` or `L` does not change the result.

@@ -269,7 +269,8 @@ class SynthesisBlock(nn.Module):
     if img is not None:
       img = ops.upsample2d(img, taps)
     if self.num_torgb:
-      y = ToRGB(self.img_channels, conv_clamp=self.conv_clamp, name="torgb")(x, ws[:, self.num_conv]).astype(jnp.float32)
+      y = ToRGB(self.img_channels, conv_clamp=self.conv_clamp, name="torgb")(x, ws[:, self.num_conv])
+      y = y.astype(jnp.float32)
       img = y if img is None else img + y
     return x, img
 
