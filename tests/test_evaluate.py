@@ -55,8 +55,9 @@ def attack_run(tmp_path_factory):
   """A finished-looking attack run: tiny weights folders, latents.npz and summary.json in the attack's format."""
   root = tmp_path_factory.mktemp("attack")
   generator = Generator(**GENERATOR_KWARGS)
-  gv = jax.jit(generator.init)(jax.random.key(0, impl="rbg"), jnp.zeros((1, 8)), None)
-  convert.save_converted(root / "generator", gv, kind="stylegan2_generator", module_kwargs=GENERATOR_KWARGS)
+  generator_variables = jax.jit(generator.init)(jax.random.key(0, impl="rbg"), jnp.zeros((1, 8)), None)
+  convert.save_converted(root / "generator", generator_variables, kind="stylegan2_generator",
+                         module_kwargs=GENERATOR_KWARGS)
   _save_classifier(root / "target", 1, arch="resnet18", num_classes=10, base_channels=4)
   # The evaluation model has another architecture than the target, as in the digits config.
   _save_classifier(root / "evaluation_model", 2, EVAL_SIZE, arch="densenet121", num_classes=10, growth_rate=4,
@@ -65,7 +66,8 @@ def attack_run(tmp_path_factory):
 
   targets = np.repeat(CLASSES, PER_CLASS).astype(np.int32)
   z = jax.random.normal(jax.random.key(4), (len(targets), 8))
-  w = np.asarray(jax.jit(lambda v, z: generator.apply(v, z, None, truncation_psi=0.7, method="mapping"))(gv, z))[:, :1]
+  mapping = jax.jit(lambda v, z: generator.apply(v, z, None, truncation_psi=0.7, method="mapping"))
+  w = np.asarray(mapping(generator_variables, z))[:, :1]
   scores = np.asarray(jax.random.uniform(jax.random.key(5), (len(targets),)))
   selected = np.concatenate([np.flatnonzero(targets == c)[::-1][:SELECTED_PER_CLASS] for c in CLASSES])
   # Stage 1's latents differ from the optimised ones (reversed rows), so Acc@1 before stage 2 is its own number.
@@ -140,27 +142,28 @@ def test_accuracy_and_eval_distance_match_direct_computation(attack_run, evaluat
   """Acc@1, confidence and δ_eval recomputed without the evaluation pipeline (no batching, no cache)."""
   config, result = evaluated
   run = evaluate.load_attack_run(attack_run)
-  generator, gv = convert.load_converted(attack_run / "generator")
+  generator, generator_variables = convert.load_converted(attack_run / "generator")
   model, variables = convert.load_converted(attack_run / "evaluation_model")
   crop = render.resolve_center_crop(0, GENERATOR_KWARGS["img_resolution"])
   split = data.load_split(config.dataset, "train")
   real_images, labels = data.load_arrays(split)
 
   @jax.jit
-  def direct(gv, variables, w, real_images):
-    fakes = jnp.clip(render.synthesize(generator, gv, w), -1, 1)
+  def direct(generator_variables, variables, w, real_images):
+    fakes = jnp.clip(render.synthesize(generator, generator_variables, w), -1, 1)
     fakes = image_ops.resize(image_ops.center_crop(fakes, crop), EVAL_SIZE)
     reals = augment.normalize(augment.to_unit_range(real_images))
     return model.apply(variables, jnp.concatenate([fakes, reals]), return_features=True)
 
-  logits, features = direct(gv, variables, run.selected_w, real_images)
+  logits, features = direct(generator_variables, variables, run.selected_w, real_images)
   num_fakes, targets = len(run.selected), run.selected_targets
   logits = np.asarray(logits[:num_fakes])
   np.testing.assert_allclose(result["metrics"]["acc_top1"], np.mean(np.argmax(logits, -1) == targets))
   confidence = np.take_along_axis(np.asarray(jax.nn.softmax(logits)), targets[:, None], 1)
   np.testing.assert_allclose(result["details"]["mean_target_confidence"], confidence.mean(), rtol=1e-5)
   # Acc@1 of all optimised and of the starting latents (stage 1: the same latents in reverse row order).
-  everything = np.asarray(direct(gv, variables, run.optimized_w, real_images[:1])[0][:len(run.targets)])
+  everything = np.asarray(direct(generator_variables, variables, run.optimized_w,
+                                 real_images[:1])[0][:len(run.targets)])
   correct = np.argmax(everything, -1) == run.targets
   np.testing.assert_allclose(result["details"]["acc_top1_all_optimized"], correct.mean())
   np.testing.assert_allclose(result["details"]["acc_top1_initial"],
