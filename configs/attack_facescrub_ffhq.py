@@ -22,6 +22,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.discriminator = "converted_weights/ffhq_discriminator"
   config.target = "runs/faces/model"  # load_converted dir of the target classifier (530 classes)
   config.targets = "all"          # "all", "N" (the first N classes) or a list of classes, e.g. "[0, 7, 42]"
+  # A workdir holding an attack with other settings (run.json): False stops with the differing fields; True
+  # deletes that attack's outputs (its evaluation included) and starts fresh. Same settings: resumed either way.
+  config.overwrite = False
 
   # Shared by all stages: how a generated image becomes the target model's input.
   center_crop = config_dict.FieldReference(0)    # centre crop in generator pixels; 0 = round(R * 800 / 1024)

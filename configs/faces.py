@@ -52,6 +52,9 @@ def get_config(arg=None):
   config.num_epochs = 100  # training epochs (the last partial batch of each epoch is dropped)
   config.max_steps = -1  # stop with a checkpoint after this many steps in total (-1 = train to the end)
   config.checkpoint_every_steps = 0  # extra checkpoints within epochs (0 = only at the end of each epoch)
+  # A workdir holding a run with other settings (run.json): False stops with the differing fields; True deletes
+  # that run's outputs and starts fresh. A run with the same settings is resumed either way.
+  config.overwrite = False
   return config
 
 

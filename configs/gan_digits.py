@@ -65,6 +65,7 @@ def get_config(arg=None):
   config.log_every_steps = 50           # scalars (losses, logits, R1, kimg, sec/kimg) this often
   config.progress_every_secs = 60.0     # progress / ETA line this often
   config.max_steps = 0                  # stop after this many iterations of this invocation (0: run to the end)
+  config.overwrite = False              # a workdir with a run of other settings: True deletes it and starts fresh
   if arg == "smoke":
     config.generator.update(z_dim=16, w_dim=16, channel_base=128, channel_max=16)
     config.discriminator.update(channel_base=128, channel_max=16)

@@ -15,6 +15,8 @@ as one pure function (`make_train_step`), jitted over the `('data',)` mesh with 
 `TrainState`, so any loaded classifier can be evaluated.
 """
 import functools
+import math
+import numbers
 import pathlib
 from typing import Any, Callable, Mapping
 
@@ -167,9 +169,25 @@ def sgd(learning_rate, *, momentum: float, weight_decay: float) -> optax.Gradien
   return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum=momentum or None))
 
 
+# The rule for the label-smoothing factor α (checked by `check_label_smoothing` before training starts).
+LABEL_SMOOTHING_RULE = ("a finite number <= 1 (the target (1 - α)·onehot + α/C gives the true class 1 - α(C-1)/C, "
+                        "at least 1/C for α <= 1: α = 1 is the uniform target, α < 0 negative label smoothing)")
+
+
+def check_label_smoothing(label_smoothing) -> float:
+  """`label_smoothing` as a float if it is a valid factor α (`LABEL_SMOOTHING_RULE`: finite, α <= 1, any
+  negative value allowed); else a `ValueError`. The loss can only check Python numbers, not the traced
+  per-epoch factor of a jitted step, so the factor is checked here, where the schedule is built."""
+  if (isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real)
+      or not math.isfinite(label_smoothing) or label_smoothing > 1):
+    raise ValueError(f"label_smoothing={label_smoothing!r} must be {LABEL_SMOOTHING_RULE}.")
+  return float(label_smoothing)
+
+
 def smoothing_schedule(label_smoothing: float, num_epochs: int, negative_kind: str) -> Callable[[int], jax.Array]:
   """Label-smoothing factor per epoch: the `negative_kind` schedule (`losses.ls_schedule`) for a negative
-  factor, constant otherwise."""
+  factor, constant otherwise. The factor must satisfy `LABEL_SMOOTHING_RULE` (α <= 1)."""
+  label_smoothing = check_label_smoothing(label_smoothing)
   kind = negative_kind if label_smoothing < 0 else "constant"
   return losses.ls_schedule(label_smoothing, num_epochs, kind)
 

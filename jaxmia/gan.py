@@ -26,20 +26,21 @@ runtime gains inside the Flax modules, so Adam on the stored parameters matches 
 `g_step` and `d_step` are pure functions of (state, batch, key) that `train_step` composes and `jax.jit`s
 over the `('data',)` mesh (reals split over devices, state replicated). Iteration `i` uses
 `fold_in(key(seed), i)` and the data order is a pure function of (seed, epoch), so a run resumed from an
-orbax checkpoint equals an uninterrupted one. The workdir receives TensorBoard scalars, sample grids
-(`samples/fakes_<kimg>.png` from G_ema with fixed latents, `samples/reals.png`), checkpoints and, at the end,
-`generator/` (G_ema) and `discriminator/` (D) written with `convert.save_converted`, loadable with
-`convert.load_converted` exactly like converted NVlabs networks.
+orbax checkpoint equals an uninterrupted one (the newest two checkpoints are kept; an unreadable newest one is
+moved aside with a warning). Before anything is written, the config is validated (`validate_config`) and its
+resume fingerprint (`fingerprint`) compared with the workdir's `run.json`; see `jaxmia.train`. The workdir
+receives TensorBoard scalars, sample grids (`samples/fakes_<kimg>.png` from G_ema with fixed latents,
+`samples/reals.png`), checkpoints and, at the end, `generator/` (G_ema) and `discriminator/` (D) written with
+`convert.save_converted`, loadable with `convert.load_converted` exactly like converted NVlabs networks.
 """
 import functools
-import json
 import math
 import os
 import pathlib
 import time
 from typing import Any
 
-from absl import app, flags, logging
+from absl import flags, logging
 import flax
 import jax
 import jax.numpy as jnp
@@ -48,7 +49,8 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from jaxmia import cli, convert, data, diffaugment, parallel
+from jaxmia import cli, convert, data, diffaugment, files, parallel, train as train_lib
+from jaxmia.cli import number, one_of
 from jaxmia.generate import image_grid, save_png
 from jaxmia.models import stylegan2
 
@@ -315,8 +317,77 @@ def to_float_images(images) -> jax.Array:
 STEP_FIELDS = ("resolution", "generator", "discriminator", "batch_size", "optimizer", "r1_gamma", "r1_interval",
                "pl_weight", "pl_interval", "pl_batch_shrink", "pl_decay", "style_mixing_prob", "ema_kimg",
                "ema_rampup", "compute_dtype", "diffaugment")
-# ... and those that a resumed run must share with the run that wrote the checkpoint.
-RESUME_FIELDS = STEP_FIELDS + ("seed", "dataset", "split")
+# Config fields left out of the resume fingerprint: how a run is shown and paced (sample grids, logs, progress,
+# checkpoint interval, max_steps), total_kimg (a longer run continues a shorter one exactly: nothing depends on
+# the total), where the dataset is, and overwrite itself. Everything else decides the trained networks.
+NOT_IN_FINGERPRINT = ("num_samples", "sample_every_kimg", "checkpoint_every_kimg", "log_every_steps",
+                      "progress_every_secs", "max_steps", "total_kimg", "overwrite", "dataset.manual_dir",
+                      "dataset.data_dir")
+# What a started run leaves in its workdir, and everything it writes (deleted by config.overwrite).
+_STATE = ("checkpoints/*", "generator", "discriminator", "generator.jaxmia-*", "discriminator.jaxmia-*")
+_OUTPUTS = _STATE[1:] + ("checkpoints", "samples", "config.json", "config.json.tmp", "events.out.tfevents.*")
+_ARCHITECTURES = ("orig", "skip", "resnet")
+_DTYPES = ("float32", "bfloat16")
+_positive_int = number(1, integer=True)
+_unit = number(0, 1)
+
+CONFIG_RULES = (
+    ("seed", "an integer", number(integer=True)),
+    ("split", "a split name", lambda v: isinstance(v, str) and v),
+    ("resolution", "a power of two >= 4", lambda v: _positive_int(v) and v >= 4 and v & (v - 1) == 0),
+    ("generator.z_dim", "a positive integer", _positive_int),
+    ("generator.w_dim", "a positive integer", _positive_int),
+    ("generator.mapping_layers", "a positive integer", _positive_int),
+    ("generator.mapping_lr_multiplier", "> 0", number(0, low_open=True)),
+    ("generator.w_avg_beta", "None or in [0, 1]", lambda v: v is None or _unit(v)),
+    ("generator.channel_base", "a positive integer", _positive_int),
+    ("generator.channel_max", "a positive integer", _positive_int),
+    ("generator.architecture", f"one of {_ARCHITECTURES}", one_of(*_ARCHITECTURES)),
+    ("discriminator.architecture", f"one of {_ARCHITECTURES}", one_of(*_ARCHITECTURES)),
+    ("discriminator.channel_base", "a positive integer", _positive_int),
+    ("discriminator.channel_max", "a positive integer", _positive_int),
+    ("discriminator.mbstd_group_size", "None or an integer >= 0",
+     lambda v: v is None or number(0, integer=True)(v)),
+    ("batch_size", "a positive integer", _positive_int),
+    ("total_kimg", "> 0", number(0, low_open=True)),
+    ("optimizer.lr", "> 0", number(0, low_open=True)),
+    ("optimizer.betas", "a pair of numbers in [0, 1)",
+     lambda v: len(v) == 2 and all(number(0, 1, high_open=True)(b) for b in v)),
+    ("optimizer.eps", "> 0", number(0, low_open=True)),
+    ("r1_gamma", ">= 0", number(0)),
+    ("r1_interval", "a positive integer", _positive_int),
+    ("pl_weight", ">= 0", number(0)),
+    ("pl_interval", "a positive integer", _positive_int),
+    ("pl_batch_shrink", "a positive integer", _positive_int),
+    ("pl_decay", "in [0, 1]", _unit),
+    ("style_mixing_prob", "in [0, 1]", _unit),
+    ("ema_kimg", ">= 0", number(0)),
+    ("ema_rampup", "None or >= 0", lambda v: v is None or number(0)(v)),
+    ("compute_dtype", f"one of {_DTYPES}", one_of(*_DTYPES)),
+    ("diffaugment", "a DiffAugment policy string", lambda v: isinstance(v, str)),
+    ("num_samples", "a positive integer", _positive_int),
+    ("sample_every_kimg", "> 0", number(0, low_open=True)),
+    ("checkpoint_every_kimg", "> 0", number(0, low_open=True)),
+    ("log_every_steps", "a positive integer", _positive_int),
+    ("progress_every_secs", "None or > 0", lambda v: v is None or number(0, low_open=True)(v)),
+    ("max_steps", "an integer >= 0 (0: run to the end)", number(0, integer=True)),
+    ("overwrite", "True or False", one_of(True, False)),
+    ("dataset.validation_fraction", "in [0, 1)", number(0, 1, high_open=True)),
+    ("dataset.samples_per_class", "None or a positive integer", lambda v: v is None or _positive_int(v)),
+)
+
+
+def validate_config(config: ConfigDict) -> None:
+  """Every range-limited field of a GAN config (`CONFIG_RULES`) and the DiffAugment policy, checked before any
+  work: one `ValueError` listing all that are out of range."""
+  cli.check_config(config, CONFIG_RULES)
+  diffaugment.parse_policy(config.diffaugment)
+
+
+def fingerprint(config: ConfigDict, split: data.Split) -> dict:
+  """What defines a GAN run's result: the config minus `NOT_IN_FINGERPRINT` and the version of its data."""
+  return {"config": train_lib.config_without(config, NOT_IN_FINGERPRINT),
+          "dataset": {config.split: train_lib.dataset_version(split)}}
 
 
 def step_config(config: ConfigDict) -> FrozenConfigDict:
@@ -372,8 +443,9 @@ def _state_arrays(state: GanState) -> dict:
 
 
 def _checkpoint_manager(directory: pathlib.Path) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(directory.absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=1,
-                                                                                           create=True))
+  """The newest two checkpoints are kept (an unreadable newest one leaves the one before it)."""
+  return ocp.CheckpointManager(directory.absolute(), options=ocp.CheckpointManagerOptions(
+      max_to_keep=train_lib.MAX_TO_KEEP, create=True))
 
 
 def total_steps(config: ConfigDict) -> int:
@@ -399,10 +471,10 @@ def train(config: ConfigDict, workdir: str | os.PathLike, mesh: jax.sharding.Mes
   """
   from clu import metric_writers, periodic_actions  # imports TensorFlow: keep it out of `import jaxmia.gan`
 
-  workdir = pathlib.Path(workdir)
+  validate_config(config)
+  workdir = files.check_workdir(workdir)
   mesh = mesh or parallel.make_mesh()
   _check_config(config, mesh)
-  diffaugment.parse_policy(config.diffaugment)  # a bad policy fails before any work
   split = data.load_split(config.dataset, config.split)
   image_size = split.source[0]["image"].shape[0]
   if image_size != config.resolution:
@@ -414,31 +486,27 @@ def train(config: ConfigDict, workdir: str | os.PathLike, mesh: jax.sharding.Mes
                      f"(config.batch_size={config.batch_size}).")
   num_steps = total_steps(config)
 
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "samples").mkdir(exist_ok=True)
+  # Everything is checked: now the workdir may change.
+  files.check_run_record(workdir, fingerprint(config, split), program="jaxmia.gan", state=_STATE,
+                         outputs=_OUTPUTS, overwrite=bool(config.get("overwrite", False)),
+                         primary=jax.process_index() == 0)
+  train_lib.sync_processes("jaxmia_gan_run_record")
+  (workdir / "samples").mkdir(parents=True, exist_ok=True)
   checkpoints = _checkpoint_manager(workdir / "checkpoints")
-  record = json.loads(ConfigDict({f: config[f] for f in RESUME_FIELDS}).to_json_best_effort())
-  if checkpoints.latest_step() is not None and (workdir / "run.json").exists():
-    previous = json.loads((workdir / "run.json").read_text())
-    changed = sorted(f for f in RESUME_FIELDS if previous.get(f) != record[f])
-    if changed:
-      raise ValueError(f"{workdir} holds a run with other settings of {', '.join(changed)}; resume with the "
-                       "same config or choose a new workdir.")
-  if jax.process_index() == 0:
-    (workdir / "run.json").write_text(json.dumps(record, indent=2))
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   root_key = jax.random.key(config.seed)
   state = parallel.replicate(create_state(config, jax.random.fold_in(root_key, 0)), mesh)
-  if checkpoints.latest_step() is not None:
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_arrays(state))
-    state = state.replace(**checkpoints.restore(checkpoints.latest_step(),
-                                                args=ocp.args.StandardRestore(abstract)))
-    logging.info("Resumed from iteration %d in %s.", int(state.step), workdir)
+  restored_step, restored = train_lib.restore_latest_readable(
+      checkpoints, jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_arrays(state)))
+  if restored is not None:
+    state = state.replace(**restored)
+    logging.info("Resumed from iteration %d in %s.", restored_step, workdir)
   start = int(jax.device_get(state.step))
   if start > num_steps:
     raise ValueError(f"{workdir} holds a checkpoint at iteration {start}, beyond config.total_kimg="
                      f"{config.total_kimg} ({num_steps} iterations); raise total_kimg or choose a new workdir.")
+  if jax.process_index() == 0:
+    files.atomic_write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
 
   train_step = compiled_train_step(step_config(config), mesh)
   step_key = jax.device_put(jax.random.fold_in(root_key, 1), parallel.replicated(mesh))
@@ -503,4 +571,4 @@ if __name__ == "__main__":
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, sample grids and the exported networks.")
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  cli.run(main)

@@ -15,6 +15,8 @@ import math
 import pathlib
 import sys
 
+from jaxmia.files import atomic_write_text
+
 REPORT_FILE = "report.json"
 EVALUATION_DIR = "evaluation"
 
@@ -158,7 +160,7 @@ def main(argv=None) -> int:
     return 2
   table = comparison_table(reports, baseline)
   if args.out:
-    pathlib.Path(args.out).write_text(table)
+    atomic_write_text(args.out, table)
   else:
     sys.stdout.write(table)
   return 0

@@ -7,24 +7,143 @@ One epoch = a deterministic pass over the training split (order = f(seed, epoch)
 jitted with the state donated. Data parallelism: the global batch is sharded over the `('data',)` mesh and
 the state replicated (`jaxmia.parallel`); multi-host runs start through `parallel.initialize_distributed()`.
 After every epoch the model is evaluated on the test split (accuracy, top-5, ECE), metrics go to the console
-and TensorBoard (clu), and an orbax checkpoint is written; a rerun with the same workdir resumes, mid-epoch
-included, and ends with exactly the parameters of an uninterrupted run. The final model is exported with
+and TensorBoard (clu), and an orbax checkpoint is written (the newest two are kept; an unreadable newest one is
+moved aside with a warning and the previous one used); a rerun with the same workdir resumes, mid-epoch
+included, and ends with exactly the parameters of an uninterrupted run. The config is validated
+(`validate_config`) and the resume fingerprint (`fingerprint`: config minus presentation fields, digest of the
+initial weights, dataset version) checked against the workdir's `run.json` before anything is written: a
+different run stops with the differing fields, unless `config.overwrite` discards it. The final model is exported with
 `convert.save_converted(workdir/'model', ...)` so that the attack loads it with `convert.load_converted`.
 """
 import functools
+import hashlib
 import json
 import os
 import pathlib
 from typing import Callable
 
-from absl import app, flags, logging
+from absl import flags, logging
 import jax
+from jax.experimental import multihost_utils
 from ml_collections import ConfigDict, config_flags
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from jaxmia import classifier, cli, convert, data, defenses, parallel
+from jaxmia import classifier, cli, convert, data, defenses, files, models, parallel
+from jaxmia.cli import interval, number, one_of
+
+# ----------------------------------------------------------------------------------------------- config checks
+
+_SCHEDULES = ("ppa", "proportional", "smooth", "constant")
+
+
+def _integers(low):
+  return lambda values: all(number(low, integer=True)(v) for v in values)
+
+
+CONFIG_RULES = (
+    ("seed", "an integer", number(integer=True)),
+    ("image_size", "a positive integer", number(1, integer=True)),
+    ("label_smoothing", classifier.LABEL_SMOOTHING_RULE, number(high=1)),
+    ("ls_schedule", f"one of {_SCHEDULES}", one_of(*_SCHEDULES)),
+    ("num_epochs", "a positive integer", number(1, integer=True)),
+    ("batch_size", "a positive integer", number(1, integer=True)),
+    ("eval_batch_size", "a positive integer", number(1, integer=True)),
+    ("max_steps", "an integer (<= 0: train to the end)", number(integer=True)),
+    ("checkpoint_every_steps", "an integer >= 0 (0: only at the end of each epoch)", number(0, integer=True)),
+    ("overwrite", "True or False", one_of(True, False)),
+    ("init_weights", "a path or ''", lambda v: isinstance(v, str)),
+    ("model.arch", f"one of {models.ARCHITECTURES}", one_of(*models.ARCHITECTURES)),
+    ("model.dtype", f"one of {classifier.COMPUTE_DTYPES}", one_of(*classifier.COMPUTE_DTYPES)),
+    ("model.aux_loss_weight", ">= 0", number(0)),
+    ("defense.name", f"one of {defenses.DEFENSES}", one_of(*defenses.DEFENSES)),
+    ("defense.mid.bottleneck_dim", "a positive integer", number(1, integer=True)),
+    ("defense.mid.beta", ">= 0", number(0)),
+    ("defense.bido.lambda_x", ">= 0", number(0)),
+    ("defense.bido.lambda_y", ">= 0", number(0)),
+    ("defense.bido.sigma", "> 0", number(0, low_open=True)),
+    ("optimizer.learning_rate", "> 0", number(0, low_open=True)),
+    ("optimizer.b1", "in [0, 1)", number(0, 1, high_open=True)),
+    ("optimizer.b2", "in [0, 1)", number(0, 1, high_open=True)),
+    ("optimizer.eps", "> 0", number(0, low_open=True)),
+    ("optimizer.weight_decay", ">= 0", number(0)),
+    ("optimizer.lr_decay", "> 0", number(0, low_open=True)),
+    ("optimizer.lr_decay_epochs", "a list of epochs (integers >= 0)", _integers(0)),
+    ("augment.crop_scale", "a pair (a, b) with 0 < a <= b <= 1", interval(0, 1)),
+    ("augment.crop_ratio", "a pair (a, b) with 0 < a <= b", interval(0, None)),
+    ("augment.brightness", ">= 0", number(0)),
+    ("augment.contrast", ">= 0", number(0)),
+    ("augment.saturation", ">= 0", number(0)),
+    ("augment.hue", "in [0, 0.5]", number(0, 0.5)),
+    ("augment.flip", "True or False", one_of(True, False)),
+    ("dataset.validation_fraction", "in [0, 1)", number(0, 1, high_open=True)),
+    ("dataset.test_fraction", "in (0, 1)", number(0, 1, low_open=True, high_open=True)),
+    ("dataset.samples_per_class", "None or a positive integer", lambda v: v is None or number(1, integer=True)(v)),
+)
+
+
+def validate_config(config: ConfigDict) -> None:
+  """Every range-limited field of a training config (`CONFIG_RULES`), checked before any work: one
+  `ValueError` listing all that are out of range. `label_smoothing`: `classifier.LABEL_SMOOTHING_RULE` (α <= 1)."""
+  cli.check_config(config, CONFIG_RULES)
+
+
+# ----------------------------------------------------------------------------------------------- resume record
+
+# Config fields left out of the resume fingerprint: how a run is paced and shown (max_steps, extra checkpoints),
+# where things are (the dataset folders; init_weights is represented by the digest of its content), and
+# overwrite itself. Everything else decides the trained model.
+NOT_IN_FINGERPRINT = ("max_steps", "checkpoint_every_steps", "overwrite", "init_weights", "dataset.manual_dir",
+                      "dataset.data_dir")
+# What a started run leaves in its workdir, and everything it writes (deleted by config.overwrite).
+_STATE = ("checkpoints/*", "best_checkpoints/*", "model", "best_model", "model.jaxmia-*", "best_model.jaxmia-*")
+_OUTPUTS = ("checkpoints", "best_checkpoints", "model", "best_model", "model.jaxmia-*", "best_model.jaxmia-*",
+            "config.json", "config.json.tmp", "events.out.tfevents.*")
+
+
+def config_without(config: ConfigDict, fields) -> dict:
+  """`config` as JSON values without the dotted `fields`."""
+  values = json.loads(config.to_json_best_effort())
+  for field in fields:
+    *parents, leaf = field.split(".")
+    node = values
+    for parent in parents:
+      node = node.get(parent) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+      node.pop(leaf, None)
+  return values
+
+
+def dataset_version(split: data.Split) -> str:
+  """The prepared dataset a split reads (TFDS name/config/version) and a digest of the examples it selects."""
+  info = getattr(split.source.records, "dataset_info", None)
+  name = getattr(info, "full_name", None) or "unknown dataset"
+  labels = hashlib.sha256(np.ascontiguousarray(split.labels, np.int32).tobytes()).hexdigest()[:16]
+  return f"{name}: {split.num_examples} examples, labels sha256 {labels}"
+
+
+def fingerprint(config: ConfigDict, splits: dict, init_weights_digest: str | None) -> dict:
+  """What defines a training run's result: the config minus `NOT_IN_FINGERPRINT`, the content digest of the
+  initial weights (`files.tree_digest`) and the version of each dataset split."""
+  return {"config": config_without(config, NOT_IN_FINGERPRINT),
+          "weights": {"init_weights": init_weights_digest},
+          "dataset": {name: dataset_version(split) for name, split in splits.items()}}
+
+
+def _previous_config(workdir: pathlib.Path) -> dict | None:
+  """The config.json of a workdir written by an older jaxmia (compared when it has no resume record)."""
+  try:
+    return json.loads((workdir / "config.json").read_text())
+  except (OSError, ValueError):
+    return None
+
+
+def sync_processes(name: str) -> None:
+  """A barrier of all processes of a multi-process run (nothing in a single-process one)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
 
 # ----------------------------------------------------------------------------------------------- config -> library
 
@@ -53,12 +172,16 @@ def learning_rate_schedule(config: ConfigDict, steps_per_epoch: int) -> optax.Sc
 
 
 def create_train_state(config: ConfigDict, module, key: jax.Array, steps_per_epoch: int,
-                       mesh: jax.sharding.Mesh) -> classifier.TrainState:
-  """Random or pretrained (`config.init_weights`) initial variables and a fresh Adam state, replicated."""
+                       mesh: jax.sharding.Mesh, pretrained: dict | None = None) -> classifier.TrainState:
+  """Random or pretrained (`config.init_weights`) initial variables and a fresh Adam state, replicated.
+
+  `pretrained`: the variables of `config.init_weights` if already loaded (`classifier.pretrained_variables`).
+  """
   variables = classifier.init_variables(module, key, config.image_size)
   if config.init_weights:
-    pretrained = classifier.pretrained_variables(config.init_weights, config.model.arch,
-                                                 config.model.builder_kwargs.to_dict())
+    if pretrained is None:
+      pretrained = classifier.pretrained_variables(config.init_weights, config.model.arch,
+                                                   config.model.builder_kwargs.to_dict())
     variables = classifier.merge_pretrained(variables, pretrained,
                                             ("backbone",) if config.defense.name == "mid" else ())
   opt = config.optimizer
@@ -79,9 +202,13 @@ def make_train_step(config: ConfigDict, num_classes: int) -> Callable:
 # ----------------------------------------------------------------------------------------------- loop
 
 
+# Checkpoints kept: the newest two, so that an unreadable newest one leaves the one before it.
+MAX_TO_KEEP = 2
+
+
 def _checkpoint_manager(directory: pathlib.Path, best: bool) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=1, create=True,
+      max_to_keep=MAX_TO_KEEP, create=True,
       best_fn=(lambda m: m["val_accuracy"]) if best else None, best_mode="max")
   return ocp.CheckpointManager(directory.absolute(), options=options)
 
@@ -89,6 +216,30 @@ def _checkpoint_manager(directory: pathlib.Path, best: bool) -> ocp.CheckpointMa
 def _state_arrays(state: classifier.TrainState) -> dict:
   return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
           "opt_state": state.opt_state}
+
+
+def restore_latest_readable(manager: ocp.CheckpointManager, abstract) -> tuple[int | None, dict | None]:
+  """`(step, arrays)` of the newest checkpoint of `manager` that restores into `abstract`, or `(None, None)`.
+
+  A checkpoint that does not read (truncated or corrupt files) is moved aside to `<step>.unreadable` (kept for
+  inspection; orbax ignores it) with a warning naming it, and the one before it is tried.
+  """
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      return step, manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # any failure: orbax and TensorStore report damaged files with several types
+      path = pathlib.Path(os.fspath(manager.directory)) / str(step)
+      aside, n = path.with_name(f"{step}.unreadable"), 1
+      while aside.exists():
+        aside, n = path.with_name(f"{step}.unreadable{n}"), n + 1
+      reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+      logging.warning("Checkpoint %s is unreadable (%s: %s); moved it to %s and trying the previous one.", path,
+                      type(e).__name__, reason, aside.name)
+      if jax.process_index() == 0 and path.exists():
+        path.rename(aside)
+      sync_processes(f"jaxmia_unreadable_checkpoint_{step}")
+      manager.reload()
+  return None, None
 
 
 def _restore(manager: ocp.CheckpointManager, state: classifier.TrainState, step: int) -> classifier.TrainState:
@@ -128,7 +279,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike,
   """
   from clu import metric_writers, periodic_actions  # imports TensorFlow: keep it out of `import jaxmia.train`
 
-  workdir = pathlib.Path(workdir)
+  validate_config(config)
+  workdir = files.check_workdir(workdir)
   mesh = mesh or parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
   parallel.check_batch_size(config.eval_batch_size, mesh, "eval batch size")
@@ -141,26 +293,40 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike,
     raise ValueError(f"The training split has {train_split.num_examples} examples, fewer than one batch "
                      f"(config.batch_size={config.batch_size}); lower the batch size.")
   total_steps = steps_per_epoch * config.num_epochs
-
-  workdir.mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   kind, module_kwargs = model_spec(config, num_classes)
   module = create_model(config, num_classes)
+  pretrained = (classifier.pretrained_variables(config.init_weights, config.model.arch,
+                                                config.model.builder_kwargs.to_dict())
+                if config.init_weights else None)
+  splits = {"train": train_split, "test": test_split, **({"validation": val_split} if val_split else {})}
+  record = fingerprint(config, splits, files.tree_digest(pretrained) if pretrained is not None else None)
   root_key = jax.random.key(config.seed)
-  state = create_train_state(config, module, jax.random.fold_in(root_key, 0), steps_per_epoch, mesh)
+  state = create_train_state(config, module, jax.random.fold_in(root_key, 0), steps_per_epoch, mesh, pretrained)
+  train_step = classifier.jit_train_step(make_train_step(config, num_classes), mesh)
+  alpha_at = classifier.smoothing_schedule(config.label_smoothing, config.num_epochs, config.ls_schedule)
+
+  # Everything is checked: now the workdir may change.
+  files.check_run_record(workdir, record, program="jaxmia.train", state=_STATE, outputs=_OUTPUTS,
+                         overwrite=bool(config.get("overwrite", False)), legacy=_previous_config(workdir),
+                         primary=jax.process_index() == 0)
+  sync_processes("jaxmia_train_run_record")
+  workdir.mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:
+    files.atomic_write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
 
   checkpoints = _checkpoint_manager(workdir / "checkpoints", best=False)
   best_checkpoints = _checkpoint_manager(workdir / "best_checkpoints", best=True) if val_split else None
-  if checkpoints.latest_step() is not None:
-    state = _restore(checkpoints, state, checkpoints.latest_step())
-    logging.info("Resumed from step %d in %s.", int(state.step), workdir)
+  restored_step, restored = restore_latest_readable(
+      checkpoints, jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_arrays(state)))
+  if restored is not None:
+    state = state.replace(**restored)
+    logging.info("Resumed from step %d in %s.", restored_step, workdir)
+  elif checkpoints.all_steps() or any((workdir / "checkpoints").glob("*.unreadable*")):
+    logging.warning("No readable checkpoint in %s: training starts again from step 0.", workdir / "checkpoints")
   start_step = int(jax.device_get(state.step))
 
-  train_step = classifier.jit_train_step(make_train_step(config, num_classes), mesh)
   eval_step = classifier.make_eval_step(module.apply, config.image_size, mesh)
-  alpha_at = classifier.smoothing_schedule(config.label_smoothing, config.num_epochs, config.ls_schedule)
   lr_at = learning_rate_schedule(config, steps_per_epoch)
   # Small replicated inputs are made by jitted functions: device_put cannot target other processes' devices.
   replicated = functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
@@ -238,4 +404,4 @@ if __name__ == "__main__":
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the exported model.")
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  cli.run(main)

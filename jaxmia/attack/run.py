@@ -9,7 +9,12 @@ Workdir layout:
   summary.json              the full config, timings and scores
 
 Every file is written to a temporary name and renamed, so an interrupted run never leaves a half-written
-file; a rerun with the same workdir skips what is done. Randomness comes from the config seed: stage 1 draws
+file; a rerun with the same workdir skips what is done (a cached stage file that does not read, e.g. truncated
+by a copy, is named in a warning and recomputed). Before anything is written, the config is validated
+(`validate_config`), the weights are loaded and the targets resolved; then the resume fingerprint
+(`fingerprint`: the config without presentation fields, content digests of the target, generator and
+discriminator weights) is compared with `run.json`: a workdir holding another run stops with the differing
+fields, unless `config.overwrite` discards it. Randomness comes from the config seed: stage 1 draws
 the search space from `fold_in(seed key, 1)`, and latent i gets `fold_in(fold_in(seed key, 2), i)` in stage 2
 and `fold_in(fold_in(seed key, 3), i)` in stage 3, so a resumed run equals an uninterrupted one.
 """
@@ -19,18 +24,97 @@ import pathlib
 import time
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 import jaxmia
-from jaxmia import convert, files, parallel
+from jaxmia import cli, convert, files, parallel, report
+from jaxmia.cli import interval, number, one_of
 from jaxmia.attack import final_selection, initial_selection, optimize, render
 from jaxmia.models import stylegan2
 
-# Config sections whose values decide the results of stages 1 and 2 (checked when resuming).
-_RESUME_KEYS = ("seed", "generator", "random_generator", "discriminator", "target", "targets", "candidates",
-                "attack")
+# Config fields left out of the resume fingerprint: stage 3 and the grids (recomputed by every run), the weight
+# paths (represented by the digests of their content) and overwrite itself. Everything else decides stages 1-2.
+NOT_IN_FINGERPRINT = ("final_selection", "output", "overwrite", "generator", "target", "discriminator")
+# What a started run leaves in its workdir, and everything it writes (deleted by config.overwrite).
+_STATE = ("initial.npz", "stage2/*.npz", "latents.npz", "summary.json")
+_OUTPUTS = _STATE + ("stage2", "images", report.EVALUATION_DIR, "*.tmp")
+
+_DTYPES = tuple(render.DTYPES)
+_positive_int = number(1, integer=True)
+_flag = one_of(True, False)
+
+
+def _view_rules(section: str) -> list:
+  return [(f"{section}.center_crop", "an integer >= 0 (0: automatic)", number(0, integer=True)),
+          (f"{section}.resize", "a positive integer", _positive_int),
+          (f"{section}.dtype", f"one of {_DTYPES}", one_of(*_DTYPES)),
+          (f"{section}.clamp", "True or False", _flag),
+          (f"{section}.batch_size", "a positive integer", _positive_int)]
+
+
+CONFIG_RULES = (
+    ("seed", "an integer", number(integer=True)),
+    ("overwrite", "True or False", _flag),
+    *_view_rules("candidates"),
+    ("candidates.search_space_size", "a positive integer", _positive_int),
+    ("candidates.num_candidates", "a positive integer", _positive_int),
+    ("candidates.truncation_psi", "a finite number", number()),
+    ("candidates.truncation_cutoff", "None or an integer >= 0", lambda v: v is None or number(0, integer=True)(v)),
+    ("candidates.horizontal_flip", "True or False", _flag),
+    *_view_rules("attack"),
+    ("attack.num_steps", "an integer >= 0", number(0, integer=True)),
+    ("attack.single_w", "True or False", _flag),
+    ("attack.identity_loss", f"one of {tuple(optimize.IDENTITY_LOSSES)}", one_of(*optimize.IDENTITY_LOSSES)),
+    ("attack.learning_rate", "> 0", number(0, low_open=True)),
+    ("attack.b1", "in [0, 1)", number(0, 1, high_open=True)),
+    ("attack.b2", "in [0, 1)", number(0, 1, high_open=True)),
+    ("attack.eps", "> 0", number(0, low_open=True)),
+    ("attack.lr_schedule", "'constant' or 'multistep'", one_of("constant", "multistep")),
+    ("attack.lr_milestones", "a list of steps (integers >= 0)",
+     lambda v: all(number(0, integer=True)(m) for m in v)),
+    ("attack.lr_gamma", "> 0", number(0, low_open=True)),
+    ("attack.discriminator_loss_weight", ">= 0", number(0)),
+    ("attack.crop_scale", "a pair (a, b) with 0 < a <= b <= 1", interval(0, 1)),
+    ("attack.crop_ratio", "a pair (a, b) with 0 < a <= b", interval(0, None)),
+    ("attack.remat", f"one of {('none', *optimize.REMAT_POLICIES)}", one_of("none", *optimize.REMAT_POLICIES)),
+    *_view_rules("final_selection"),
+    ("final_selection.samples_per_target", "a positive integer", _positive_int),
+    ("final_selection.iterations", "a positive integer", _positive_int),
+    ("final_selection.crop_scale", "a pair (a, b) with 0 < a <= b <= 1", interval(0, 1)),
+    ("final_selection.crop_ratio", "a pair (a, b) with 0 < a <= b", interval(0, None)),
+    ("final_selection.horizontal_flip", "True or False", _flag),
+    ("output.images_per_class", "an integer >= 0 (0: no grids)", number(0, integer=True)),
+    ("output.image_size", "a positive integer", _positive_int),
+)
+
+
+def validate_config(config) -> None:
+  """Every range-limited field of an attack config (`CONFIG_RULES`) and the limits between fields, checked
+  before any work: one `ValueError` listing what is out of range. (Targets and centre crops depend on the
+  target and generator: `run_attack` checks them once those are loaded, still before writing anything.)"""
+  cli.check_config(config, CONFIG_RULES)
+  candidates, kept = int(config.candidates.num_candidates), int(config.final_selection.samples_per_target)
+  if candidates > int(config.candidates.search_space_size):
+    raise ValueError(f"config.candidates.num_candidates={candidates} starting latents per class cannot come from "
+                     f"config.candidates.search_space_size={config.candidates.search_space_size} random ones; "
+                     "raise search_space_size or lower num_candidates.")
+  if kept > candidates:
+    raise ValueError(f"config.final_selection.samples_per_target={kept} exceeds the {candidates} latents optimised "
+                     "per class (config.candidates.num_candidates); lower it or raise num_candidates.")
+
+
+def fingerprint(config, *, generator_variables, target_variables, discriminator_variables) -> dict:
+  """What defines stages 1-2 of an attack: the config minus `NOT_IN_FINGERPRINT` and the content digests
+  (`files.tree_digest`) of the weights read from files (None for a seeded random generator or an unused
+  discriminator)."""
+  values = json.loads(config.to_json_best_effort())
+  digest = lambda variables: None if variables is None else files.tree_digest(variables)
+  return {"config": {k: v for k, v in values.items() if k not in NOT_IN_FINGERPRINT},
+          "weights": {"generator": digest(generator_variables), "target": digest(target_variables),
+                      "discriminator": digest(discriminator_variables)}}
 
 
 def resolve_targets(spec, num_classes: int) -> np.ndarray:
@@ -82,19 +166,22 @@ def load_generator(config):
   return generator, jax.jit(generator.init)(jax.random.fold_in(jax.random.key(config.seed), 0), z, None)
 
 
-def _check_resume(workdir: pathlib.Path, config) -> None:
-  """Records the stage 1-2 settings, or checks that a resumed run uses the same ones."""
-  values = config.to_dict()
-  current = {k: json.loads(json.dumps(values.get(k), default=str)) for k in _RESUME_KEYS}
-  path = workdir / "run.json"
-  if path.exists():
-    previous = json.loads(path.read_text())
-    changed = sorted(k for k in _RESUME_KEYS if previous.get(k) != current[k])
-    if changed:
-      raise ValueError(f"{workdir} holds an attack run with different settings ({', '.join(changed)}); "
-                       "use a new --workdir, or restore the settings to resume it.")
-  else:
-    _save_json(path, current)
+def _read_cached(path: pathlib.Path, expected: dict, optional: tuple[str, ...] = ()) -> dict | None:
+  """The arrays of a cached stage file, or None (after a warning naming it, so that it is recomputed) when it
+  does not read (truncated, corrupt) or its arrays are not the `expected` {name: shape, or None for any}
+  (names in `optional` may be absent)."""
+  try:
+    with np.load(path) as f:
+      arrays = {name: f[name] for name in expected if name not in optional or name in f.files}
+  except Exception as e:  # zipfile, zlib, numpy and OS errors all mean "unreadable"
+    logging.warning("%s is unreadable (%s: %s); recomputing it.", path, type(e).__name__, e)
+    return None
+  wrong = [f"{name} {arrays[name].shape} != {shape}" for name, shape in expected.items()
+           if name in arrays and shape is not None and arrays[name].shape != tuple(shape)]
+  if wrong:
+    logging.warning("%s does not belong to this run (%s); recomputing it.", path, ", ".join(wrong))
+    return None
+  return arrays
 
 
 def _progress(total: int):
@@ -131,9 +218,8 @@ def _write_grids(workdir, w, targets, generator, generator_variables, config, me
 
 def run_attack(config, workdir) -> dict:
   """Runs (or resumes) the attack described by `config` in `workdir`; returns the summary dict."""
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  _check_resume(workdir, config)
+  validate_config(config)
+  workdir = files.check_workdir(workdir)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(int(config.candidates.batch_size), mesh, "candidates.batch_size")
   parallel.check_batch_size(int(config.attack.batch_size), mesh, "attack.batch_size")
@@ -144,6 +230,13 @@ def run_attack(config, workdir) -> dict:
   discriminator = discriminator_variables = None
   if config.attack.discriminator_loss_weight > 0:
     discriminator, discriminator_variables = _load(config.discriminator, "StyleGAN2 discriminator", "discriminator")
+  for section in ("candidates", "attack", "final_selection"):
+    try:
+      render.resolve_center_crop(int(config[section].center_crop), generator.img_resolution)
+    except ValueError as e:
+      raise ValueError(f"config.{section}.{e}") from e
+  record = fingerprint(config, generator_variables=generator_variables if config.generator else None,
+                       target_variables=target_variables, discriminator_variables=discriminator_variables)
   generator_variables, target_variables, discriminator_variables = parallel.replicate(
       (generator_variables, target_variables, discriminator_variables), mesh)
   size = int(config.attack.resize)
@@ -151,6 +244,13 @@ def run_attack(config, workdir) -> dict:
                                target_variables).shape[-1]
   classes = resolve_targets(config.targets, num_classes)
   targets = np.repeat(classes, int(config.candidates.num_candidates))
+
+  # Everything is checked: now the workdir may change.
+  files.check_run_record(workdir, record, program="jaxmia.attack", state=_STATE, outputs=_OUTPUTS,
+                         overwrite=bool(config.get("overwrite", False)), primary=jax.process_index() == 0)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("jaxmia_attack_run_record")
+  workdir.mkdir(parents=True, exist_ok=True)
   seed_key = jax.random.key(config.seed)
   logging.info("Attacking %d classes with %d latents on %d device(s); workdir %s.", len(classes), len(targets),
                mesh.devices.size, workdir)
@@ -159,9 +259,15 @@ def run_attack(config, workdir) -> dict:
   # Stage 1: starting latents.
   t0 = time.monotonic()
   initial_path = workdir / "initial.npz"
+  cached = None
   if initial_path.exists():
-    with np.load(initial_path) as f:
-      initial = initial_selection.InitialLatents(w=f["w"], indices=f["indices"], scores=f["scores"])
+    cached = _read_cached(initial_path, {"w": None, "indices": targets.shape, "scores": targets.shape,
+                                         "targets": targets.shape}, optional=("targets",))
+  if cached is not None and "targets" in cached and not np.array_equal(cached["targets"], targets):
+    logging.warning("%s holds the starting latents of other targets; recomputing it.", initial_path)
+    cached = None
+  if cached is not None:
+    initial = initial_selection.InitialLatents(w=cached["w"], indices=cached["indices"], scores=cached["scores"])
     logging.info("Stage 1: loaded %d starting latents from %s.", len(initial.w), initial_path)
   else:
     logging.info("Stage 1: scoring %d random latents.", config.candidates.search_space_size)
@@ -183,9 +289,9 @@ def run_attack(config, workdir) -> dict:
   for start in range(0, num_latents, batch_size):
     stop = min(start + batch_size, num_latents)
     path = workdir / "stage2" / f"batch_{start // batch_size:05d}.npz"
-    if path.exists():
-      with np.load(path) as f:
-        optimized[start:stop] = f["w"]
+    cached = _read_cached(path, {"w": (stop - start, *initial.w.shape[1:])}) if path.exists() else None
+    if cached is not None:
+      optimized[start:stop] = cached["w"]
       continue
     if report is None:
       logging.info("Stage 2: optimising latents %d-%d of %d in batches of %d.", start, num_latents, num_latents,

@@ -7,7 +7,9 @@ A weights folder looks like::
       variables/       orbax checkpoint of the Flax variables ({'params': ..., 'batch_stats': ...})
 
 `kind` and `module_kwargs` say how to rebuild the Flax module, so `load_converted(path)` returns a ready
-`(module, variables)` pair. `jaxmia.json` is written last: a folder that has it is complete.
+`(module, variables)` pair. `jaxmia.json` is written last: a folder that has it is complete. A save is
+written beside the folder and renamed into place, and one that was interrupted is redone by the next save
+(`save_converted`).
 """
 import datetime
 import importlib
@@ -17,8 +19,10 @@ from typing import Any, Mapping
 
 import flax
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
 from jaxmia import files
@@ -50,6 +54,43 @@ def _check_kind(kind: str):
     raise ValueError(f"Unknown weights kind {kind!r}; known kinds: {', '.join(KINDS)}.")
 
 
+PARTIAL_SUFFIX = ".jaxmia-partial"  # `<folder>.jaxmia-partial`: a save in progress (or interrupted)
+REPLACED_SUFFIX = ".jaxmia-replaced"  # `<folder>.jaxmia-replaced`: the previous folder while the new one moves in
+
+
+def _is_local(folder: epath.Path) -> bool:
+  return "://" not in os.fspath(folder)
+
+
+def _sibling(folder: epath.Path, suffix: str) -> epath.Path:
+  return folder.parent / (folder.name + suffix)
+
+
+def started_by_jaxmia(folder) -> bool:
+  """Whether `folder` is an unfinished weights folder that `save_converted` began: no `jaxmia.json`, and nothing
+  but what a save writes (`variables/`, orbax's `variables.orbax-checkpoint-tmp-*`, the info's temporary).
+
+  Earlier versions saved in place, so a save killed midway left such a folder; an empty folder counts too.
+  """
+  folder = _folder(folder)
+  if not folder.is_dir() or (folder / INFO_FILE).exists():
+    return False
+  return all(p.name == VARIABLES_DIR or p.name.startswith(VARIABLES_DIR + ".") or p.name == INFO_FILE + ".tmp"
+             for p in folder.iterdir())
+
+
+def _remove(path: epath.Path) -> None:
+  if path.is_dir():
+    path.rmtree()
+  elif path.exists():
+    path.unlink()
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
 def save_converted(path, variables, *, kind: str, module_kwargs: Mapping[str, Any], source=None,
                    overwrite: bool = False) -> epath.Path:
   """Writes `variables` and the recipe to rebuild their module into the folder `path`.
@@ -62,6 +103,12 @@ def save_converted(path, variables, *, kind: str, module_kwargs: Mapping[str, An
       (`classifier`: `arch`, `num_classes` and builder kwargs; StyleGAN2: the NVlabs `init_kwargs`).
     source: path of the file the weights came from (its name and SHA-256 are recorded), or None.
     overwrite: replace an existing weights folder at `path`.
+
+  Interruptions: a local folder is written as the sibling `<path>.jaxmia-partial` and renamed to `path` when
+  complete (the previous folder, with `overwrite`, is moved aside to `<path>.jaxmia-replaced` and deleted after),
+  so `path` is always absent or complete. Leftovers of an interrupted save (those siblings, or a `path` that
+  `started_by_jaxmia`) are removed and the save redone; a folder jaxmia did not write is never deleted.
+  Object-store URLs (gs://...) are written in place, `jaxmia.json` last.
 
   In a multi-process run every process must call this (orbax saves collectively); process 0 writes the info.
   Returns the absolute path of the folder.
@@ -82,23 +129,40 @@ def save_converted(path, variables, *, kind: str, module_kwargs: Mapping[str, An
       raise FileNotFoundError(f"{source}: source file not found (needed for its SHA-256).")
     info["source"] = {"name": source_path.name, "sha256": files.file_digest(source_path)}
 
-  if folder.exists():
+  unfinished = started_by_jaxmia(folder)  # an interrupted earlier save: redone whatever `overwrite` says
+  if folder.exists() and not unfinished:
     if not overwrite:
       raise FileExistsError(f"{folder} already exists; choose another output folder or overwrite it "
                             "(overwrite=True, or --overwrite on the command line).")
-    if not folder.is_dir() or not ((folder / INFO_FILE).exists() or not any(folder.iterdir())):
+    if not folder.is_dir() or not (folder / INFO_FILE).exists():
       raise FileExistsError(f"{folder} exists and is not a jaxmia weights folder; refusing to overwrite it.")
   primary = jax.process_index() == 0
+  local = _is_local(folder)
+  target = _sibling(folder, PARTIAL_SUFFIX) if local else folder
   if primary:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / INFO_FILE).unlink(missing_ok=True)  # the folder is incomplete until the new info is written
+    if unfinished:
+      logging.warning("%s is an unfinished weights folder (an interrupted save); writing it again.", folder)
+      _remove(folder)
+    if local:
+      for leftover in (target, _sibling(folder, REPLACED_SUFFIX)):
+        _remove(leftover)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / INFO_FILE).unlink(missing_ok=True)  # an in-place folder is incomplete until the new info is written
+  _barrier(f"jaxmia_save_converted_start:{folder}")
 
   tree = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), flax.core.unfreeze(variables))
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(folder / VARIABLES_DIR, tree, force=overwrite)
+    checkpointer.save(target / VARIABLES_DIR, tree, force=True)
 
   if primary:
-    files.atomic_write(folder / INFO_FILE, lambda f: f.write((json.dumps(info, indent=2) + "\n").encode()))
+    files.atomic_write(target / INFO_FILE, lambda f: f.write((json.dumps(info, indent=2) + "\n").encode()))
+    if local:
+      replaced = _sibling(folder, REPLACED_SUFFIX)
+      if folder.exists():
+        folder.rename(replaced)
+      target.rename(folder)
+      _remove(replaced)
+  _barrier(f"jaxmia_save_converted_end:{folder}")
   return folder
 
 

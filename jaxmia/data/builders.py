@@ -386,11 +386,22 @@ class CelebA(_ImageFolderBuilder, skip_registration=True):
 # Stanford Dogs.
 
 def first_bounding_box(annotation: pathlib.Path) -> tuple[int, int, int, int]:
-  """(xmin, ymin, xmax, ymax) of the first object in a Stanford Dogs (PASCAL VOC style) annotation."""
-  box = xml.etree.ElementTree.parse(annotation).getroot().find('object/bndbox')
+  """(xmin, ymin, xmax, ymax) of the first object in a Stanford Dogs (PASCAL VOC style) annotation.
+
+  An annotation that does not parse (e.g. truncated) or lacks a whole box is a `ValueError` naming the file.
+  """
+  restore = 'restore it from the Stanford Dogs Annotation.tar'
+  try:
+    box = xml.etree.ElementTree.parse(annotation).getroot().find('object/bndbox')
+  except xml.etree.ElementTree.ParseError as e:
+    raise ValueError(f'Annotation {annotation} is not valid XML ({e}; truncated?); {restore}.') from e
   if box is None:
-    raise ValueError(f'Annotation {annotation} has no <object><bndbox>.')
-  return tuple(int(box.find(tag).text) for tag in ('xmin', 'ymin', 'xmax', 'ymax'))
+    raise ValueError(f'Annotation {annotation} has no <object><bndbox>; {restore}.')
+  try:
+    return tuple(int(box.find(tag).text) for tag in ('xmin', 'ymin', 'xmax', 'ymax'))
+  except (AttributeError, TypeError, ValueError) as e:
+    raise ValueError(f'Annotation {annotation}: the first <bndbox> lacks an integer xmin, ymin, xmax or ymax; '
+                     f'{restore}.') from e
 
 
 class StanfordDogs(_ImageFolderBuilder, skip_registration=True):
