@@ -44,7 +44,7 @@ def start(argv) -> None:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_WithoutOrbaxInfo())
   parallel.initialize_distributed()
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (heavy; only programs need it)
+  import tensorflow as tf  # noqa: PLC0415 (heavy; only programs need it)
   tf.config.set_visible_devices([], "GPU")
   logging.info("JAX process %d/%d, %d local / %d global devices.", jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())

@@ -94,9 +94,9 @@ def pyplot():
 
   matplotlib is imported on the first call: most programs never draw, and it is slow to import.
   """
-  import matplotlib  # pylint: disable=import-outside-toplevel  (slow; only figure writers need it)
+  import matplotlib  # noqa: PLC0415 (slow; only figure writers need it)
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  import matplotlib.pyplot as plt  # noqa: PLC0415 (after matplotlib.use)
   return plt
 
 

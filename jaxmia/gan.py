@@ -469,7 +469,7 @@ def train(config: ConfigDict, workdir: str | os.PathLike, mesh: jax.sharding.Mes
   Returns the state after the last iteration run by this call (`config.max_steps` stops early, as if
   interrupted; a rerun resumes).
   """
-  from clu import metric_writers, periodic_actions  # imports TensorFlow: keep it out of `import jaxmia.gan`
+  from clu import metric_writers, periodic_actions  # noqa: PLC0415 (imports TensorFlow: not on `import jaxmia.gan`)
 
   validate_config(config)
   workdir = files.check_workdir(workdir)

@@ -277,7 +277,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike,
 
   `mesh` defaults to all devices of all processes (`parallel.make_mesh()`).
   """
-  from clu import metric_writers, periodic_actions  # imports TensorFlow: keep it out of `import jaxmia.train`
+  from clu import metric_writers, periodic_actions  # noqa: PLC0415 (imports TensorFlow: not on `import jaxmia.train`)
 
   validate_config(config)
   workdir = files.check_workdir(workdir)

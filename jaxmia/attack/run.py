@@ -185,7 +185,7 @@ def _read_cached(path: pathlib.Path, expected: dict, optional: tuple[str, ...] =
 
 
 def _progress(total: int):
-  from clu import periodic_actions  # imports TensorFlow, so only when a run starts
+  from clu import periodic_actions  # noqa: PLC0415 (imports TensorFlow, so only when a run starts)
   report = periodic_actions.ReportProgress(num_train_steps=total, every_secs=30.0)
   report(0)
   return report
