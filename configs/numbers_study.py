@@ -81,6 +81,8 @@ def get_config(arg=None):
   config.figure.classes = {"1": tuple(range(10)), "2": (0, 7, 13, 28, 42, 56, 69, 77, 85, 99), "3": ()}[k]
 
   quick = config.quick_settings
+  quick.retrain_prior = True  # a seconds-long prior in the workdir: the quick run needs no shipped weights
+  quick.gan = gan_numbers.get_config("smoke")
   quick.target = numbers.get_config("smoke")
   quick.evaluation_model = ConfigDict(dict(num_epochs=1, dataset=dict(samples_per_class=4), batch_size=32))
   quick.attack.targets = "3"

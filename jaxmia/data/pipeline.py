@@ -130,7 +130,7 @@ def load_split(dataset_config: ml_collections.ConfigDict, split: str) -> Split:
   folder and starts over). Raises `builders.ManualDirError` showing the expected layout if the manual
   directory is missing or malformed.
   """
-  from jaxmia.data import builders  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+  from jaxmia.data import builders  # noqa: PLC0415 (imports TensorFlow)
   storage = {key: dataset_config[key] for key in _STORAGE_FIELDS if key in dataset_config}
   builder = builders.make_builder(dataset_config.name, dataset_config.get('data_dir'), **storage)
   builders.prepare(builder, dataset_config.get('manual_dir'))
@@ -171,9 +171,9 @@ def batches(split: Split, batch_size: int, seed: int, epoch: int, shuffle: bool 
   'label': int32 [b]}`. `process_index`/`process_count` default to JAX's; `num_threads` (default: one per
   CPU) batches are read ahead in threads (image decoding releases the GIL).
   """
-  import grain  # pylint: disable=g-import-not-at-top
+  import grain  # noqa: PLC0415 (grain loads with the first batches)
   if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
+    import jax  # noqa: PLC0415 (import jaxmia.data stays JAX-free)
     process_index, process_count = jax.process_index(), jax.process_count()
   if batch_size % process_count:
     raise ValueError(f'Global batch size {batch_size} is not divisible by the {process_count} processes.')
