@@ -11,7 +11,7 @@ from configs import attack_facescrub_ffhq
 def get_config(arg=None):
   """`arg`: None for the paper's settings, 'smoke' for a few-second pipeline check."""
   config = attack_facescrub_ffhq.get_config(arg)
-  config.target = "runs/celeba/model"    # load_converted dir of the target classifier (1000 classes)
+  config.target = "runs/celeba/model"    # weights folder of the target classifier (1000 classes)
   if arg is None:
     config.candidates.search_space_size = 5000  # random latents scored to find starting points
     config.attack.num_steps = 70                # Adam steps per latent

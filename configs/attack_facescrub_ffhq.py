@@ -16,11 +16,11 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   """`arg`: None for the paper's settings, 'smoke' for a few-second pipeline check."""
   config = ml_collections.ConfigDict()
   config.seed = 42                # seeds the search space and every latent's augmentations
-  config.generator = "converted_weights/ffhq"  # load_converted dir of the StyleGAN2 generator (FFHQ-1024)
-  # load_converted dir of the generator's discriminator (`python -m jaxmia.convert stylegan2 --network D`);
+  config.generator = "converted_weights/ffhq"  # weights folder of the StyleGAN2 generator (FFHQ-1024)
+  # weights folder of the generator's discriminator (`python -m jaxmia.convert stylegan2 --network D`);
   # read only if attack.discriminator_loss_weight > 0.
   config.discriminator = "converted_weights/ffhq_discriminator"
-  config.target = "runs/faces/model"  # load_converted dir of the target classifier (530 classes)
+  config.target = "runs/faces/model"  # weights folder of the target classifier (530 classes)
   config.targets = "all"          # "all", "N" (the first N classes) or a list of classes, e.g. "[0, 7, 42]"
   # A workdir holding an attack with other settings (run.json): False stops with the differing fields; True
   # deletes that attack's outputs (its evaluation included) and starts fresh. Same settings: resumed either way.

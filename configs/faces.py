@@ -29,14 +29,15 @@ def get_config(arg=None):
   config.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (parameters stay float32)
   config.model.builder_kwargs = ConfigDict()  # extra kwargs of the architecture's builder (e.g. base_channels)
   config.model.aux_loss_weight = 0.0  # weight of Inception-v3's auxiliary-head loss (0 = not computed)
-  # ImageNet initialisation: a converted_weights/ entry (convert.save_converted) or a torchvision .pth file;
+  # ImageNet initialisation: a weights folder (jaxmia.model_store) or a torchvision .pth file;
   # the head (`fc`) is always created fresh for the dataset's classes. '' = random initialisation.
   config.init_weights = "converted_weights/resnet152_imagenet"
 
   config.defense = defense_config()
 
   config.label_smoothing = 0.0  # smoothing factor alpha of the cross-entropy target (negative allowed)
-  config.ls_schedule = "ppa"  # negative-alpha schedule: 'ppa' (exact, 100 epochs) | 'proportional' | 'smooth' | 'constant'
+  # negative-alpha schedule: 'ppa' (exact, 100 epochs) | 'proportional' | 'smooth' | 'constant'
+  config.ls_schedule = "ppa"
 
   config.optimizer = ConfigDict()
   config.optimizer.learning_rate = 1e-3  # Adam step size before decays

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxmia import convert, data, defenses, losses, metrics, models, parallel
+from jaxmia import convert, data, defenses, losses, metrics, model_store, models, parallel
 from jaxmia.data import augment
 
 # Top-level submodules whose parameters are created fresh when the initial weights come from another task
@@ -58,7 +58,7 @@ def compute_dtype(name: str) -> jnp.dtype:
 
 def model_spec(arch: str, num_classes: int, builder_kwargs: Mapping[str, Any] | None = None, *,
                mid_bottleneck_dim: int | None = None) -> tuple[str, dict]:
-  """The export kind and the `module_kwargs` that rebuild the model (`convert.load_converted`).
+  """The export kind and the `module_kwargs` that rebuild the model (`model_store.load_model`).
 
   `mid_bottleneck_dim`: the model is a MID classifier (`defenses.create_mid_classifier`) with a variational
   bottleneck of this size before the head; None: a plain `models.create_classifier` classifier.
@@ -96,7 +96,7 @@ def pretrained_variables(path, arch: str, builder_kwargs: Mapping[str, Any] | No
                             "(see `python -m jaxmia.convert`) or a torchvision .pth file, or '' to start "
                             "from random weights.")
   if path.is_dir():
-    _, variables = convert.load_converted(path)
+    _, variables = model_store.load_model(path)
   else:
     variables = convert.classifier_from_torch(arch, path, None, **dict(builder_kwargs or {}))
   return jax.device_get(variables)

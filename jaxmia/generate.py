@@ -58,13 +58,13 @@ def main(argv=None):
   if args.num < 1 or args.batch_size < 1:
     parser.error("--num and --batch-size must be positive")
 
-  from jaxmia.convert import store  # noqa: PLC0415 (orbax loads only for the CLI; jaxmia.gan imports this module)
+  from jaxmia import model_store  # noqa: PLC0415 (orbax loads only for the CLI; jaxmia.gan imports this module)
   try:
-    info = store.read_info(args.weights)
+    info = model_store.read_info(args.weights)
     if info["kind"] != "stylegan2_generator":
       raise ValueError(f"{args.weights} holds a {info['kind']!r}, not a StyleGAN2 generator; convert one with "
                        "`python -m jaxmia.convert stylegan2 --input FILE.pkl --output DIR`.")
-    generator, variables = store.load_converted(args.weights)
+    generator, variables = model_store.load_model(args.weights)
     images = generate_images(generator, variables, jax.random.key(args.seed), args.num,
                              truncation_psi=args.truncation_psi, truncation_cutoff=args.truncation_cutoff,
                              class_idx=args.class_idx, noise_mode=args.noise_mode,

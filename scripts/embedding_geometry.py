@@ -5,7 +5,7 @@
         --model runs/faces/model --label "α=0" \\
         --model runs/faces_ls0.1/model --label "α=0.1"
 
-For each model (a `load_converted` folder; its dataset and input size come from the training run's
+For each model (a weights folder, `jaxmia.model_store`; its dataset and input size come from the training run's
 `config.json` unless --dataset/--image-size are given) the training images' pooled penultimate features give,
 per sample, the mean intra-/inter-class L2 distance and the nearest same-/other-class neighbour distance,
 divided by the model's largest pairwise distance. Writes `geometry.json`/`geometry.md` (mean, sd, median per
@@ -17,7 +17,7 @@ import pathlib
 
 import numpy as np
 
-from jaxmia import convert, data, files, parallel
+from jaxmia import data, files, model_store, parallel
 from jaxmia.analysis import geometry, runs, tables
 
 STAT_TITLES = {"intra_mean": "mean intra-class distance", "inter_mean": "mean inter-class distance",
@@ -93,7 +93,7 @@ def main():
     elif split_key != cached_split:
       raise ValueError(f"{model_dir} was trained on other data than {args.model[0]}; all models must share one "
                        "dataset (or pass --dataset to analyse them all on the same one).")
-    module, variables = convert.load_converted(model_dir)
+    module, variables = model_store.load_model(model_dir)
     features = geometry.penultimate_features(module, parallel.replicate(variables, mesh), images[rows],
                                              image_size=image_size, batch_size=args.batch_size, mesh=mesh)
     stats[name] = geometry.class_distance_stats(features, labels[rows]).scaled()

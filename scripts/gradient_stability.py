@@ -22,7 +22,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # config files import `configs`
 
-from jaxmia import convert, files, parallel  # noqa: E402
+from jaxmia import files, model_store, parallel  # noqa: E402
 from jaxmia.analysis import gradients, tables  # noqa: E402
 from jaxmia.attack import run as attack_run  # noqa: E402
 
@@ -70,7 +70,7 @@ def main(argv):
 
   similarities, numbers, inputs = {}, {"num_latents": FLAGS.num_latents, "seed": seed, "models": []}, None
   for name, model_dir in zip(labels, FLAGS.model):
-    target_model, target_variables = convert.load_converted(model_dir)
+    target_model, target_variables = model_store.load_model(model_dir)
     size = int(config.attack.resize)
     num_classes = jax.eval_shape(lambda v: target_model.apply(v, jax.numpy.zeros((1, size, size, 3))),
                                  target_variables).shape[-1]

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmia import attack, convert, models, parallel
+from jaxmia import attack, model_store, models, parallel
 from jaxmia.attack import optimize
 from jaxmia.models.stylegan2 import Generator
 
@@ -280,9 +280,9 @@ def test_four_devices_match_one_device(real, optimized_on_4_devices):
 @pytest.fixture(scope="module")
 def weights(real, tmp_path_factory):
   folder = tmp_path_factory.mktemp("weights")
-  convert.save_converted(folder / "generator", real["generator_variables"], kind="stylegan2_generator",
+  model_store.save_model(folder / "generator", real["generator_variables"], kind="stylegan2_generator",
                          module_kwargs=GENERATOR_KWARGS)
-  convert.save_converted(folder / "target", real["target_variables"], kind="classifier",
+  model_store.save_model(folder / "target", real["target_variables"], kind="classifier",
                          module_kwargs=TARGET_KWARGS)
   return folder
 

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from jaxmia import classifier, convert, data, evaluate, models, parallel, report, student
+from jaxmia import classifier, data, evaluate, model_store, models, parallel, report, student
 from jaxmia.attack import render
 from jaxmia.data import augment, image_ops, pipeline
 from jaxmia.metrics import knowledge_extraction
@@ -47,7 +47,7 @@ def _random_variables(module, seed, size):
 
 def _save_classifier(path, seed, size=SIZE, **module_kwargs):
   module = models.create_classifier(**module_kwargs)
-  convert.save_converted(path, _random_variables(module, seed, size), kind="classifier", module_kwargs=module_kwargs)
+  model_store.save_model(path, _random_variables(module, seed, size), kind="classifier", module_kwargs=module_kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def attack_run(tmp_path_factory):
   root = tmp_path_factory.mktemp("attack")
   generator = Generator(**GENERATOR_KWARGS)
   generator_variables = jax.jit(generator.init)(jax.random.key(0, impl="rbg"), jnp.zeros((1, 8)), None)
-  convert.save_converted(root / "generator", generator_variables, kind="stylegan2_generator",
+  model_store.save_model(root / "generator", generator_variables, kind="stylegan2_generator",
                          module_kwargs=GENERATOR_KWARGS)
   _save_classifier(root / "target", 1, arch="resnet18", num_classes=10, base_channels=4)
   # The evaluation model has another architecture than the target, as in the digits config.
@@ -142,8 +142,8 @@ def test_accuracy_and_eval_distance_match_direct_computation(attack_run, evaluat
   """Acc@1, confidence and δ_eval recomputed without the evaluation pipeline (no batching, no cache)."""
   config, result = evaluated
   run = evaluate.load_attack_run(attack_run)
-  generator, generator_variables = convert.load_converted(attack_run / "generator")
-  model, variables = convert.load_converted(attack_run / "evaluation_model")
+  generator, generator_variables = model_store.load_model(attack_run / "generator")
+  model, variables = model_store.load_model(attack_run / "evaluation_model")
   crop = render.resolve_center_crop(0, GENERATOR_KWARGS["img_resolution"])
   split = data.load_split(config.dataset, "train")
   real_images, labels = data.load_arrays(split)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import gan_digits
-from jaxmia import convert, gan
+from jaxmia import gan, model_store
 
 
 def test_ema_beta_follows_nvlabs_rampup():
@@ -111,15 +111,15 @@ def test_resumed_run_equals_uninterrupted_run(smoke_runs):
 
 def test_exported_networks_load_like_converted_ones(smoke_runs):
   config, full_dir, full, _, _ = smoke_runs
-  generator, g_vars = convert.load_converted(full_dir / "generator")
+  generator, g_vars = model_store.load_model(full_dir / "generator")
   assert generator == gan.create_networks(config)[0]  # the same module as training used
-  assert convert.read_info(full_dir / "generator")["module_kwargs"] == gan.generator_kwargs(config)
+  assert model_store.read_info(full_dir / "generator")["module_kwargs"] == gan.generator_kwargs(config)
   for a, b in zip(jax.tree.leaves(g_vars), jax.tree.leaves(jax.device_get(gan.ema_variables(full)))):
     np.testing.assert_array_equal(a, b)
   z = jax.random.normal(jax.random.key(0), (config.num_samples, generator.z_dim))
   images = gan.compiled_sampler(gan.step_config(config))(g_vars, z)  # compiled by the training runs
   assert images.shape == (config.num_samples, 32, 32, 3) and np.all(np.isfinite(images))
-  discriminator, d_vars = convert.load_converted(full_dir / "discriminator")
+  discriminator, d_vars = model_store.load_model(full_dir / "discriminator")
   logits = jax.jit(discriminator.apply)(d_vars, images)
   assert logits.shape == (4, 1) and np.all(np.isfinite(logits))
   samples = sorted(p.name for p in (full_dir / "samples").iterdir())  # every 2 iterations of 8 images

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxmia import generate
-from jaxmia.convert import store
+from jaxmia import generate, model_store
 from jaxmia.models import stylegan2 as sg2
 
 KWARGS = dict(z_dim=8, c_dim=0, w_dim=8, img_resolution=8, img_channels=3, mapping_kwargs={"num_layers": 2},
@@ -18,7 +17,7 @@ def weights(tmp_path_factory):
   generator = sg2.Generator(**KWARGS)
   variables = generator.init(jax.random.key(0), jnp.zeros((1, 8)), None, noise_mode="const")
   folder = tmp_path_factory.mktemp("weights") / "tiny"
-  store.save_converted(folder, variables, kind="stylegan2_generator", module_kwargs=KWARGS)
+  model_store.save_model(folder, variables, kind="stylegan2_generator", module_kwargs=KWARGS)
   return folder, generator, variables
 
 

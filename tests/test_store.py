@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 import jaxmia
-from jaxmia import models
+from jaxmia import model_store, models
 from jaxmia.defenses import mid
 from jaxmia.models import stylegan2
-from jaxmia.convert import store
 from jaxmia.convert.__main__ import main
 
 
@@ -40,11 +39,11 @@ def test_round_trip_is_exact_and_records_its_source(tmp_path):
   variables = _variables(np.random.default_rng(0))
   source = tmp_path / "weights.pth"
   source.write_bytes(b"pretend torch file \x00\xff" * 1000)
-  folder = store.save_converted(tmp_path / "out", variables, kind="stylegan2_generator",
+  folder = model_store.save_model(tmp_path / "out", variables, kind="stylegan2_generator",
                                 module_kwargs={"z_dim": 8, "mapping_kwargs": {"num_layers": 2}}, source=source)
   assert str(folder) == str(tmp_path / "out")
-  _assert_same_tree(store.load_variables(folder), variables)
-  info = store.read_info(folder)
+  _assert_same_tree(model_store.load_variables(folder), variables)
+  info = model_store.read_info(folder)
   assert info["kind"] == "stylegan2_generator"
   assert info["module_kwargs"] == {"z_dim": 8, "mapping_kwargs": {"num_layers": 2}}
   assert info["source"] == {"name": "weights.pth", "sha256": hashlib.sha256(source.read_bytes()).hexdigest()}
@@ -58,47 +57,47 @@ def test_relative_paths_and_overwrite(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   rng = np.random.default_rng(1)
   first, second = _variables(rng), _variables(rng)
-  store.save_converted("weights/run", first, kind="classifier", module_kwargs={"arch": "resnet18",
+  model_store.save_model("weights/run", first, kind="classifier", module_kwargs={"arch": "resnet18",
                                                                                "num_classes": 10})
-  assert store.read_info(tmp_path / "weights" / "run")["source"] is None
+  assert model_store.read_info(tmp_path / "weights" / "run")["source"] is None
   with pytest.raises(FileExistsError, match="overwrite"):
-    store.save_converted("weights/run", second, kind="classifier", module_kwargs={})
-  _assert_same_tree(store.load_variables("weights/run"), first)  # a refused save leaves the folder intact
-  store.save_converted("weights/run", second, kind="mid_classifier", module_kwargs={"k": 1}, overwrite=True)
-  _assert_same_tree(store.load_variables("weights/run"), second)
-  assert store.read_info("weights/run")["kind"] == "mid_classifier"
+    model_store.save_model("weights/run", second, kind="classifier", module_kwargs={})
+  _assert_same_tree(model_store.load_variables("weights/run"), first)  # a refused save leaves the folder intact
+  model_store.save_model("weights/run", second, kind="mid_classifier", module_kwargs={"k": 1}, overwrite=True)
+  _assert_same_tree(model_store.load_variables("weights/run"), second)
+  assert model_store.read_info("weights/run")["kind"] == "mid_classifier"
   # overwrite never deletes a folder that is not a weights folder.
   (tmp_path / "notes").mkdir()
   (tmp_path / "notes" / "todo.txt").write_text("keep me")
   with pytest.raises(FileExistsError, match="not a jaxmia weights folder"):
-    store.save_converted("notes", first, kind="classifier", module_kwargs={}, overwrite=True)
+    model_store.save_model("notes", first, kind="classifier", module_kwargs={}, overwrite=True)
   assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
 
 
 def test_clear_errors(tmp_path):
   variables = _variables(np.random.default_rng(2))
   with pytest.raises(FileNotFoundError, match="no such weights folder.*python -m jaxmia.convert"):
-    store.load_converted(tmp_path / "missing")
+    model_store.load_model(tmp_path / "missing")
   (tmp_path / "plain").mkdir()
   with pytest.raises(FileNotFoundError, match="not a jaxmia weights folder.*python -m jaxmia.convert"):
-    store.load_converted(tmp_path / "plain")
+    model_store.load_model(tmp_path / "plain")
   (tmp_path / "model.pth").write_bytes(b"PK")
   with pytest.raises(FileNotFoundError, match="is a file, not a jaxmia weights folder"):
-    store.load_converted(tmp_path / "model.pth")
+    model_store.load_model(tmp_path / "model.pth")
   with pytest.raises(ValueError, match="Unknown weights kind 'resnet'.*classifier"):
-    store.save_converted(tmp_path / "a", variables, kind="resnet", module_kwargs={})
+    model_store.save_model(tmp_path / "a", variables, kind="resnet", module_kwargs={})
   with pytest.raises(TypeError, match="JSON"):
-    store.save_converted(tmp_path / "b", variables, kind="classifier", module_kwargs={"dtype": jnp.bfloat16})
+    model_store.save_model(tmp_path / "b", variables, kind="classifier", module_kwargs={"dtype": jnp.bfloat16})
   with pytest.raises(FileNotFoundError, match="source file not found"):
-    store.save_converted(tmp_path / "c", variables, kind="classifier", module_kwargs={}, source=tmp_path / "x")
-  folder = store.save_converted(tmp_path / "d", variables, kind="classifier", module_kwargs={})
-  info = store.read_info(folder)
+    model_store.save_model(tmp_path / "c", variables, kind="classifier", module_kwargs={}, source=tmp_path / "x")
+  folder = model_store.save_model(tmp_path / "d", variables, kind="classifier", module_kwargs={})
+  info = model_store.read_info(folder)
   (folder / "jaxmia.json").write_text(json.dumps(dict(info, kind="vit")))
   with pytest.raises(ValueError, match="unknown weights kind 'vit'"):
-    store.load_converted(folder)
+    model_store.load_model(folder)
 
 
-def test_load_converted_builds_the_classifier(tmp_path):
+def test_load_model_builds_the_classifier(tmp_path):
   module = models.create_classifier("resnet18", 7)
   x = np.random.default_rng(3).uniform(-1, 1, size=(2, 32, 32, 3)).astype(np.float32)
   rng = np.random.default_rng(4)
@@ -109,16 +108,16 @@ def test_load_converted_builds_the_classifier(tmp_path):
     return value.astype(leaf.dtype)
 
   variables = jax.tree_util.tree_map_with_path(random_leaf, jax.eval_shape(module.init, jax.random.key(0), x))
-  store.save_converted(tmp_path / "resnet", variables, kind="classifier",
+  model_store.save_model(tmp_path / "resnet", variables, kind="classifier",
                        module_kwargs={"arch": "resnet18", "num_classes": 7})
-  loaded_module, loaded = store.load_converted(tmp_path / "resnet")
+  loaded_module, loaded = model_store.load_model(tmp_path / "resnet")
   assert loaded_module == module
   _assert_same_tree(loaded, variables)
   apply = jax.jit(loaded_module.apply)
   logits = apply(loaded, x)
   assert logits.shape == (2, 7) and np.all(np.isfinite(logits))
   np.testing.assert_array_equal(logits, apply(variables, x))
-  bf16_module, _ = store.load_converted(tmp_path / "resnet", dtype=jnp.bfloat16)
+  bf16_module, _ = model_store.load_model(tmp_path / "resnet", dtype=jnp.bfloat16)
   assert bf16_module == models.create_classifier("resnet18", 7, dtype=jnp.bfloat16)
 
 
@@ -133,8 +132,8 @@ def test_load_converted_builds_the_classifier(tmp_path):
 ])
 def test_every_kind_rebuilds_its_module(tmp_path, kind, module_kwargs, build):
   variables = {"params": {"x": np.arange(3, dtype=np.float32)}}
-  store.save_converted(tmp_path / kind, variables, kind=kind, module_kwargs=module_kwargs)
-  module, loaded = store.load_converted(tmp_path / kind)
+  model_store.save_model(tmp_path / kind, variables, kind=kind, module_kwargs=module_kwargs)
+  module, loaded = model_store.load_model(tmp_path / kind)
   assert module == build(module_kwargs)
   _assert_same_tree(loaded, variables)
 

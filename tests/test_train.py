@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from jaxmia import classifier, convert, data, parallel, train
+from jaxmia import classifier, data, model_store, parallel, train
 
 sys.path.insert(0, str(REPO))  # configs/*.py import each other as `configs.<name>`, as under `python -m`
 
@@ -131,7 +131,7 @@ def test_exported_model_reproduces_reported_metrics(uninterrupted):
   workdir, params, final = uninterrupted
   assert final["epoch"] == 2 and 0 <= final["test_ece"] <= 1 and final["train_kl"] > 0
   assert (workdir / "config.json").exists() and list((workdir / "checkpoints").iterdir())
-  module, variables = convert.load_converted(workdir / "model")
+  module, variables = model_store.load_model(workdir / "model")
   assert type(module).__name__ == "MIDClassifier" and module.bottleneck_dim == 16
   chex.assert_trees_all_equal(variables["params"], params)
   images, labels = data.load_arrays(data.load_split(smoke_config().dataset, "test"))
@@ -169,7 +169,7 @@ def test_two_processes_match_one_process(uninterrupted, compilation_cache, tmp_p
   outputs = [p.communicate(timeout=600)[0] for p in processes]
   for p, output in zip(processes, outputs):
     assert p.returncode == 0, output[-3000:]
-  _, variables = convert.load_converted(tmp_path / "model")
+  _, variables = model_store.load_model(tmp_path / "model")
   assert_trees_close(variables["params"], params, rtol=1e-4, atol=1e-5)
 
 

@@ -14,7 +14,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from jaxmia import convert, files, parallel
+from jaxmia import files, model_store, parallel
 from jaxmia.attack import final_selection, initial_selection, optimize, run
 
 STAGES = ("sampling", "optimization", "selection")
@@ -75,7 +75,7 @@ def run_stage_ablation(config, model_dirs: Sequence[str], workdir, *, stages: Se
   mesh = mesh or parallel.make_mesh()
   generator, generator_variables = run.load_generator(config)
   generator_variables = parallel.replicate(generator_variables, mesh)
-  targets_models = [convert.load_converted(d) for d in model_dirs]
+  targets_models = [model_store.load_model(d) for d in model_dirs]
   size = int(config.attack.resize)
   class_counts = {jax.eval_shape(lambda v, m=m: m.apply(v, jax.numpy.zeros((1, size, size, 3))), v).shape[-1]
                   for m, v in targets_models}

@@ -11,8 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmia import convert, data, files, metrics, parallel, train
-from jaxmia.convert import store
+from jaxmia import data, files, metrics, model_store, parallel, train
 from jaxmia.data import augment
 
 
@@ -54,11 +53,11 @@ def run_calibration(train_config, alphas: Sequence[float], seeds: Sequence[int],
     for seed in seeds:
       name = run_name(alpha, seed)
       model_dir = workdir / name / "model"
-      if not (model_dir / store.INFO_FILE).exists():
+      if not (model_dir / model_store.INFO_FILE).exists():
         config = copy.deepcopy(train_config)
         config.label_smoothing, config.seed = float(alpha), int(seed)
         train.train_and_evaluate(config, workdir / name, mesh=mesh)
-      module, variables = convert.load_converted(model_dir)
+      module, variables = model_store.load_model(model_dir)
       probs = test_probabilities(module, variables, images, image_size=train_config.image_size,
                                  batch_size=train_config.eval_batch_size, mesh=mesh)
       records.append({"alpha": float(alpha), "seed": int(seed), "name": name, **measure(probs, labels, num_bins)})

@@ -5,7 +5,7 @@
     python -m jaxmia.convert stylegan2 --input ffhq.pkl --output converted_weights/ffhq [--network G_ema|G|D]
     python -m jaxmia.convert inspect FILE
 
-Every weights folder is read back with `jaxmia.convert.load_converted(path)`.
+Every weights folder is read back with `jaxmia.model_store.load_model(path)`.
 """
 import argparse
 import json
@@ -14,7 +14,8 @@ import sys
 import jax
 import numpy as np
 
-from jaxmia.convert import common, store, torch_reader
+from jaxmia import model_store
+from jaxmia.convert import common, torch_reader
 
 _ERRORS = (FileNotFoundError, FileExistsError, torch_reader.TorchFileError, torch_reader.UnsafePickleError,
            common.ConversionError, ValueError)
@@ -37,7 +38,7 @@ def convert_classifier(args):
   state = classifiers.classifier_state_dict(args.input)
   module_kwargs = classifiers.classifier_module_kwargs(args.arch, state, num_classes, **extra)
   variables = classifiers.classifier_from_torch(args.arch, state, num_classes, **module_kwargs)
-  folder = store.save_converted(args.output, variables, kind="classifier",
+  folder = model_store.save_model(args.output, variables, kind="classifier",
                                 module_kwargs={"arch": args.arch, "num_classes": num_classes, **module_kwargs},
                                 source=args.input, overwrite=args.overwrite)
   print("Converted classifier:")
@@ -59,7 +60,7 @@ def convert_stylegan2(args):
   else:
     module, variables = stylegan2.stylegan2_from_torch(source)
     kind = "stylegan2_generator"
-  folder = store.save_converted(args.output, variables, kind=kind, module_kwargs=network.init_kwargs,
+  folder = model_store.save_model(args.output, variables, kind=kind, module_kwargs=network.init_kwargs,
                                 source=args.input, overwrite=args.overwrite)
   print(f"Converted StyleGAN2 {network.class_name} ({args.network}):")
   rows = [("resolution", module.img_resolution), ("image channels", module.img_channels),

@@ -6,7 +6,7 @@ one reparameterised sample `z = mu + std * eps`; evaluation uses `z = mu`. The h
 The training loss is `CE + beta * KL(N(mu, std^2) || N(0, I))`; the per-example KL is sown as
 `('intermediates', 'bottleneck_kl')` in training mode.
 
-`create_mid_classifier(arch, num_classes, bottleneck_dim, dtype)` is what `convert.load_converted` calls for
+`create_mid_classifier(arch, num_classes, bottleneck_dim, dtype)` is what `model_store.load_model` calls for
 the `mid_classifier` kind, so a trained MID target loads like any classifier.
 """
 from typing import Any, Mapping

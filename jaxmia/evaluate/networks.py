@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxmia import convert, files
+from jaxmia import files, model_store
 from jaxmia.convert.inception import fid_inception_from_torch
 from jaxmia.data import augment
 from jaxmia.models.inception import FID_RESOLUTION
@@ -62,11 +62,11 @@ def num_classes(net: FeatureNetwork, variables) -> int:
 def load_weights(path: str, what: str, field: str, **overrides):
   """`(module, variables, weights id)` of a weights folder; `what` and the config `field` name it in errors."""
   if not pathlib.Path(path).exists():
-    raise FileNotFoundError(f"{what} not found at {path!r}; set --config.{field} to a weights folder written by "
-                            "jaxmia.convert.save_converted (or a jaxmia training export), or to '' to skip the "
-                            "metrics that need it.")
-  module, variables = convert.load_converted(path, **overrides)
-  return module, variables, json_digest(convert.read_info(path))
+    raise FileNotFoundError(f"{what} not found at {path!r}; set --config.{field} to a weights folder "
+                            "(jaxmia.model_store: converted PyTorch weights or a jaxmia training export), or to '' "
+                            "to skip the metrics that need it.")
+  module, variables = model_store.load_model(path, **overrides)
+  return module, variables, json_digest(model_store.read_info(path))
 
 
 def load_network(name: str, section: ml_collections.ConfigDict, field: str):
