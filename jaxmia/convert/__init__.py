@@ -16,7 +16,8 @@ _EXPORTS = {
     "stylegan2_from_torch": "jaxmia.convert.stylegan2",
     "discriminator_from_torch": "jaxmia.convert.stylegan2",
     # Saved models live in `jaxmia.model_store` (`save_model`, `load_model`); these names stay for the modules
-    # that still call them here (jaxmia.train, jaxmia.gan, jaxmia.attack.run, jaxmia.experiment, some scripts).
+    # that still call them here (jaxmia.train, jaxmia.gan, jaxmia.attack.run, jaxmia.experiment,
+    # scripts/prior_coverage.py, tests/test_hardening.py).
     "save_converted": "jaxmia.convert.store",
     "load_converted": "jaxmia.convert.store",
     "load_variables": "jaxmia.convert.store",
