@@ -12,7 +12,6 @@ the setting is fixed here, before the numbers exist: among the settings whose fi
 [--low, --high], the one nearest their midpoint; ties go to fewer steps, then to the smaller learning rate.
 Copy the chosen values into the study config (its `PILOT` record).
 """
-import json
 import pathlib
 import shutil
 import sys
