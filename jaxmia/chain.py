@@ -16,9 +16,8 @@ from typing import Callable
 from absl import logging
 import numpy as np
 
-from jaxmia import evaluate, report, train
+from jaxmia import evaluate, model_store, report, train
 from jaxmia.attack import run as attack_run
-from jaxmia.convert import store
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +33,7 @@ class Stage:
 
 def exported_model_info(folder: pathlib.Path) -> pathlib.Path:
   """The file that exists once a weights folder has been written completely."""
-  return folder / store.INFO_FILE
+  return folder / model_store.INFO_FILE
 
 
 def evaluation_report(attack_dir: pathlib.Path) -> pathlib.Path:

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from ml_collections import ConfigDict, config_flags
 import numpy as np
 
-from jaxmia import chain, cli, convert, data, files, gan, report, train
+from jaxmia import chain, cli, data, files, gan, model_store, report, train
 from jaxmia.analysis import statistics
 from jaxmia.attack import render
 
@@ -313,7 +313,7 @@ def samples_figure(config: ConfigDict, workdir: pathlib.Path, prior: pathlib.Pat
   plt = files.pyplot()
   k = int(config.figure.samples_per_class)
   seed = int(config.seeds[0])
-  generator, variables = convert.load_converted(prior)
+  generator, variables = model_store.load_model(prior)
   columns = []
   for alpha in config.alphas:
     with np.load(Cell(seed, float(alpha), workdir / f"seed_{seed}" / alpha_name(float(alpha))).attack_dir /

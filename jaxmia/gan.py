@@ -31,7 +31,7 @@ moved aside with a warning). Before anything is written, the config is validated
 resume fingerprint (`fingerprint`) compared with the workdir's `run.json`; see `jaxmia.train`. The workdir
 receives TensorBoard scalars, sample grids (`samples/fakes_<kimg>.png` from G_ema with fixed latents,
 `samples/reals.png`), checkpoints and, at the end, `generator/` (G_ema) and `discriminator/` (D) written with
-`convert.save_converted`, loadable with `convert.load_converted` exactly like converted NVlabs networks.
+`model_store.save_model`, loadable with `model_store.load_model` exactly like converted NVlabs networks.
 """
 import functools
 import math
@@ -49,7 +49,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from jaxmia import cli, convert, data, diffaugment, files, parallel, train as train_lib
+from jaxmia import cli, data, diffaugment, files, model_store, parallel, train as train_lib
 from jaxmia.cli import number, one_of
 from jaxmia.generate import image_grid, save_png
 from jaxmia.models import stylegan2
@@ -424,16 +424,16 @@ def compiled_sampler(config: FrozenConfigDict):
 
 
 def ema_variables(state: GanState) -> dict:
-  """G_ema's variables as `convert.load_converted` returns them for a generator."""
+  """G_ema's variables as `model_store.load_model` returns them for a generator."""
   return {"params": state.ema_params, "buffers": state.g_buffers}
 
 
 def export(state: GanState, config: ConfigDict, workdir: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
   """Writes `workdir/generator` (G_ema) and `workdir/discriminator` (D) as jaxmia weights folders."""
   host = jax.device_get(state)
-  convert.save_converted(workdir / "generator", ema_variables(host), kind="stylegan2_generator",
+  model_store.save_model(workdir / "generator", ema_variables(host), kind="stylegan2_generator",
                          module_kwargs=generator_kwargs(config), overwrite=True)
-  convert.save_converted(workdir / "discriminator", {"params": host.d_params}, kind="stylegan2_discriminator",
+  model_store.save_model(workdir / "discriminator", {"params": host.d_params}, kind="stylegan2_discriminator",
                          module_kwargs=discriminator_kwargs(config), overwrite=True)
   return workdir / "generator", workdir / "discriminator"
 

@@ -13,7 +13,7 @@ included, and ends with exactly the parameters of an uninterrupted run. The conf
 (`validate_config`) and the resume fingerprint (`fingerprint`: config minus presentation fields, digest of the
 initial weights, dataset version) checked against the workdir's `run.json` before anything is written: a
 different run stops with the differing fields, unless `config.overwrite` discards it. The final model is exported with
-`convert.save_converted(workdir/'model', ...)` so that the attack loads it with `convert.load_converted`.
+`model_store.save_model(workdir/'model', ...)` so that the attack loads it with `model_store.load_model`.
 """
 import functools
 import hashlib
@@ -30,7 +30,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from jaxmia import classifier, cli, convert, data, defenses, files, models, parallel
+from jaxmia import classifier, cli, data, defenses, files, model_store, models, parallel
 from jaxmia.cli import interval, number, one_of
 
 # ----------------------------------------------------------------------------------------------- config checks
@@ -249,9 +249,9 @@ def _restore(manager: ocp.CheckpointManager, state: classifier.TrainState, step:
 
 
 def _export(path: pathlib.Path, state: classifier.TrainState, kind: str, module_kwargs: dict) -> None:
-  """Writes the model where `convert.load_converted` finds it (every process takes part)."""
+  """Writes the model where `model_store.load_model` finds it (every process takes part)."""
   variables = jax.device_get(classifier.model_variables(state))
-  convert.save_converted(path, variables, kind=kind, module_kwargs=module_kwargs, overwrite=True)
+  model_store.save_model(path, variables, kind=kind, module_kwargs=module_kwargs, overwrite=True)
 
 
 def _save_on_interrupt(manager: ocp.CheckpointManager, state: classifier.TrainState,

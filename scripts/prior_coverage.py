@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from jaxmia import cli, convert, files, generate  # noqa: E402
+from jaxmia import cli, files, generate, model_store  # noqa: E402
 from jaxmia.analysis import coverage, report  # noqa: E402
 
 flags.DEFINE_string("prior", None, "Weights folder of the StyleGAN2 generator.")
@@ -31,8 +31,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   cli.start(argv)
-  generator, generator_variables = convert.load_converted(FLAGS.prior)
-  classifier, classifier_variables = convert.load_converted(FLAGS.classifier)
+  generator, generator_variables = model_store.load_model(FLAGS.prior)
+  classifier, classifier_variables = model_store.load_model(FLAGS.classifier)
   image_size = FLAGS.image_size or generator.img_resolution
   num_classes = jax.eval_shape(lambda v: classifier.apply(v, np.zeros((1, image_size, image_size, 3), np.float32)),
                                classifier_variables).shape[-1]

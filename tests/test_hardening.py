@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from jaxmia import classifier, cli, convert, files, gan, models, train
+from jaxmia import classifier, cli, files, gan, models, train
 from jaxmia.attack import optimize
 from jaxmia.attack import run as attack_run
-from jaxmia.convert import store
+from jaxmia import model_store
 from jaxmia.data import builders
 from jaxmia.models.stylegan2 import Generator
 
@@ -121,7 +121,7 @@ def test_interrupted_export_is_redone_on_rerun(uninterrupted):
   (model / "variables.orbax-checkpoint-tmp-1712" / "half_written").write_bytes(b"\0" * 100)
   (workdir / "model.jaxmia-partial").mkdir()  # and a partial sibling of the new way of saving
   train.train_and_evaluate(config_of("digits"), workdir)
-  _, variables = convert.load_converted(model)
+  _, variables = model_store.load_model(model)
   chex.assert_trees_all_equal(variables["params"], params)
   assert sorted(p.name for p in model.iterdir()) == ["jaxmia.json", "variables"]
   assert not (workdir / "model.jaxmia-partial").exists()
@@ -215,14 +215,14 @@ TARGET = dict(arch="resnet18", num_classes=3, base_channels=4)
 def save_target(folder, seed):
   target = models.create_classifier(**TARGET)
   variables = target.init(jax.random.key(seed), jnp.zeros((1, 16, 16, 3)))
-  return convert.save_converted(folder, variables, kind="classifier", module_kwargs=TARGET, overwrite=True)
+  return model_store.save_model(folder, variables, kind="classifier", module_kwargs=TARGET, overwrite=True)
 
 
 @pytest.fixture(scope="module")
 def attack_weights(tmp_path_factory):
   folder = tmp_path_factory.mktemp("attack_weights")
   generator = Generator(**GENERATOR)
-  convert.save_converted(folder / "generator", generator.init(jax.random.key(0), jnp.zeros((1, 4)), None),
+  model_store.save_model(folder / "generator", generator.init(jax.random.key(0), jnp.zeros((1, 4)), None),
                          kind="stylegan2_generator", module_kwargs=GENERATOR)
   save_target(folder / "target", seed=1)
   return folder
@@ -323,7 +323,7 @@ def test_attack_config_is_validated(attack_weights):
 # ------------------------------------------------------------------------------------------------------------
 # Weights folders: leftovers of interrupted saves.
 
-def test_save_converted_recovers_from_interrupted_saves(tmp_path):
+def test_save_model_recovers_from_interrupted_saves(tmp_path):
   variables = {"params": {"w": np.ones((2, 2), np.float32)}}
   # jaxmia's own leftovers are replaced, with or without overwrite ...
   for leftover in ("variables", "variables.orbax-checkpoint-tmp-99", None):
@@ -332,18 +332,18 @@ def test_save_converted_recovers_from_interrupted_saves(tmp_path):
     if leftover:
       (folder / leftover).mkdir()
       (folder / leftover / "data").write_bytes(b"\0")
-    store.save_converted(folder, variables, kind="classifier", module_kwargs={})
-    np.testing.assert_array_equal(store.load_variables(folder)["params"]["w"], variables["params"]["w"])
+    model_store.save_model(folder, variables, kind="classifier", module_kwargs={})
+    np.testing.assert_array_equal(model_store.load_variables(folder)["params"]["w"], variables["params"]["w"])
   (tmp_path / "x.jaxmia-partial").mkdir()
   (tmp_path / "x.jaxmia-replaced").mkdir()
-  store.save_converted(tmp_path / "x", variables, kind="classifier", module_kwargs={})
+  model_store.save_model(tmp_path / "x", variables, kind="classifier", module_kwargs={})
   assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("x")) == ["x"]
   # ... but a folder with anything else is never deleted.
   (tmp_path / "notes").mkdir()
   (tmp_path / "notes" / "variables").mkdir()
   (tmp_path / "notes" / "todo.txt").write_text("keep")
   with pytest.raises(FileExistsError, match="not a jaxmia weights folder"):
-    store.save_converted(tmp_path / "notes", variables, kind="classifier", module_kwargs={}, overwrite=True)
+    model_store.save_model(tmp_path / "notes", variables, kind="classifier", module_kwargs={}, overwrite=True)
   assert (tmp_path / "notes" / "todo.txt").read_text() == "keep"
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from absl import logging
 
 import jaxmia
-from jaxmia import cli, convert, files, parallel, report
+from jaxmia import cli, files, model_store, parallel, report
 from jaxmia.cli import interval, number, one_of
 from jaxmia.attack import final_selection, initial_selection, optimize, render
 from jaxmia.models import stylegan2
@@ -151,8 +151,8 @@ def _save_json(path: pathlib.Path, value) -> None:
 def _load(path: str, what: str, config_field: str):
   if not path or not pathlib.Path(path).exists():
     raise FileNotFoundError(f"{what} not found at {path!r}; set --config.{config_field} to a directory written by "
-                            "jaxmia.convert.save_converted (converted PyTorch weights or a jaxmia training export).")
-  return convert.load_converted(path)
+                            "jaxmia.model_store.save_model (converted PyTorch weights or a jaxmia training export).")
+  return model_store.load_model(path)
 
 
 def load_generator(config):

@@ -15,18 +15,17 @@ _EXPORTS = {
     "classifier_from_torch": "jaxmia.convert.classifiers",
     "stylegan2_from_torch": "jaxmia.convert.stylegan2",
     "discriminator_from_torch": "jaxmia.convert.stylegan2",
-    # Saved models live in `jaxmia.model_store` (`save_model`, `load_model`); these names stay for the modules
-    # that still call them here (jaxmia.train, jaxmia.gan, jaxmia.attack.run, jaxmia.experiment,
-    # scripts/prior_coverage.py, tests/test_hardening.py).
-    "save_converted": "jaxmia.convert.store",
-    "load_converted": "jaxmia.convert.store",
-    "load_variables": "jaxmia.convert.store",
-    "read_info": "jaxmia.convert.store",
 }
-__all__ = list(_EXPORTS)
+# Saved models (converted and trained) live in `jaxmia.model_store`; the names under which users' scripts
+# reached them here stay as aliases.
+_MODEL_STORE_ALIASES = {"save_converted": "save_model", "load_converted": "load_model",
+                        "load_variables": "load_variables", "read_info": "read_info"}
+__all__ = list(_EXPORTS) + list(_MODEL_STORE_ALIASES)
 
 
 def __getattr__(name):
   if name in _EXPORTS:
     return getattr(importlib.import_module(_EXPORTS[name]), name)
+  if name in _MODEL_STORE_ALIASES:
+    return getattr(importlib.import_module("jaxmia.model_store"), _MODEL_STORE_ALIASES[name])
   raise AttributeError(f"module 'jaxmia.convert' has no attribute {name!r}")
