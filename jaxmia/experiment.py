@@ -97,9 +97,9 @@ def stages(config: ConfigDict, workdir: pathlib.Path) -> list[chain.Stage]:
     out.append(chain.Stage("prior (jaxmia.gan)", chain.exported_model_info(prior),
                            lambda: gan.train(config.gan, workdir / "prior")))
   elif not chain.exported_model_info(prior).exists():
-    raise FileNotFoundError(f"No StyleGAN2 prior at {prior} (config.prior). Use the shipped "
-                            "converted_weights/mnist32_stylegan2 from a full checkout, or retrain it with "
-                            "--config.retrain_prior=True.")
+    raise FileNotFoundError(f"No StyleGAN2 prior at {prior} (config.prior). Point config.prior at one "
+                            "(converted_weights/README.md lists the shipped priors) or train it in the workdir "
+                            "with --config.retrain_prior=True.")
   out.append(chain.Stage("evaluation model", chain.exported_model_info(evaluation_model),
                          lambda: train.train_and_evaluate(config.evaluation_model, workdir / "evaluation_model")))
   evaluate = evaluate_config(config, workdir, evaluation_model)
