@@ -81,3 +81,13 @@ def fixture_arrays(name: str) -> _LazyArrays:
 
 def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1)))
+
+
+def with_overrides(config, **overrides):
+  """`config` with dotted fields set, e.g. `with_overrides(c, **{"attack.num_steps": 3})` (as `--config.x.y=`)."""
+  for key, value in overrides.items():
+    node, (*parents, leaf) = config, key.split(".")
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config

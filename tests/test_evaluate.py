@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, with_overrides
 from jaxmia import classifier, data, evaluate, model_store, models, parallel, report, student
 from jaxmia.attack import render
 from jaxmia.data import augment, image_ops, pipeline
@@ -90,12 +90,7 @@ def evaluation_config(root, **overrides):
   config.knowledge_extraction.image_size = SIZE
   config.grid.image_size = SIZE
   config.grid.samples_per_class = 4
-  for key, value in overrides.items():
-    node, (*parents, leaf) = config, key.split(".")
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
+  return with_overrides(config, **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, with_overrides
 from jaxmia import classifier, cli, files, gan, models, train
 from jaxmia.attack import optimize
 from jaxmia.attack import run as attack_run
@@ -44,14 +44,7 @@ def compilation_cache(tmp_path_factory):
 
 
 def config_of(module, variant="smoke", **overrides):
-  config = importlib.import_module(f"configs.{module}").get_config(variant)
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
+  return with_overrides(importlib.import_module(f"configs.{module}").get_config(variant), **overrides)
 
 
 def warnings_of(caplog) -> str:

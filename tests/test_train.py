@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, with_overrides
 from jaxmia import classifier, data, model_store, parallel, train
 
 sys.path.insert(0, str(REPO))  # configs/*.py import each other as `configs.<name>`, as under `python -m`
@@ -35,14 +35,7 @@ def compilation_cache(tmp_path_factory):
 
 
 def smoke_config(**overrides):
-  config = importlib.import_module("configs.digits").get_config("smoke")
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
+  return with_overrides(importlib.import_module("configs.digits").get_config("smoke"), **overrides)
 
 
 def assert_trees_close(a, b, **tolerances):
