@@ -109,7 +109,8 @@ def _quick_numbers_config():
 def test_quick_study_writes_a_complete_report(tmp_path):
   study = experiment.run_study(_quick_numbers_config(), tmp_path)
   config = experiment.resolve(_quick_numbers_config())
-  assert len(study["timings"]) == 1 + 3 * len(config.seeds) * len(config.alphas)  # evaluation model + cells
+  # (retrained prior,) evaluation model, then 3 stages per cell
+  assert len(study["timings"]) == int(config.retrain_prior) + 1 + 3 * len(config.seeds) * len(config.alphas)
 
   text = (tmp_path / "report.md").read_text()
   header = "| Run | " + " | ".join(c.header for c in report.COLUMNS) + " |"
