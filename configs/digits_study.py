@@ -30,6 +30,8 @@ def get_config(arg=None):
   config.seeds = (0, 1, 2)              # one full repetition (targets, attacks, evaluations) per seed
   config.alphas = (0.1, 0.0, -0.05)     # label-smoothing factors of the targets
   config.baseline_alpha = 0.0           # differences in report.md are taken to this α
+  # Intervals of the paired per-class differences to the baseline (jaxmia.analysis.statistics).
+  config.bootstrap = ConfigDict(dict(num_resamples=10000, seed=0, confidence=0.95))
   config.quick = False                  # apply quick_settings: a few-minute run of the whole pipeline
   # The StyleGAN2 prior: the shipped weights, or (retrain_prior=True) one trained with `gan` into workdir/prior.
   config.prior = "converted_weights/mnist32_stylegan2"

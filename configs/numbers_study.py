@@ -48,7 +48,6 @@ def get_config(arg=None):
   config.prior = f"converted_weights/numbers{k}_stylegan2"
   config.gan = gan_numbers.get_config(k)
   config.target = numbers.get_config(k)
-  config.bootstrap = ConfigDict(dict(num_resamples=10000, seed=0, confidence=0.95))  # intervals of Δ to baseline
 
   evaluation_model = numbers.get_config(k)  # another architecture, all stored private training images
   evaluation_model.dataset.samples_per_class = None

@@ -39,7 +39,7 @@ from ml_collections import ConfigDict, config_flags
 import numpy as np
 
 from jaxmia import chain, cli, data, files, gan, model_store, report, train
-from jaxmia.analysis import statistics
+from jaxmia.analysis import statistics, tables
 from jaxmia.attack import render
 
 # Metrics plotted in metrics.png (keys of report.json's "metrics").
@@ -79,9 +79,13 @@ class Cell:
     return self.root / "attack"
 
 
+def cell_at(workdir: pathlib.Path, seed, alpha) -> Cell:
+  """The cell of (seed, α) in the study's `workdir`."""
+  return Cell(int(seed), float(alpha), workdir / f"seed_{int(seed)}" / alpha_name(float(alpha)))
+
+
 def cells(config: ConfigDict, workdir: pathlib.Path) -> list[Cell]:
-  return [Cell(int(s), float(a), workdir / f"seed_{int(s)}" / alpha_name(float(a)))
-          for s in config.seeds for a in config.alphas]
+  return [cell_at(workdir, s, a) for s in config.seeds for a in config.alphas]
 
 
 def prior_path(config: ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
@@ -158,34 +162,39 @@ ATTACK_POINTS = (("start (stage 1)", "acc_top1_initial"), ("optimised (stage 2)"
                  ("selected (stage 3)", "acc_top1"))
 
 
-def _per_class_values(cell: Cell, key: str) -> dict[int, float]:
+def _per_class_values(run: Cell, key: str) -> dict[int, float]:
   """`{class: value}` of column `key` in a cell's evaluation/per_class.csv (empty cells left out)."""
-  path = cell.attack_dir / report.EVALUATION_DIR / "per_class.csv"
+  path = run.attack_dir / report.EVALUATION_DIR / "per_class.csv"
   with path.open() as f:
     return {int(row["class"]): float(row[key]) for row in csv.DictReader(f) if row.get(key)}
 
 
 def per_class_matrix(config: ConfigDict, workdir: pathlib.Path, alpha: float, key: str = "acc_top1"):
   """(classes `[C]`, values `[S, C]` of per-class column `key` for α, one row per seed; NaN where missing)."""
-  tables = [_per_class_values(Cell(int(s), float(alpha), workdir / f"seed_{int(s)}" / alpha_name(float(alpha))), key)
-            for s in config.seeds]
-  classes = np.array(sorted(set().union(*tables)), int)
-  return classes, np.array([[t.get(int(c), np.nan) for c in classes] for t in tables])
+  per_seed = [_per_class_values(cell_at(workdir, s, alpha), key) for s in config.seeds]
+  classes = np.array(sorted(set().union(*per_seed)), int)
+  return classes, np.array([[t.get(int(c), np.nan) for c in classes] for t in per_seed])
 
 
-def paired_differences(config: ConfigDict, workdir: pathlib.Path, key: str = "acc_top1") -> dict:
-  """Per α ≠ baseline: mean per-class difference of `key` to the baseline α with its bootstrap interval.
+def per_class_matrices(config: ConfigDict, workdir: pathlib.Path, key: str = "acc_top1") -> dict:
+  """`{α: per_class_matrix(..., α, key)}` for every α of the study (each cell's per_class.csv read once)."""
+  return {float(a): per_class_matrix(config, workdir, a, key) for a in config.alphas}
 
-  `{alpha: {'mean', 'low', 'high', 'num_seeds', 'num_classes', 'classes', 'per_class' [C]}}`; classes are those
-  attacked in both runs of a seed (paired by seed and class).
+
+def paired_differences(config: ConfigDict, matrices: dict) -> dict:
+  """Per α ≠ baseline: mean per-class difference to the baseline α with its bootstrap interval.
+
+  `matrices`: `per_class_matrices` of the study. Returns `{alpha: {'mean', 'low', 'high', 'num_seeds',
+  'num_classes', 'classes', 'per_class' [C]}}`; classes are those attacked in both runs of a seed (paired by
+  seed and class).
   """
-  classes, base = per_class_matrix(config, workdir, config.baseline_alpha, key)
-  boot = config.get("bootstrap", ConfigDict(dict(num_resamples=10000, seed=0, confidence=0.95)))
+  classes, base = matrices[float(config.baseline_alpha)]
+  boot = config.bootstrap
   out = {}
   for alpha in config.alphas:
     if float(alpha) == float(config.baseline_alpha):
       continue
-    other_classes, other = per_class_matrix(config, workdir, alpha, key)
+    other_classes, other = matrices[float(alpha)]
     common = np.intersect1d(classes, other_classes)
     d = other[:, np.searchsorted(other_classes, common)] - base[:, np.searchsorted(classes, common)]
     out[float(alpha)] = {**statistics.hierarchical_bootstrap(d, int(boot.num_resamples), int(boot.seed),
@@ -216,17 +225,16 @@ def _pct(mean_sd: tuple) -> str:
 def paired_section(config: ConfigDict, workdir: pathlib.Path, rows: list[dict], paired: dict) -> list[str]:
   """report.md lines: Acc@1 through the attack per α and the paired differences with their intervals."""
   points = attack_points(rows)
-  conf = int(round(100 * float(config.get("bootstrap", {}).get("confidence", 0.95))))
+  conf = int(round(100 * float(config.bootstrap.confidence)))
   header = ["α", "Test Acc (%)"] + [f"Acc@1 {label} (%)" for label, _ in ATTACK_POINTS] + \
       [f"Δ Acc@1 to α = {config.baseline_alpha:g} (pp) [{conf}% CI]"]
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines = []
   for row, point in zip(rows, points):
     diff = paired.get(row["alpha"])
     delta = "baseline" if diff is None else (f"{100 * diff['mean']:+.1f} [{100 * diff['low']:+.1f}, "
                                              f"{100 * diff['high']:+.1f}]")
     test = _pct((row["mean"].get("test_accuracy"), row["sd"].get("test_accuracy")))
-    lines.append(f"| {row['alpha']:g} | {test} | " + " | ".join(_pct(point[label]) for label, _ in ATTACK_POINTS)
-                 + f" | {delta} |")
+    lines.append([f"{row['alpha']:g}", test, *(_pct(point[label]) for label, _ in ATTACK_POINTS), delta])
   n_classes = max((d["num_classes"] for d in paired.values()), default=0)
   return [
       f"## Attack success and paired differences ({len(config.seeds)} seed{'s' if len(config.seeds) > 1 else ''} × "
@@ -235,15 +243,14 @@ def paired_section(config: ConfigDict, workdir: pathlib.Path, rows: list[dict], 
       "(stage 1), on all optimised latents (stage 2) and on the final selection (stage 3, the paper's Acc@1). "
       f"Δ: the mean over seeds and classes of (Acc@1 of a class under α) − (Acc@1 of the same class and seed "
       f"under α = {config.baseline_alpha:g}), with a {conf}% percentile interval from "
-      f"{int(config.get('bootstrap', {}).get('num_resamples', 10000))} hierarchical bootstrap resamples "
+      f"{int(config.bootstrap.num_resamples)} hierarchical bootstrap resamples "
       "(seeds, then classes, with replacement).", "",
-      "\n".join(lines), ""]
+      tables.markdown_table(header, lines), ""]
 
 
-def per_class_section(paired: dict, config: ConfigDict, workdir: pathlib.Path) -> tuple[list[str], list[dict]]:
+def per_class_section(paired: dict, config: ConfigDict, matrices: dict) -> tuple[list[str], list[dict]]:
   """report.md lines (per-class Acc@1 per α and differences) and the rows of per_class.csv."""
   alphas = [float(a) for a in config.alphas]
-  matrices = {a: per_class_matrix(config, workdir, a) for a in alphas}
   classes = sorted(set().union(*(set(c.tolist()) for c, _ in matrices.values())))
   rows = []
   for c in classes:
@@ -257,18 +264,15 @@ def per_class_section(paired: dict, config: ConfigDict, workdir: pathlib.Path) -
       row[f"delta_alpha{a:g}"] = diff["per_class"][where[0]] if len(where) else float("nan")
     rows.append(row)
   header = ["class"] + [f"Acc@1 α={a:g} (%)" for a in alphas] + [f"Δ α={a:g} (pp)" for a in paired]
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  for row in rows:
-    cells = [f"{100 * row[f'acc_top1_alpha{a:g}']:.0f}" for a in alphas] + \
-        [f"{100 * row[f'delta_alpha{a:g}']:+.0f}" for a in paired]
-    lines.append(f"| {row['class']} | " + " | ".join(cells) + " |")
+  lines = [[row["class"], *(f"{100 * row[f'acc_top1_alpha{a:g}']:.0f}" for a in alphas),
+            *(f"{100 * row[f'delta_alpha{a:g}']:+.0f}" for a in paired)] for row in rows]
   counts = []
   for a, diff in paired.items():
     per_class = np.asarray(diff["per_class"])
     counts.append(f"α = {a:g}: higher in {int(np.sum(per_class > 0))}, equal in {int(np.sum(per_class == 0))}, "
                   f"lower in {int(np.sum(per_class < 0))} of {len(per_class)} classes")
   return (["## Per class (mean over seeds; also per_class.csv)", "", "; ".join(counts) + ".", "",
-           "\n".join(lines), ""], rows)
+           tables.markdown_table(header, lines), ""], rows)
 
 
 def _named(name: str, metrics: dict, unavailable: dict | None = None) -> dict:
@@ -316,7 +320,7 @@ def samples_figure(config: ConfigDict, workdir: pathlib.Path, prior: pathlib.Pat
   generator, variables = model_store.load_model(prior)
   columns = []
   for alpha in config.alphas:
-    with np.load(Cell(seed, float(alpha), workdir / f"seed_{seed}" / alpha_name(float(alpha))).attack_dir /
+    with np.load(cell_at(workdir, seed, alpha).attack_dir /
                  "latents.npz") as f:
       w, targets = f["selected_w"], f["selected_targets"]
     columns.append((f"α = {alpha:g}", w, targets))
@@ -379,8 +383,9 @@ def metrics_figure(rows: list[dict], path: pathlib.Path) -> None:
 def write_report(config: ConfigDict, workdir: pathlib.Path, timings: dict) -> dict:
   """Builds report.md, study.json, samples.png and metrics.png from the evaluated cells."""
   rows = aggregate(config, workdir)
-  paired = paired_differences(config, workdir)
-  class_lines, class_rows = per_class_section(paired, config, workdir)
+  matrices = per_class_matrices(config, workdir)
+  paired = paired_differences(config, matrices)
+  class_lines, class_rows = per_class_section(paired, config, matrices)
   alphas = [row["alpha"] for row in rows]
   baseline = alphas.index(float(config.baseline_alpha))
   n = len(config.seeds)

@@ -23,7 +23,7 @@ from ml_collections import config_flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # config files import `configs`
 
 from jaxmia import cli, evaluate, experiment, train  # noqa: E402
-from jaxmia.analysis import report  # noqa: E402
+from jaxmia.analysis import tables  # noqa: E402
 from jaxmia.attack import run as attack_run  # noqa: E402
 
 config_flags.DEFINE_config_file("study_config", None, "Study config (configs/*_study.py).", lock_config=True)
@@ -82,7 +82,7 @@ def main(argv):
       logging.info("Pilot: %s", rows[-1])
   chosen = choose(rows, FLAGS.low, FLAGS.high)
   pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}"
-  table = report.markdown_table(
+  table = tables.markdown_table(
       ["stage-2 steps", "learning rate", "Acc@1 start (%)", "Acc@1 all optimised (%)", "Acc@1 final (%)",
        "attack time (s)"],
       [[r["num_steps"], f"{r['learning_rate']:g}", pct(r["acc_top1_initial"]), pct(r["acc_top1_all_optimized"]),
@@ -93,7 +93,7 @@ def main(argv):
   text = (f"# Attack pilot (α = 0, seed {FLAGS.seed})\n\nRule: final Acc@1 in [{100 * FLAGS.low:.0f}, "
           f"{100 * FLAGS.high:.0f}] %, nearest the midpoint; ties to fewer steps, then the smaller learning "
           f"rate.\n\n{table}\n{verdict}\n")
-  report.write_outputs(outdir, "pilot", {"rows": rows, "chosen": chosen, "seed": FLAGS.seed,
+  tables.write_outputs(outdir, "pilot", {"rows": rows, "chosen": chosen, "seed": FLAGS.seed,
                                          "band": [FLAGS.low, FLAGS.high]}, text)
   print(text)
 

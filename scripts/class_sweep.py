@@ -19,7 +19,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # config f
 
 from configs import numbers_study  # noqa: E402
 from jaxmia import chain, cli, experiment, files  # noqa: E402
-from jaxmia.analysis import report  # noqa: E402
+from jaxmia.analysis import tables  # noqa: E402
 
 flags.DEFINE_list("digits", ["1", "2", "3"], "Numbers of digits k (10**k classes).")
 flags.DEFINE_string("workdir", "runs/class_sweep", "Directory of the studies and the outputs.")
@@ -67,11 +67,11 @@ def main(argv):
                    "low": diff["low"], "high": diff["high"], "num_seeds": diff["num_seeds"],
                    "num_attacked": diff["num_classes"]})
   plot(rows, workdir / "class_sweep.png")
-  table = report.markdown_table(
+  table = tables.markdown_table(
       ["classes", "attacked", "seeds", "α", "Δ Acc@1 (pp)", "95% CI"],
       [[r["num_classes"], r["num_attacked"], r["num_seeds"], f"{r['alpha']:g}", f"{100 * r['mean']:+.1f}",
         f"[{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]"] for r in rows])
-  report.write_outputs(workdir, "class_sweep", {"rows": rows, "quick": FLAGS.quick},
+  tables.write_outputs(workdir, "class_sweep", {"rows": rows, "quick": FLAGS.quick},
                        "# Δ Acc@1 to α = 0 against the number of classes\n\n" + table +
                        "\n![class sweep](class_sweep.png)\n")
   print(table)

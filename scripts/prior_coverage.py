@@ -17,7 +17,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from jaxmia import cli, files, generate, model_store  # noqa: E402
-from jaxmia.analysis import coverage, report  # noqa: E402
+from jaxmia.analysis import coverage, tables  # noqa: E402
 
 flags.DEFINE_string("prior", None, "Weights folder of the StyleGAN2 generator.")
 flags.DEFINE_string("classifier", None, "Weights folder of the labelling classifier.")
@@ -74,7 +74,7 @@ def main(argv):
           f"- normalised entropy of the class histogram: {summary['normalised_entropy']:.3f} (1 = uniform)\n"
           f"- most drawn: " + ", ".join(f"{c} ({hist['counts'][c]})" for c in order[:10]) + "\n\n"
           "![coverage](coverage.png)\n\n![samples](samples.png)\n")
-  report.write_outputs(outdir, "coverage", numbers, text)
+  tables.write_outputs(outdir, "coverage", numbers, text)
   print(text)
 
 

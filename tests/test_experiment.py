@@ -85,7 +85,8 @@ def test_paired_differences_pair_seed_and_class(tmp_path):
     classes = range(8) if cell.alpha != 0.1 else range(1, 8)  # class 0 missing in the α = 0.1 runs
     lines = ["class,acc_top1,acc_top1_initial"] + [f"{c},{values[c]:.6g},0.5" for c in classes]
     (out / "per_class.csv").write_text("\n".join(lines) + "\n")
-  paired = experiment.paired_differences(config, tmp_path)
+  matrices = experiment.per_class_matrices(config, tmp_path)
+  paired = experiment.paired_differences(config, matrices)
   assert set(paired) == {0.1, -0.05}
   assert paired[0.1]["classes"] == list(range(1, 8)) and paired[-0.05]["num_classes"] == 8
   for alpha, diff in paired.items():
@@ -93,7 +94,7 @@ def test_paired_differences_pair_seed_and_class(tmp_path):
     np.testing.assert_allclose(diff["per_class"], shift[alpha], atol=1e-5)
     assert diff["low"] == pytest.approx(shift[alpha], abs=1e-5)
     assert diff["high"] == pytest.approx(shift[alpha], abs=1e-5)
-  lines, rows = experiment.per_class_section(paired, config, tmp_path)
+  lines, rows = experiment.per_class_section(paired, config, matrices)
   assert len(rows) == 8 and np.isnan(rows[0]["delta_alpha0.1"])
   assert rows[1]["delta_alpha-0.05"] == pytest.approx(-0.3, abs=1e-5)
   assert "α = -0.05: higher in 0, equal in 0, lower in 8 of 8 classes" in lines[2]
