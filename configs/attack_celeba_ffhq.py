@@ -5,7 +5,9 @@
 All fields and their meaning: configs/attack_facescrub_ffhq.py. As in PPA's `configs/attacking/CelebA_FFHQ.yaml`,
 CelebA differs only in a larger search space (5000 latents) and more optimisation steps (70).
 """
-from configs import attack_facescrub_ffhq
+from jaxmia.config import sibling
+
+attack_facescrub_ffhq = sibling(__file__, "attack_facescrub_ffhq")
 
 
 def get_config(arg=None):

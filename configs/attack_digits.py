@@ -10,7 +10,9 @@ All other fields and their meaning: configs/attack_facescrub_ffhq.py.
 """
 from ml_collections import ConfigDict
 
-from configs import attack_facescrub_ffhq
+from jaxmia.config import sibling
+
+attack_facescrub_ffhq = sibling(__file__, "attack_facescrub_ffhq")
 
 
 def get_config(arg=None):

@@ -9,8 +9,10 @@ set (train accuracy 1.0, as the paper's face targets do; `scripts/calibration.py
 `configs/digits.py:smoke` is a tiny model on 16 images per class for tests (seconds).
 Fields not set here: configs/faces.py.
 """
-from configs import faces
 from jaxmia import data
+from jaxmia.config import sibling
+
+faces = sibling(__file__, "faces")
 
 
 def get_config(arg=None):

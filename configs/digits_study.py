@@ -12,7 +12,12 @@ below are the base configs of each stage; the study sets the seed, α and the pa
 """
 from ml_collections import ConfigDict
 
-from configs import attack_digits, digits, evaluate_digits, gan_digits
+from jaxmia.config import sibling
+
+attack_digits = sibling(__file__, "attack_digits")
+digits = sibling(__file__, "digits")
+evaluate_digits = sibling(__file__, "evaluate_digits")
+gan_digits = sibling(__file__, "gan_digits")
 
 
 def _student_settings(evaluate: ConfigDict) -> None:

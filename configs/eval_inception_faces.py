@@ -6,8 +6,10 @@
 PPA's evaluation-model recipe: Adam 1e-3 for 100 epochs, learning rate x0.1 at epoch 80, plain
 cross-entropy, auxiliary-head loss with weight 1. All other fields: configs/faces.py.
 """
-from configs import faces
 from jaxmia import data
+from jaxmia.config import sibling
+
+faces = sibling(__file__, "faces")
 
 
 def get_config(arg=None):

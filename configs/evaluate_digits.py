@@ -7,8 +7,10 @@ architecture than the ResNet-18 target, trained on the same digits, e.g.
 `python -m jaxmia.train --config=configs/digits.py --config.model.arch=densenet121 --workdir=runs/digits_eval`.
 The student for ξ is a small ResNet-18 trained from scratch at 32x32. Variant `smoke`: a few-second student.
 """
-from configs import evaluate_faces
 from jaxmia import data
+from jaxmia.config import sibling
+
+evaluate_faces = sibling(__file__, "evaluate_faces")
 
 
 def get_config(arg=None):

@@ -10,8 +10,10 @@ composite holds k strokes at a smaller scale. How `converted_weights/numbers2_st
 time and its class coverage: converted_weights/README.md.
 Variant `:smoke` is a seconds-long run for tests.
 """
-from configs import gan_digits
 from jaxmia import data
+from jaxmia.config import sibling
+
+gan_digits = sibling(__file__, "gan_digits")
 
 
 def get_config(arg=None):

@@ -10,8 +10,10 @@ fits them, and holds α for the last quarter of training (the 'proportional' sch
 epochs, as are the learning-rate decays at 75% and 90%). `:smoke` is a seconds-long variant for tests.
 Fields not set here: configs/faces.py.
 """
-from configs import digits
 from jaxmia import data
+from jaxmia.config import sibling
+
+digits = sibling(__file__, "digits")
 
 
 def get_config(arg=None):

@@ -22,7 +22,11 @@ on an α = 0 target of a seed outside the study (rule and table: `PILOT` below).
 from ml_collections import ConfigDict
 import numpy as np
 
-from configs import digits_study, gan_numbers, numbers
+from jaxmia.config import sibling
+
+digits_study = sibling(__file__, "digits_study")
+gan_numbers = sibling(__file__, "gan_numbers")
+numbers = sibling(__file__, "numbers")
 
 # Pilot (scripts/attack_pilot.py --seed=100, α = 0 only): stage-2 steps and learning rate chosen so that
 # α = 0's Acc@1 lies in [30, 80] %, away from floor and ceiling. Rule fixed before running it: among the

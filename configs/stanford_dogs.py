@@ -5,8 +5,10 @@
 
 All fields and their meaning: configs/faces.py; only the dataset differs.
 """
-from configs import faces
 from jaxmia import data
+from jaxmia.config import sibling
+
+faces = sibling(__file__, "faces")
 
 
 def get_config(arg=None):
