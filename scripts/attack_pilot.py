@@ -14,17 +14,14 @@ Copy the chosen values into the study config (its `PILOT` record).
 """
 import pathlib
 import shutil
-import sys
 import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # config files import `configs`
-
-from jaxmia import cli, evaluate, experiment, train  # noqa: E402
-from jaxmia.analysis import tables  # noqa: E402
-from jaxmia.attack import run as attack_run  # noqa: E402
+from jaxmia import cli, evaluate, experiment, train
+from jaxmia.analysis import tables
+from jaxmia.attack import run as attack_run
 
 config_flags.DEFINE_config_file("study_config", None, "Study config (configs/*_study.py).", lock_config=True)
 flags.DEFINE_string("study_dir", None, "The study's workdir (its evaluation model is reused or trained there).")

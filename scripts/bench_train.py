@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # `configs` imports as under `python -m`
+from jaxmia import classifier, parallel, train
+from jaxmia.config import load_file
 
-from configs import faces  # noqa: E402
-from jaxmia import classifier, parallel, train  # noqa: E402
+faces = load_file(pathlib.Path(__file__).resolve().parents[1] / "configs" / "faces.py")
 
 # PPA `Classifier.fit` step on this machine (torch 2.13 CPU, 2 threads), images/s: baseline.md section 4.
 PPA_IMAGES_PER_SECOND = {("resnet18", 16): 14.8, ("resnet18", 32): 12.1,

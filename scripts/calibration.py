@@ -10,16 +10,13 @@ exported model on the test split and writes `calibration.json`/`.md` (every run 
 over-confident). Override training settings with `--train_config.num_epochs=...`.
 """
 import pathlib
-import sys
 
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # config files import `configs`
-
-from jaxmia import cli, files  # noqa: E402
-from jaxmia.analysis import calibration, tables  # noqa: E402
+from jaxmia import cli, files
+from jaxmia.analysis import calibration, tables
 
 config_flags.DEFINE_config_file("train_config", None, "Training config (configs/*.py[:variant]).", lock_config=True)
 flags.DEFINE_list("alphas", ["0.1", "0", "-0.05"], "Label smoothing factors.")

@@ -11,15 +11,14 @@ classes) and `class_sweep.png` (the same as points with interval bars against th
 """
 import json
 import pathlib
-import sys
 
 from absl import app, flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # config files import `configs`
+from jaxmia import chain, cli, experiment, files
+from jaxmia.analysis import tables
+from jaxmia.config import load_file
 
-from configs import numbers_study  # noqa: E402
-from jaxmia import chain, cli, experiment, files  # noqa: E402
-from jaxmia.analysis import tables  # noqa: E402
+numbers_study = load_file(pathlib.Path(__file__).resolve().parents[1] / "configs" / "numbers_study.py")
 
 flags.DEFINE_list("digits", ["1", "2", "3"], "Numbers of digits k (10**k classes).")
 flags.DEFINE_string("workdir", "runs/class_sweep", "Directory of the studies and the outputs.")

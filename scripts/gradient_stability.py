@@ -13,18 +13,15 @@ steps) and `gradient_stability.png` (mean ± sd per step, one line per model).
 Override any attack setting with `--attack_config.attack.num_steps=70` etc.
 """
 import pathlib
-import sys
 
 import jax
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # config files import `configs`
-
-from jaxmia import files, model_store, parallel  # noqa: E402
-from jaxmia.analysis import gradients, tables  # noqa: E402
-from jaxmia.attack import run as attack_run  # noqa: E402
+from jaxmia import files, model_store, parallel
+from jaxmia.analysis import gradients, tables
+from jaxmia.attack import run as attack_run
 
 config_flags.DEFINE_config_file("attack_config", None, "Attack config (configs/attack_*.py[:variant]).",
                                 lock_config=True)

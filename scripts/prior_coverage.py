@@ -8,16 +8,13 @@ Writes `coverage.json` (per-class counts and mean confidence, the classes never 
 `samples.png` (64 prior samples with the classifier's label).
 """
 import pathlib
-import sys
 
 from absl import app, flags
 import jax
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from jaxmia import cli, files, generate, model_store  # noqa: E402
-from jaxmia.analysis import coverage, tables  # noqa: E402
+from jaxmia import cli, files, generate, model_store
+from jaxmia.analysis import coverage, tables
 
 flags.DEFINE_string("prior", None, "Weights folder of the StyleGAN2 generator.")
 flags.DEFINE_string("classifier", None, "Weights folder of the labelling classifier.")

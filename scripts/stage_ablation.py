@@ -13,15 +13,12 @@ columns = the model of the swapped stage (the diagonal is the plain attack). Ove
 `--attack_config.attack.num_steps=...` or `--eval_config....`.
 """
 import pathlib
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # config files import `configs`
-
-from jaxmia import cli, evaluate, parallel, report  # noqa: E402
-from jaxmia.analysis import ablation, tables  # noqa: E402
+from jaxmia import cli, evaluate, parallel, report
+from jaxmia.analysis import ablation, tables
 
 config_flags.DEFINE_config_file("attack_config", None, "Attack config (configs/attack_*.py[:variant]).",
                                 lock_config=True)

@@ -12,15 +12,12 @@ per α). Override settings with `--train_config.num_epochs=...`, `--attack_confi
 """
 import math
 import pathlib
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # config files import `configs`
-
-from jaxmia import cli, files  # noqa: E402
-from jaxmia.analysis import sweep, tables  # noqa: E402
+from jaxmia import cli, files
+from jaxmia.analysis import sweep, tables
 
 config_flags.DEFINE_config_file("train_config", None, "Training config (configs/*.py[:variant]).", lock_config=True)
 config_flags.DEFINE_config_file("attack_config", None, "Attack config (configs/attack_*.py[:variant]).",
