@@ -6,10 +6,11 @@ The one error path for user mistakes: `cli.run(main)` (in place of `absl.app.run
 an unknown config field, an invalid setting or a file problem as one line `error: <what is wrong and what to
 do>` on stderr and exits with code 2; the traceback is shown only with `--verbose` or `JAXMIA_TRACEBACK=1`.
 Programs still started with `app.run` get the same report through an absl exception handler installed on
-import. What counts as a user mistake (`is_user_error`): anything raised while parsing the command line (the
-config file included), an `OSError` (missing or unreadable files, a workdir that is a file, a read-only folder,
-a full disk), and a `ValueError`, `TypeError` or `LookupError` raised by jaxmia's own code or a config file
-(jaxmia reports invalid settings and inputs that way). Other exceptions are bugs: traceback, exit code 1.
+import, programs with an argparse parser through `exit_on_user_error`. What counts as a user mistake
+(`is_user_error`): anything raised while parsing the command line (the config file included), an `OSError`
+(missing or unreadable files, a workdir that is a file, a read-only folder, a full disk), and a `ValueError`,
+`TypeError` or `LookupError` raised by jaxmia's own code or a config file (jaxmia reports invalid settings and
+inputs that way). Other exceptions are bugs: traceback, exit code 1.
 """
 import logging as std_logging
 import math
@@ -201,19 +202,22 @@ def _parse_flags(argv):
     sys.exit(report(exc, argv))
 
 
+def exit_on_user_error(call, argv=None, user_errors: tuple = ()):
+  """Returns `call()`; a user mistake it raises (`is_user_error`, or an instance of `user_errors`) is reported by
+  `report` and ends the process with exit code 2, other exceptions propagate. The error path of programs with
+  their own argument parser (`jaxmia.convert`, `jaxmia.generate`; `argv`: theirs, for `--verbose`)."""
+  try:
+    return call()
+  except Exception as exc:  # sorted below
+    if not (isinstance(exc, user_errors) or is_user_error(exc)):
+      raise
+    sys.exit(report(exc, argv))
+
+
 def run(main) -> None:
   """`absl.app.run(main)` with the user-error path: flags parsed by `_parse_flags`, `main`'s user mistakes
   reported by `report` (exit code 2); other exceptions keep their traceback (exit code 1)."""
-
-  def guarded(argv):
-    try:
-      return main(argv)
-    except Exception as exc:  # sorted by is_user_error below
-      if not is_user_error(exc):
-        raise
-      sys.exit(report(exc))
-
-  app.run(guarded, flags_parser=_parse_flags)
+  app.run(lambda argv: exit_on_user_error(lambda: main(argv)), flags_parser=_parse_flags)
 
 
 class _UserErrorHandler(app.ExceptionHandler):

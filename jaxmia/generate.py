@@ -7,13 +7,12 @@
 Images are clamped to [-1, 1] for display only (the generator itself never clamps).
 """
 import argparse
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmia import parallel
+from jaxmia import cli, parallel
 from jaxmia.files import image_grid, save_png  # the grid helpers of this CLI (jaxmia.gan imports them here)
 
 
@@ -42,7 +41,25 @@ def generate_images(generator, variables, key, num: int, *, truncation_psi: floa
   return parallel.map_arrays(run, (z, np.arange(num, dtype=np.int32) // batch_size), batch_size)
 
 
+def write_grid(args) -> None:
+  """The grid of the parsed command line `args` (see `main`), written to `args.out`."""
+  from jaxmia import model_store  # noqa: PLC0415 (orbax loads only for the CLI; jaxmia.gan imports this module)
+  info = model_store.read_info(args.weights)
+  if info["kind"] != "stylegan2_generator":
+    raise ValueError(f"{args.weights} holds a {info['kind']!r}, not a StyleGAN2 generator; convert one with "
+                     "`python -m jaxmia.convert stylegan2 --input FILE.pkl --output DIR`.")
+  generator, variables = model_store.load_model(args.weights)
+  images = generate_images(generator, variables, jax.random.key(args.seed), args.num,
+                           truncation_psi=args.truncation_psi, truncation_cutoff=args.truncation_cutoff,
+                           class_idx=args.class_idx, noise_mode=args.noise_mode,
+                           batch_size=min(args.batch_size, args.num))
+  save_png(image_grid(images, args.columns), args.out)
+  print(f"Wrote {args.num} images ({generator.img_resolution}x{generator.img_resolution}) to {args.out}")
+
+
 def main(argv=None):
+  """A bad input (no weights folder, another kind of weights, an unwritable --out) is one `error:` line and exit
+  code 2 (`cli.exit_on_user_error`)."""
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--weights", required=True, help="weights folder of a converted StyleGAN2 generator")
   parser.add_argument("--num", type=int, default=16, help="number of images")
@@ -54,25 +71,12 @@ def main(argv=None):
   parser.add_argument("--batch-size", type=int, default=8)
   parser.add_argument("--columns", type=int, default=None, help="grid columns (default: about sqrt(num))")
   parser.add_argument("--out", required=True, help="output PNG file")
+  parser.add_argument("--verbose", action="store_true",
+                      help=f"on an error, show its Python traceback (or set {cli.TRACEBACK_ENV}=1)")
   args = parser.parse_args(argv)
   if args.num < 1 or args.batch_size < 1:
     parser.error("--num and --batch-size must be positive")
-
-  from jaxmia import model_store  # noqa: PLC0415 (orbax loads only for the CLI; jaxmia.gan imports this module)
-  try:
-    info = model_store.read_info(args.weights)
-    if info["kind"] != "stylegan2_generator":
-      raise ValueError(f"{args.weights} holds a {info['kind']!r}, not a StyleGAN2 generator; convert one with "
-                       "`python -m jaxmia.convert stylegan2 --input FILE.pkl --output DIR`.")
-    generator, variables = model_store.load_model(args.weights)
-    images = generate_images(generator, variables, jax.random.key(args.seed), args.num,
-                             truncation_psi=args.truncation_psi, truncation_cutoff=args.truncation_cutoff,
-                             class_idx=args.class_idx, noise_mode=args.noise_mode,
-                             batch_size=min(args.batch_size, args.num))
-  except (FileNotFoundError, ValueError) as error:
-    sys.exit(f"error: {error}")
-  save_png(image_grid(images, args.columns), args.out)
-  print(f"Wrote {args.num} images ({generator.img_resolution}x{generator.img_resolution}) to {args.out}")
+  cli.exit_on_user_error(lambda: write_grid(args), argv)
 
 
 if __name__ == "__main__":

@@ -44,10 +44,26 @@ def test_cli_writes_deterministic_grid(weights, tmp_path):
   assert np.abs(np.asarray(Image.open(tmp_path / "c.png"), np.int32) - a).mean() > 1
 
 
-def test_cli_rejects_wrong_inputs(weights, tmp_path):
-  folder, _, _ = weights
-  with pytest.raises(SystemExit, match="no such weights folder"):
-    generate.main(["--weights", str(tmp_path / "missing"), "--out", str(tmp_path / "x.png")])
+@pytest.mark.parametrize("weights_path, message", [
+    ("missing", "{path}: no such weights folder. Convert PyTorch weights with"),
+    ("file.pth", "{path} is a file, not a jaxmia weights folder."),
+    ("discriminator", "{path} holds a 'stylegan2_discriminator', not a StyleGAN2 generator; convert one with"),
+])
+def test_cli_bad_weights_are_one_error_line_with_exit_code_2(weights_path, message, tmp_path, capsys):
+  (tmp_path / "file.pth").write_bytes(b"PK\x03\x04 not weights")
+  model_store.save_model(tmp_path / "discriminator", {"params": {"w": np.zeros(2, np.float32)}},
+                         kind="stylegan2_discriminator", module_kwargs={})
+  path = tmp_path / weights_path
+  with pytest.raises(SystemExit) as exit_info:
+    generate.main(["--weights", str(path), "--out", str(tmp_path / "x.png")])
+  err = capsys.readouterr().err
+  assert exit_info.value.code == 2
+  assert err.count("\n") == 1 and err.startswith("error: " + message.format(path=path)), err
+  assert err.endswith("(--verbose or JAXMIA_TRACEBACK=1 shows the traceback)\n")
+  assert not (tmp_path / "x.png").exists()
+
+
+def test_cli_rejects_wrong_inputs():
   conditional = sg2.Generator(**{**KWARGS, "c_dim": 4})
   variables = conditional.init(jax.random.key(0), jnp.zeros((1, 8)), jnp.zeros((1, 4)), noise_mode="const")
   with pytest.raises(ValueError, match="conditional"):

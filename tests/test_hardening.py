@@ -381,6 +381,25 @@ def test_user_errors_and_bugs_are_told_apart():
   assert not cli.is_user_error(raised(lambda: fail(ZeroDivisionError())))
 
 
+@pytest.mark.parametrize("args, message", [
+    (["inspect", "{dir}/missing.pth"],
+     "error: {dir}/missing.pth: no such file (expected a PyTorch .pt/.pth/.pkl file)"),
+    (["classifier", "--arch", "resnet18", "--num-classes", "10", "--input", "{dir}/notes.txt", "--output", "{dir}/out"],
+     "error: {dir}/notes.txt: LIST at byte 2 without a MARK; a corrupt pickle"),
+    (["stylegan2", "--input", "{dir}/notes.txt", "--output", "{dir}/out"],
+     "error: {dir}/notes.txt: LIST at byte 2 without a MARK; a corrupt pickle"),
+])
+def test_convert_bad_inputs_are_one_error_line_with_exit_code_2(args, message, tmp_path, capsys):
+  from jaxmia.convert.__main__ import main
+  (tmp_path / "notes.txt").write_text("hello\n")  # not a torch file
+  with pytest.raises(SystemExit) as exit_info:
+    main([a.format(dir=tmp_path) for a in args])
+  captured = capsys.readouterr()
+  assert exit_info.value.code == 2 and captured.out == ""
+  assert captured.err == message.format(dir=tmp_path) + f" (--verbose or {cli.TRACEBACK_ENV}=1 shows the traceback)\n"
+  assert not (tmp_path / "out").exists()
+
+
 def run_program(module, *args, env=None):
   result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
                           timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})})

@@ -422,11 +422,12 @@ def test_inspect_refuses_hostile_files_in_one_line(tmp_path):
   env = dict(os.environ, OPENBLAS_NUM_THREADS="1", JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-m", "jaxmia.convert", "inspect", str(path)], capture_output=True,
                         text=True, timeout=120, env=env, preexec_fn=_limit_address_space)
-  assert proc.returncode == 1 and proc.stdout == "" and "Traceback" not in proc.stderr
-  errors = [line for line in proc.stderr.splitlines() if line.startswith("jaxmia.convert: error: ")]
-  assert errors == [f"jaxmia.convert: error: {path}: a bytearray(8,589,934,592) call would allocate "
+  assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+  assert errors == [f"error: {path}: a bytearray(8,589,934,592) call would allocate "
                     f"8,589,934,592 bytes, which with the 0 bytes already read exceeds the limit of "
-                    f"{2 * path.stat().st_size} bytes (max_output_bytes, default twice max_total_bytes)"]
+                    f"{2 * path.stat().st_size} bytes (max_output_bytes, default twice max_total_bytes) "
+                    f"(--verbose or JAXMIA_TRACEBACK=1 shows the traceback)"]
 
 
 def test_limits_are_validated():

@@ -9,14 +9,14 @@ Every weights folder is read back with `jaxmia.model_store.load_model(path)`.
 """
 import argparse
 import json
-import sys
 
 import jax
 import numpy as np
 
-from jaxmia import model_store
+from jaxmia import cli, model_store
 from jaxmia.convert import common, torch_reader
 
+# What a bad input or argument raises (besides `cli.is_user_error`'s): one `error:` line, exit code 2.
 _ERRORS = (FileNotFoundError, FileExistsError, torch_reader.TorchFileError, torch_reader.UnsafePickleError,
            common.ConversionError, ValueError)
 
@@ -140,8 +140,12 @@ def inspect_file(args):
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m jaxmia.convert", description=__doc__.split("\n")[0])
   commands = parser.add_subparsers(dest="command", required=True)
+  common_flags = argparse.ArgumentParser(add_help=False)
+  common_flags.add_argument("--verbose", action="store_true",
+                            help=f"on an error, show its Python traceback (or set {cli.TRACEBACK_ENV}=1)")
 
-  classifier = commands.add_parser("classifier", help="torchvision / PPA / facenet-pytorch classifier weights")
+  classifier = commands.add_parser("classifier", parents=[common_flags],
+                                   help="torchvision / PPA / facenet-pytorch classifier weights")
   classifier.add_argument("--arch", required=True, help="e.g. resnet18, resnet152, densenet121, inception_v3, "
                                                         "inception_resnet_v1")
   classifier.add_argument("--num-classes", required=True,
@@ -153,26 +157,24 @@ def build_parser() -> argparse.ArgumentParser:
   classifier.add_argument("--overwrite", action="store_true", help="replace an existing weights folder")
   classifier.set_defaults(run=convert_classifier)
 
-  gan = commands.add_parser("stylegan2", help="NVlabs stylegan2-ada-pytorch network pickle")
+  gan = commands.add_parser("stylegan2", parents=[common_flags], help="NVlabs stylegan2-ada-pytorch network pickle")
   gan.add_argument("--input", required=True, help="NVlabs .pkl (e.g. ffhq.pkl)")
   gan.add_argument("--output", required=True, help="weights folder to create")
   gan.add_argument("--network", default="G_ema", choices=("G_ema", "G", "D"), help="network to convert")
   gan.add_argument("--overwrite", action="store_true", help="replace an existing weights folder")
   gan.set_defaults(run=convert_stylegan2)
 
-  inspect = commands.add_parser("inspect", help="list the tensors (name, dtype, shape) and values in a torch file")
+  inspect = commands.add_parser("inspect", parents=[common_flags],
+                                help="list the tensors (name, dtype, shape) and values in a torch file")
   inspect.add_argument("file", help=".pt / .pth / .pkl file")
   inspect.set_defaults(run=inspect_file)
   return parser
 
 
 def main(argv=None):
+  """A bad input (missing or unsafe file, weights that do not fit) is one `error:` line and exit code 2."""
   args = build_parser().parse_args(argv)
-  try:
-    args.run(args)
-  except _ERRORS as error:
-    print(f"jaxmia.convert: error: {error}", file=sys.stderr)
-    sys.exit(1)
+  cli.exit_on_user_error(lambda: args.run(args), argv, _ERRORS)
 
 
 if __name__ == "__main__":
