@@ -85,7 +85,7 @@ MAX_DEPTH = 100
 MAX_OBJECTS = 1_000_000
 
 # torch.<Name>Storage -> numpy dtype of one element ('bfloat16' is widened to float32 when read).
-_STORAGE_DTYPES = {
+STORAGE_DTYPES = {
     "FloatStorage": np.float32, "HalfStorage": np.float16, "DoubleStorage": np.float64,
     "BFloat16Storage": "bfloat16", "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
     "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
@@ -218,7 +218,7 @@ class _StorageType:
 
   @property
   def dtype(self):
-    return _STORAGE_DTYPES[self.name]
+    return STORAGE_DTYPES[self.name]
 
   @property
   def itemsize(self) -> int:
@@ -496,7 +496,7 @@ def _base_globals(budget: _Budget) -> dict[tuple[str, str], Any]:
       ("numpy", "dtype"): _DtypeSpec,
       ("numpy", "ndarray"): _NDARRAY_TYPE,
   }
-  table.update({("torch", name): _StorageType(name) for name in _STORAGE_DTYPES})
+  table.update({("torch", name): _StorageType(name) for name in STORAGE_DTYPES})
   for core in ("numpy.core", "numpy._core"):  # NumPy 1 and NumPy 2 module names
     table[(f"{core}.multiarray", "scalar")] = _numpy_scalar
     table[(f"{core}.multiarray", "_reconstruct")] = numpy_reconstruct
