@@ -1,4 +1,5 @@
-"""Shared test set-up: 4 forced CPU devices, the PyTorch parity fixtures and their recipe.
+"""Shared test set-up: 4 forced CPU devices, the PyTorch parity fixtures and their recipe, and the programs
+(`python -m jaxmia.<program>`) run in child processes.
 
 The fixtures are read from `../shared/fixtures` (override with `JAXMIA_FIXTURES`). When they are absent, only
 the tests that read them are skipped, with the reason: such tests reach them through `load_fixture`,
@@ -6,6 +7,7 @@ the tests that read them are skipped, with the reason: such tests reach them thr
 """
 import os
 import pathlib
+import subprocess
 import sys
 
 import jax
@@ -91,3 +93,21 @@ def with_overrides(config, **overrides):
       node = node[parent]
     node[leaf] = value
   return config
+
+
+def start_program(*args, env=None, **popen_kwargs) -> subprocess.Popen:
+  """`python *args` (e.g. `-m jaxmia.train ...`) started in the checkout on the CPU backend (one device: the 4
+  forced devices are this process's setting), with `env` added to this process's environment."""
+  return subprocess.Popen([sys.executable, *args], cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})},
+                          text=True, **popen_kwargs)
+
+
+def run_program(module, *args, env=None, timeout=600):
+  """Runs `python -m module *args` (`start_program`) to its end; returns (exit code, stderr)."""
+  with start_program("-m", module, *args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+    try:
+      _, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      raise
+  return proc.returncode, stderr

@@ -8,7 +8,6 @@ import importlib
 import json
 import logging
 import os
-import subprocess
 import sys
 
 import chex
@@ -17,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, with_overrides
+from conftest import REPO, run_program, with_overrides
 from jaxmia import classifier, cli, files, gan, models, train
 from jaxmia.attack import optimize
 from jaxmia.attack import run as attack_run
@@ -398,12 +397,6 @@ def test_convert_bad_inputs_are_one_error_line_with_exit_code_2(args, message, t
   assert exit_info.value.code == 2 and captured.out == ""
   assert captured.err == message.format(dir=tmp_path) + f" (--verbose or {cli.TRACEBACK_ENV}=1 shows the traceback)\n"
   assert not (tmp_path / "out").exists()
-
-
-def run_program(module, *args, env=None):
-  result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})})
-  return result.returncode, result.stderr
 
 
 @pytest.mark.parametrize("args, message", [
