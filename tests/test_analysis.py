@@ -1,9 +1,7 @@
 """Tests of the analysis cores (`jaxmia.analysis`): toy experiment, embedding geometry, gradient stability,
 stage ablation, sweep and calibration."""
 import dataclasses
-import importlib.util
 import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +11,7 @@ from flax import linen as nn
 
 from jaxmia import attack
 from jaxmia.analysis import ablation, calibration, geometry, gradients, sweep, toy
+from jaxmia.config import load_file
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -209,10 +208,7 @@ class _MeanColourClassifier(nn.Module):
 
 
 def _attack_config(num_steps, crop_scale):
-  spec = importlib.util.spec_from_file_location("attack_config", CONFIGS / "attack_facescrub_ffhq.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("smoke").attack
+  config = load_file(CONFIGS / "attack_facescrub_ffhq.py").get_config("smoke").attack
   config.num_steps, config.identity_loss, config.learning_rate = num_steps, "cross_entropy", 0.3
   config.center_crop, config.resize, config.crop_scale = 8, 8, crop_scale
   return config
@@ -325,8 +321,7 @@ def test_calibration_of_a_trained_target_equals_the_training_report(tmp_path):
   """The exported model measured by `run_calibration` gives the accuracy, ECE and confidence `jaxmia.train`
   reported at its last epoch (two code paths: training's sharded eval step, the analysis' batched apply)."""
   from jaxmia import train  # pylint: disable=g-import-not-at-top  (TensorFlow)
-  sys.path.insert(0, str(CONFIGS.parent))  # configs/*.py import each other as `configs.<name>`
-  config = importlib.import_module("configs.digits").get_config("smoke")
+  config = load_file(CONFIGS / "digits.py").get_config("smoke")
   config.label_smoothing, config.seed = 0.1, 3
   _, final = train.train_and_evaluate(config, tmp_path / calibration.run_name(0.1, 3))
   (record,) = calibration.run_calibration(config, [0.1], [3], tmp_path)   # reuses the exported model

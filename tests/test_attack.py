@@ -3,7 +3,6 @@
 Closed-form tests use stand-in modules (a flat-colour "generator" and a mean-colour linear "classifier", whose
 scores are known exactly); the optimisation tests use the real StyleGAN2 Generator and ResNet-18 at a tiny size.
 """
-import importlib.util
 import json
 import pathlib
 
@@ -15,16 +14,14 @@ import pytest
 
 from jaxmia import attack, model_store, models, parallel
 from jaxmia.attack import optimize
+from jaxmia.config import load_file
 from jaxmia.models.stylegan2 import Generator
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
 def load_config(name="attack_facescrub_ffhq.py", variant="smoke"):
-  spec = importlib.util.spec_from_file_location(name[:-3], CONFIGS / name)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return load_file(CONFIGS / name).get_config(variant)
 
 
 # ------------------------------------------------------------------------------------------------------------

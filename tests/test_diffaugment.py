@@ -6,8 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import gan_numbers
+from conftest import REPO
 from jaxmia import diffaugment, gan
+from jaxmia.config import load_file
+
+gan_numbers = load_file(REPO / "configs" / "gan_numbers.py")
 
 
 def _images(b=6, h=16, w=12, c=3, seed=0):

@@ -2,10 +2,8 @@
 size, random weights, the embedded digits), checked against direct computations; nearest-training-image
 distances against brute force; the knowledge-extraction student on a separable problem."""
 import csv
-import importlib
 import json
 import math
-import sys
 
 import flax.linen as nn
 import jax
@@ -17,11 +15,10 @@ from PIL import Image
 from conftest import REPO, with_overrides
 from jaxmia import classifier, data, evaluate, model_store, models, parallel, report, student
 from jaxmia.attack import render
+from jaxmia.config import load_file
 from jaxmia.data import augment, image_ops, pipeline
 from jaxmia.metrics import knowledge_extraction
 from jaxmia.models.stylegan2 import Generator
-
-sys.path.insert(0, str(REPO))  # configs/*.py import each other as `configs.<name>`
 
 GENERATOR_KWARGS = dict(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3,
                         mapping_kwargs={"num_layers": 1}, synthesis_kwargs={"channel_base": 64, "channel_max": 8})
@@ -74,7 +71,7 @@ def attack_run(tmp_path_factory):
   np.savez(root / "latents.npz", targets=targets, initial_w=w[::-1], initial_indices=np.arange(len(targets)),
            initial_scores=scores, optimized_w=w, final_scores=scores, selected_indices=selected,
            selected_w=w[selected], selected_targets=targets[selected], selected_scores=scores[selected])
-  attack_config = importlib.import_module("configs.attack_facescrub_ffhq").get_config("smoke")
+  attack_config = load_file(REPO / "configs" / "attack_facescrub_ffhq.py").get_config("smoke")
   attack_config.generator, attack_config.target = str(root / "generator"), str(root / "target")
   attack_config.attack.resize = SIZE
   (root / "summary.json").write_text(json.dumps({"config": json.loads(attack_config.to_json_best_effort())}))
@@ -82,7 +79,7 @@ def attack_run(tmp_path_factory):
 
 
 def evaluation_config(root, **overrides):
-  config = importlib.import_module("configs.evaluate_digits").get_config("smoke")
+  config = load_file(REPO / "configs" / "evaluate_digits.py").get_config("smoke")
   config.dataset.samples_per_class = 16
   config.evaluation_model.weights, config.evaluation_model.image_size = str(root / "evaluation_model"), EVAL_SIZE
   config.fid.weights, config.fid.image_size = str(root / "features"), SIZE

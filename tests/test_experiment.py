@@ -7,8 +7,12 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from configs import digits_study, numbers_study
+from conftest import REPO
 from jaxmia import chain, experiment, report
+from jaxmia.config import load_file
+
+digits_study = load_file(REPO / "configs" / "digits_study.py")
+numbers_study = load_file(REPO / "configs" / "numbers_study.py")
 
 
 def _quick_config():

@@ -4,11 +4,9 @@ config validation before any state is written, and the one-line `error:` path of
 Training runs use `configs/digits.py:smoke` (5 steps per epoch, 2 epochs); attacks a tiny StyleGAN2 and
 ResNet-18 saved as weights folders; the command-line cases run the programs in a child process.
 """
-import importlib
 import json
 import logging
 import os
-import sys
 
 import chex
 import jax
@@ -20,11 +18,10 @@ from conftest import REPO, run_program, with_overrides
 from jaxmia import classifier, cli, files, gan, models, train
 from jaxmia.attack import optimize
 from jaxmia.attack import run as attack_run
+from jaxmia.config import load_file
 from jaxmia import model_store
 from jaxmia.data import builders
 from jaxmia.models.stylegan2 import Generator
-
-sys.path.insert(0, str(REPO))  # configs/*.py import each other as `configs.<name>`, as under `python -m`
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,7 +40,7 @@ def compilation_cache(tmp_path_factory):
 
 
 def config_of(module, variant="smoke", **overrides):
-  return with_overrides(importlib.import_module(f"configs.{module}").get_config(variant), **overrides)
+  return with_overrides(load_file(REPO / "configs" / f"{module}.py").get_config(variant), **overrides)
 
 
 def warnings_of(caplog) -> str:

@@ -1,6 +1,5 @@
 """Training loop on the embedded digits (`configs/digits.py:smoke`, a slim ResNet-18 at 32x32): data-parallel
 equivalence (4 devices vs 1, and 2 processes vs 1), exact resumption, export/reload, and clear errors."""
-import importlib
 import os
 import socket
 import subprocess
@@ -14,8 +13,7 @@ import pytest
 
 from conftest import REPO, with_overrides
 from jaxmia import classifier, data, model_store, parallel, train
-
-sys.path.insert(0, str(REPO))  # configs/*.py import each other as `configs.<name>`, as under `python -m`
+from jaxmia.config import load_file
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -35,7 +33,7 @@ def compilation_cache(tmp_path_factory):
 
 
 def smoke_config(**overrides):
-  return with_overrides(importlib.import_module("configs.digits").get_config("smoke"), **overrides)
+  return with_overrides(load_file(REPO / "configs" / "digits.py").get_config("smoke"), **overrides)
 
 
 def assert_trees_close(a, b, **tolerances):
@@ -170,7 +168,7 @@ def test_two_processes_match_one_process(uninterrupted, compilation_cache, tmp_p
 def test_digits_target_reaches_stated_accuracy_for_every_alpha(tmp_path):
   """The README's claim for `configs/digits.py:slim` (seed 0): at least 93% test accuracy for α = 0.1, 0 and
   -0.05, and label smoothing moves the mean confidence as it must: lowest for α = 0.1, highest for α = -0.05."""
-  config = importlib.import_module("configs.digits").get_config("slim")
+  config = load_file(REPO / "configs" / "digits.py").get_config("slim")
   final = {}
   for alpha in (0.1, 0.0, -0.05):
     config.label_smoothing = alpha
