@@ -1,4 +1,5 @@
-"""Import PyTorch artefacts (torchvision / PPA / facenet-pytorch state dicts, NVlabs pickles) into Flax.
+"""Import PyTorch artefacts (torchvision / PPA / facenet-pytorch state dicts, NVlabs pickles) into Flax, and
+write classifiers and arrays back as PyTorch files (`classifier_to_torch`, `save_torch_file`).
 
 Nothing here imports PyTorch or executes code from a file: `load_torch_file` is a restricted unpickler.
 """
@@ -6,6 +7,7 @@ import importlib
 
 _EXPORTS = {
     "load_torch_file": "jaxmia.convert.torch_reader",
+    "save_torch_file": "jaxmia.convert.torch_writer",
     "flatten_tensors": "jaxmia.convert.torch_reader",
     "UnsafePickleError": "jaxmia.convert.torch_reader",
     "TorchFileError": "jaxmia.convert.torch_reader",
@@ -13,6 +15,7 @@ _EXPORTS = {
     "NVlabsNetwork": "jaxmia.convert.torch_reader",
     "ConversionError": "jaxmia.convert.common",
     "classifier_from_torch": "jaxmia.convert.classifiers",
+    "classifier_to_torch": "jaxmia.convert.classifiers",
     "stylegan2_from_torch": "jaxmia.convert.stylegan2",
     "discriminator_from_torch": "jaxmia.convert.stylegan2",
 }

@@ -1,7 +1,8 @@
-"""Classifier checkpoints from PyTorch (torchvision, PPA, facenet-pytorch) -> Flax variables.
+"""Classifier checkpoints from PyTorch (torchvision, PPA, facenet-pytorch) -> Flax variables, and back.
 
     variables = classifier_from_torch("resnet152", "ppa_resnet152.pth", num_classes=530)
     logits = models.create_classifier("resnet152", 530).apply(variables, images)
+    state_dict = classifier_to_torch("resnet152", variables)   # torchvision's keys and layouts
 
 Accepted sources: a state dict (name -> array), a PPA checkpoint (`{'model_state_dict': ..., ...}` whose keys carry
 `model.` and, after `torch.compile`, `model._orig_mod.`), or a path to a `.pt`/`.pth` file (read without PyTorch
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmia.convert.common import ConversionError, strip_prefix, variables_from_torch
+from jaxmia.convert.common import ConversionError, state_dict_from_variables, strip_prefix, variables_from_torch
 from jaxmia.models import registry
 
 # Flax leaf name -> PyTorch parameter/buffer name (convs and linears: weight/bias; BatchNorm: weight/bias/running_*).
@@ -173,3 +174,17 @@ def classifier_from_torch(arch: str, state_dict_or_path, num_classes: int | None
     if not hints:
       raise
     raise ConversionError("\n".join([str(error), *hints])) from None
+
+
+def classifier_to_torch(arch: str, variables) -> dict[str, np.ndarray]:
+  """The PyTorch state dict of a classifier's Flax `variables` (`{'params', 'batch_stats'}`): the inverse of
+  `classifier_from_torch`, with torchvision's keys and layouts (facenet-pytorch's for `inception_resnet_v1`)
+  and BatchNorm's `num_batches_tracked` buffers (0), i.e. the keys of the PyTorch module's `state_dict()`.
+
+  `torchvision.models.<arch>(num_classes=N).load_state_dict(state_dict)` then takes it, for models of the
+  default widths (a slim model, e.g. `base_channels=16`, needs a PyTorch module of the same widths). The model
+  expects jaxmia's inputs: RGB images scaled to [-1, 1] (mean = std = 0.5, as PPA's), not ImageNet-normalised.
+  """
+  spec = _spec(arch)
+  torch_key = getattr(importlib.import_module(spec.module), spec.torch_key)
+  return state_dict_from_variables(variables, torch_key)

@@ -1,8 +1,9 @@
-"""Filling a Flax variable tree from a PyTorch state dict, with every problem reported at once.
+"""Filling a Flax variable tree from a PyTorch state dict, with every problem reported at once, and back.
 
 A family converter (ResNet, DenseNet, Inception, FaceNet, StyleGAN2) only says which PyTorch key feeds each
 Flax leaf; `variables_from_torch` does the layout changes, the shape checks and the bookkeeping of missing and
 unexpected keys, so that all converters fail the same way: one `ConversionError` listing everything.
+`state_dict_from_variables` is its inverse, for exporting jaxmia models to PyTorch.
 
 Layouts: conv kernels OIHW -> HWIO, dense kernels [out, in] -> [in, out]; everything else is copied as is.
 """
@@ -12,7 +13,8 @@ import jax
 import numpy as np
 
 # Buffers PyTorch keeps that have no meaning for inference in Flax.
-IGNORED_SUFFIXES = ("num_batches_tracked",)
+NUM_BATCHES_TRACKED = "num_batches_tracked"  # BatchNorm's count of training batches
+IGNORED_SUFFIXES = (NUM_BATCHES_TRACKED,)
 
 
 class ConversionError(ValueError):
@@ -31,6 +33,38 @@ def torch_layout_to_flax(name: str, value: np.ndarray, target_ndim: int) -> np.n
   if name == "kernel" and value.ndim == 2 and target_ndim == 2:
     return value.T  # [out, in] -> [in, out]
   return value
+
+
+def flax_layout_to_torch(name: str, value: np.ndarray) -> np.ndarray:
+  """The inverse of `torch_layout_to_flax`: conv kernels HWIO -> OIHW, dense kernels [in, out] -> [out, in]."""
+  if name == "kernel" and value.ndim == 4:
+    return value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+  if name == "kernel" and value.ndim == 2:
+    return value.T  # [in, out] -> [out, in]
+  return value
+
+
+def state_dict_from_variables(variables, torch_key: Callable[[tuple[str, ...]], str | None]
+                              ) -> dict[str, np.ndarray]:
+  """The PyTorch state dict of Flax `variables`: the inverse of `variables_from_torch` with the same `torch_key`.
+
+  Leaves whose key is None (no PyTorch counterpart) are left out. Every BatchNorm (a key ending in
+  `running_mean`) also gets its `num_batches_tracked` buffer, 0 (jaxmia does not count batches; PyTorch uses it
+  only when BatchNorm's momentum is None), so the keys are those of the PyTorch module's `state_dict()`.
+  Values are C-contiguous numpy arrays of the variables' dtypes.
+  """
+  state = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+    names = _path_names(path)
+    key = torch_key(names)
+    if key is None:
+      continue
+    if key in state:
+      raise ValueError(f"two Flax leaves map to the PyTorch key {key!r} (the second is {'/'.join(names)})")
+    state[key] = np.array(flax_layout_to_torch(names[-1], np.asarray(leaf)), order="C")
+    if key.endswith(".running_mean"):
+      state[key[:-len("running_mean")] + NUM_BATCHES_TRACKED] = np.array(0, np.int64)
+  return state
 
 
 def _path_names(path) -> tuple[str, ...]:
