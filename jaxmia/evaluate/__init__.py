@@ -1,7 +1,8 @@
 """Attack evaluation: `python -m jaxmia.evaluate --config=configs/evaluate_faces.py --run_dir=runs/attack_x`.
 
-Reads a finished attack run (`latents.npz`, `summary.json` from `jaxmia.attack`) and writes to
-`<run_dir>/evaluation/` (or `--out_dir`):
+Reads a finished attack run (`latents.npz`, `summary.json` from `jaxmia.attack`, or PPA's own
+`optimized_w_selected_<run id>.pt` through `load_ppa_results`) and writes to `<run_dir>/evaluation/` (or
+`--out_dir`):
 
   report.json   every metric (null with a reason in "unavailable" when a run cannot compute it)
   report.md     the same as a table, with settings and the image grid
@@ -29,7 +30,7 @@ Modules: `attack_run` (what is read from the run), `networks` (loading the scori
 jitted scoring cores), `feature_cache` (training-image features, cached), `writers` (the report files),
 `evaluation` (`evaluate_attack`, the steps in order); `python -m jaxmia.evaluate` is `__main__`.
 """
-from jaxmia.evaluate.attack_run import AttackRun, load_attack_run
+from jaxmia.evaluate.attack_run import AttackRun, load_attack_run, load_ppa_results, ppa_class_order
 from jaxmia.evaluate.evaluation import OUTPUT_DIR, ReportNumbers, evaluate_attack
 from jaxmia.evaluate.feature_cache import class_subset, dataset_cache_key, training_features
 from jaxmia.evaluate.networks import NETWORK_NAMES, FeatureNetwork, load_network
@@ -40,6 +41,6 @@ from jaxmia.evaluate.writers import nearest_neighbour_grid
 __all__ = [
     "NETWORK_NAMES", "OUTPUT_DIR", "AttackRun", "FeatureNetwork", "GeneratedImages", "ReportNumbers",
     "class_subset", "dataset_cache_key", "evaluate_attack", "fake_scores_fn", "load_attack_run", "load_network",
-    "nearest_neighbour_grid", "nearest_training_distances", "real_features_fn", "score_generated_images",
-    "training_features",
+    "load_ppa_results", "nearest_neighbour_grid", "nearest_training_distances", "ppa_class_order",
+    "real_features_fn", "score_generated_images", "training_features",
 ]

@@ -118,9 +118,13 @@ def _finite_or_none(value):
 
 
 def evaluate_attack(config: ml_collections.ConfigDict, run_dir, out_dir=None, mesh=None) -> dict:
-  """Evaluates the attack run in `run_dir` (see `jaxmia.evaluate`); writes and returns the report dict."""
+  """Evaluates the attack run in `run_dir` (see `jaxmia.evaluate`); writes and returns the report dict.
+
+  `run_dir` is a `jaxmia.attack` run folder, or an `AttackRun` read otherwise (PPA's result file:
+  `load_ppa_results`). The report goes to `out_dir`, default `<run_dir>/evaluation`.
+  """
   t_start, timings = time.monotonic(), {}
-  run = load_attack_run(run_dir)
+  run = run_dir if isinstance(run_dir, AttackRun) else load_attack_run(run_dir)
   out_dir = pathlib.Path(out_dir) if out_dir else run.run_dir / OUTPUT_DIR
   mesh = mesh or parallel.make_mesh()
   parallel.check_batch_size(int(config.batch_size), mesh, "batch_size")
