@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, with_overrides
-from jaxmia import classifier, data, evaluate, model_store, models, parallel, report, student
+from jaxmia import classifier, data, evaluate, export, model_store, models, parallel, report, student
 from jaxmia.attack import render
 from jaxmia.config import load_file
 from jaxmia.data import augment, image_ops, pipeline
@@ -283,3 +283,22 @@ def test_student_schedule_and_label_remapping():
   # Constant within an epoch, cosine across epochs (PyTorch CosineAnnealingLR stepped per epoch).
   expected = [1e-4 + (0.1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)]
   np.testing.assert_allclose([schedule(jnp.int32(s)) for s in range(12)], np.repeat(expected, 3), rtol=1e-6)
+
+
+@pytest.mark.slow  # a second evaluation of the run (~1 min)
+def test_ppas_result_file_evaluates_as_the_run(attack_run, evaluated, tmp_path):
+  """The run's selection written as PPA's `optimized_w_selected_<run>.pt` (`jaxmia.export`), then evaluated from
+  that file alone (`load_ppa_results`, as `--ppa_results` does) gives the run's numbers for its selected images."""
+  _, result = evaluated
+  exported = export.export_attack(attack_run, tmp_path / "export", batch_size=4)
+  ppa_run = evaluate.load_ppa_results(exported["optimized_w_selected"], targets=str(CLASSES.tolist()),
+                                      generator=str(attack_run / "generator"), target=str(attack_run / "target"),
+                                      center_crop=0, resize=SIZE)
+  config = evaluation_config(attack_run, **{"knowledge_extraction.enabled": False})
+  ppa_result = evaluate.evaluate_attack(config, ppa_run)
+  assert ppa_result["name"] == f"optimized_w_selected_{attack_run.name}"
+  assert (ppa_run.run_dir / "evaluation" / "report.json").is_file()   # where jaxmia.report looks for it
+  for key in ("acc_top1", "acc_top5", "delta_eval", "fid", "precision", "recall", "density", "coverage",
+              "test_accuracy", "ece"):
+    np.testing.assert_allclose(ppa_result["metrics"][key], result["metrics"][key], rtol=1e-5, err_msg=key)
+  assert ppa_result["details"]["num_selected"] == result["details"]["num_selected"] == len(ppa_run.selected)
