@@ -185,6 +185,16 @@ def _logits(discriminator, d_params, images):
   return discriminator.apply({"params": d_params}, images)[:, 0].astype(jnp.float32)
 
 
+def generator_loss(fake_logits):
+  """G main: non-saturating logistic loss `mean softplus(-D(G(z)))` of `fake_logits [B]`."""
+  return jnp.mean(jax.nn.softplus(-fake_logits))
+
+
+def discriminator_loss(fake_logits, real_logits):
+  """D main: logistic loss `mean softplus(D(G(z))) + mean softplus(-D(x))` of two `[B]` logit vectors."""
+  return jnp.mean(jax.nn.softplus(fake_logits)) + jnp.mean(jax.nn.softplus(-real_logits))
+
+
 def r1_penalty(discriminator, d_params, reals, augment=lambda x: x):
   """`|d sum(D(augment(x))) / dx|^2` per image `[B]` (R1 of Mescheder et al., as NVlabs computes it)."""
   grads = jax.grad(lambda x: jnp.sum(_logits(discriminator, d_params, augment(x))))(reals)
@@ -227,7 +237,7 @@ def make_steps(config: ConfigDict):
     z = jax.random.normal(z_key, (config.batch_size, z_dim))
     fakes, _, buffers = run_g(g_params, state.g_buffers, z, g_key)
     logits = _logits(discriminator, state.d_params, augment(fakes, key, 1))
-    return jnp.mean(jax.nn.softplus(-logits)), (buffers, logits)
+    return generator_loss(logits), (buffers, logits)
 
   def g_pl_loss(g_params, state, key):
     z_key, g_key, pl_key = jax.random.split(key, 3)
@@ -249,7 +259,7 @@ def make_steps(config: ConfigDict):
     grads, (buffers, logits) = jax.grad(g_main_loss, has_aux=True)(state.g_params, state, main_key)
     params, opt_state = apply_update(g_opt, grads, state.g_opt_state, state.g_params)
     state = state.replace(g_params=params, g_buffers=buffers, g_opt_state=opt_state)
-    metrics = {"loss_g": jnp.mean(jax.nn.softplus(-logits)), "pl_penalty": jnp.float32(jnp.nan)}
+    metrics = {"loss_g": generator_loss(logits), "pl_penalty": jnp.float32(jnp.nan)}
     if pl_interval is None:
       return state, metrics
 
@@ -269,7 +279,7 @@ def make_steps(config: ConfigDict):
     fakes, _, buffers = run_g(state.g_params, state.g_buffers, z, g_key)
     fake_logits = _logits(discriminator, d_params, augment(jax.lax.stop_gradient(fakes), key, 1))
     real_logits = _logits(discriminator, d_params, augment(reals, key, 2))
-    loss = jnp.mean(jax.nn.softplus(fake_logits)) + jnp.mean(jax.nn.softplus(-real_logits))
+    loss = discriminator_loss(fake_logits, real_logits)
     return loss, (buffers, {"loss_d": loss, "logits_fake": jnp.mean(fake_logits),
                             "logits_real": jnp.mean(real_logits)})
 

@@ -59,6 +59,22 @@ CONFIGS = {
         kwargs=dict(c_dim=0, img_resolution=8, img_channels=1, architecture="orig", channel_base=128,
                     channel_max=16, block_kwargs=dict(resample_filter=[1, 2, 1]),
                     epilogue_kwargs=dict(mbstd_group_size=None))),
+    # Training losses and their gradients (jaxmia.gan's G main, D main and R1 terms): G skip + D resnet at 16x16
+    # with two mbstd groups, as configs/gan_*.py train them.
+    "stylegan2_train_golden_16": dict(
+        kind="GAN", batch=8,
+        g_kwargs=dict(z_dim=8, c_dim=0, w_dim=16, img_resolution=16, img_channels=3,
+                      mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=128, channel_max=16)),
+        kwargs=dict(c_dim=0, img_resolution=16, img_channels=3, channel_base=128, channel_max=16,
+                    epilogue_kwargs=dict(mbstd_group_size=4))),
+    # The same at 8x8 grey-scale with orig G and D, one mbstd group over the batch.
+    "stylegan2_train_golden_8_orig": dict(
+        kind="GAN", batch=3,
+        g_kwargs=dict(z_dim=4, c_dim=0, w_dim=8, img_resolution=8, img_channels=1,
+                      mapping_kwargs=dict(num_layers=1), synthesis_kwargs=dict(channel_base=64, channel_max=8,
+                                                                               architecture="orig")),
+        kwargs=dict(c_dim=0, img_resolution=8, img_channels=1, architecture="orig", channel_base=64,
+                    channel_max=8, epilogue_kwargs=dict(mbstd_group_size=None))),
 }
 
 
@@ -81,6 +97,34 @@ def weight_rule(key: str, lr_multiplier: float):
   return "normal", {"mean": 0.0, "std": scale}
 
 
+def training_terms(torch, G, D, z, reals):
+  """NVlabs' loss terms by their definitions (const noise, no mixing) and their parameter gradients.
+
+  G main `mean softplus(-D(G(z)))`, D main `mean softplus(D(G(z))) + mean softplus(-D(x))`, R1 per image
+  `|d sum D(x) / dx|^2` (gradients of its mean).
+  """
+  softplus = torch.nn.functional.softplus
+  out = {}
+
+  def grads(prefix, loss, module):
+    module.zero_grad(set_to_none=True)
+    loss.backward()
+    out.update({f"output/{prefix}/{k}": p.grad.numpy() for k, p in module.named_parameters() if p.grad is not None})
+
+  fakes = G(z, None, noise_mode="const", force_fp32=True)
+  loss_g = softplus(-D(fakes, None, force_fp32=True)).mean()
+  grads("grad_g_main", loss_g, G)
+  loss_d = softplus(D(fakes.detach(), None, force_fp32=True)).mean() + softplus(-D(reals, None, force_fp32=True)).mean()
+  grads("grad_d_main", loss_d, D)
+  x = reals.detach().requires_grad_(True)
+  dx, = torch.autograd.grad(D(x, None, force_fp32=True).sum(), x, create_graph=True)
+  r1 = dx.square().sum([1, 2, 3])
+  grads("grad_r1", r1.mean(), D)
+  out.update({"output/fakes": fakes.detach().numpy(), "output/loss_g": loss_g.detach().numpy(),
+              "output/loss_d": loss_d.detach().numpy(), "output/r1": r1.detach().numpy()})
+  return out
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--sg2-dir", required=True)
@@ -96,20 +140,50 @@ def main():
   torch.set_num_threads(1)
   os.makedirs(args.out, exist_ok=True)
 
-  for name, cfg in CONFIGS.items():
-    cls = networks.Generator if cfg["kind"] == "G" else networks.Discriminator
-    net = cls(**cfg["kwargs"]).eval()
-    lr = cfg["kwargs"].get("mapping_kwargs", {}).get("lr_multiplier", 0.01)
+  def build(cls, kwargs, prefix=""):
+    """(network with recipe weights, its manifest tensors, its fixed tensors); keys carry `prefix`."""
+    net = cls(**kwargs).eval()
+    lr = kwargs.get("mapping_kwargs", {}).get("lr_multiplier", 0.01)
     tensors, fixed = [], {}
     for key, value in net.state_dict().items():
       rule, rule_args = weight_rule(key, lr)
       if rule == "fixed":
-        fixed[key] = value.numpy()
-      tensors.append({"key": key, "shape": list(value.shape), "dtype": "float32", "rule": rule, "args": rule_args})
+        fixed[prefix + key] = value.numpy()
+      tensors.append({"key": prefix + key, "shape": list(value.shape), "dtype": "float32", "rule": rule,
+                      "args": rule_args})
+    return net, tensors, fixed
+
+  def load(net, state, prefix=""):
+    net.load_state_dict({k[len(prefix):]: torch.from_numpy(v) for k, v in state.items() if k.startswith(prefix)},
+                        strict=True)
+
+  for name, cfg in CONFIGS.items():
+    spec = {k: v for k, v in cfg.items() if k != "kwargs"}
+    if cfg["kind"] == "GAN":  # one manifest for both networks: keys "G.<key>" and "D.<key>"
+      G, g_tensors, g_fixed = build(networks.Generator, cfg["g_kwargs"], "G.")
+      D, d_tensors, d_fixed = build(networks.Discriminator, cfg["kwargs"], "D.")
+      fixed = {**g_fixed, **d_fixed}
+      manifest = {"format": recipe.FORMAT, "name": name, "builder": "stylegan2_ada.Generator+Discriminator",
+                  "kwargs": cfg["kwargs"], "spec": spec, "tensors": g_tensors + d_tensors}
+      state = recipe.make_state(manifest, SEED, fixed)
+      load(G, state, "G.")
+      load(D, state, "D.")
+      b, res, ch = cfg["batch"], D.img_resolution, D.img_channels
+      z = recipe.make_input((b, G.z_dim), SEED, "z", dist="normal")
+      reals = recipe.make_input((b, ch, res, res), SEED, "img")
+      arrays = {"input/z": z, "input/img": reals,
+                **training_terms(torch, G, D, torch.from_numpy(z), torch.from_numpy(reals))}
+      path = os.path.join(args.out, name + ".npz")
+      np.savez_compressed(path, manifest=json.dumps(manifest), seed=np.int64(SEED), meta=json.dumps(
+          {"torch": torch.__version__}), **{"fixed/" + k: v for k, v in fixed.items()}, **arrays)
+      print(f"{path}: {os.path.getsize(path) / 1024:.0f} kB")
+      continue
+    cls = networks.Generator if cfg["kind"] == "G" else networks.Discriminator
+    net, tensors, fixed = build(cls, cfg["kwargs"])
     manifest = {"format": recipe.FORMAT, "name": name, "builder": f"stylegan2_ada.{cls.__name__}",
-                "kwargs": cfg["kwargs"], "spec": {k: v for k, v in cfg.items() if k != "kwargs"}, "tensors": tensors}
+                "kwargs": cfg["kwargs"], "spec": spec, "tensors": tensors}
     state = recipe.make_state(manifest, SEED, fixed)
-    net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    load(net, state)
     b = cfg["batch"]
     arrays = {}
     with torch.no_grad():
