@@ -439,12 +439,13 @@ def ema_variables(state: GanState) -> dict:
 
 
 def export(state: GanState, config: ConfigDict, workdir: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-  """Writes `workdir/generator` (G_ema) and `workdir/discriminator` (D) as jaxmia weights folders."""
+  """Writes `workdir/discriminator` (D) and then `workdir/generator` (G_ema) as jaxmia weights folders: a
+  complete generator marks a finished run (the study skips training its prior), so it comes last."""
   host = jax.device_get(state)
-  model_store.save_model(workdir / "generator", ema_variables(host), kind="stylegan2_generator",
-                         module_kwargs=generator_kwargs(config), overwrite=True)
   model_store.save_model(workdir / "discriminator", {"params": host.d_params}, kind="stylegan2_discriminator",
                          module_kwargs=discriminator_kwargs(config), overwrite=True)
+  model_store.save_model(workdir / "generator", ema_variables(host), kind="stylegan2_generator",
+                         module_kwargs=generator_kwargs(config), overwrite=True)
   return workdir / "generator", workdir / "discriminator"
 
 

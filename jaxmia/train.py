@@ -381,11 +381,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike,
     raise
   checkpoints.wait_until_finished()
   if step == total_steps:
-    _export(workdir / "model", state, kind, module_kwargs)
     if best_checkpoints is not None:
       best_checkpoints.wait_until_finished()
       best = _restore(best_checkpoints, state, best_checkpoints.best_step())
       _export(workdir / "best_model", best, kind, module_kwargs)
+    # Last: a complete `model` marks a finished run (`chain` skips its training).
+    _export(workdir / "model", state, kind, module_kwargs)
   writer.flush()
   return state, summary
 

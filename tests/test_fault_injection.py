@@ -59,7 +59,7 @@ runpy.run_module(program, run_name="__main__", alter_sys=True)
 EXPORT_WRITING = "orbax.checkpoint:StandardCheckpointer.save"
 TIMEOUT = 600
 
-pytestmark = pytest.mark.slow  # end-to-end runs: about 4.5 CPU-minutes, run two at a time
+pytestmark = pytest.mark.slow  # end-to-end runs: about 5 CPU-minutes, two at a time
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +226,7 @@ def cell_config(study_reference_runs, path: str, key: str | None = None) -> dict
 
 # ------------------------------------------------------------------------------------------------------------
 # GAN training: its reference, then a run killed while its second checkpoint is written, one killed inside the
-# second export (D; G_ema is written), and one to the end.
+# second export (G_ema's: it marks a finished run, so D comes first), and one to the end.
 
 def gan_training(env, reference: pathlib.Path, workdir: pathlib.Path) -> pathlib.Path:
   program = Program(env, "jaxmia.gan", "--config=configs/gan_digits.py:smoke")  # 4 iterations
@@ -235,8 +235,8 @@ def gan_training(env, reference: pathlib.Path, workdir: pathlib.Path) -> pathlib
   program.run(workdir, kill_at=("orbax.checkpoint:CheckpointManager.save", 2, "after"))
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4.orbax-checkpoint-tmp"]
   program.run(workdir, kill_at=(EXPORT_WRITING, 2, "after"))
-  assert (workdir / "generator" / model_store.INFO_FILE).exists()
-  assert (workdir / f"discriminator{model_store.PARTIAL_SUFFIX}").is_dir() and not (workdir / "discriminator").exists()
+  assert (workdir / "discriminator" / model_store.INFO_FILE).exists()
+  assert (workdir / f"generator{model_store.PARTIAL_SUFFIX}").is_dir() and not (workdir / "generator").exists()
   program.run(workdir)
   return workdir
 
@@ -305,7 +305,7 @@ def test_attack(attack_runs, study_reference_runs):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The evaluation: killed while writing its report (the features of the training images are cached by then).
+# The evaluation: killed before training its student (the features of the training images are cached by then).
 
 def evaluation(env, study_reference_runs, workdir: pathlib.Path) -> pathlib.Path:
   config = cell_config(study_reference_runs, "attack/evaluation/report.json", "config")
@@ -313,8 +313,8 @@ def evaluation(env, study_reference_runs, workdir: pathlib.Path) -> pathlib.Path
                     f"--run_dir={study_reference_runs.result() / CELL / 'attack'}",
                     "--config.feature_cache_dir=",  # its own cache, in --out_dir
                     workdir_flag="--out_dir")
-  program.run(workdir, kill_at=("jaxmia.evaluate.writers:write_csv", 1, "after"))
-  assert (workdir / "per_class.csv").exists() and not (workdir / "report.json").exists()
+  program.run(workdir, kill_at=("jaxmia.student:knowledge_extraction_score", 1, "before"))
+  assert [p.name for p in workdir.iterdir()] == ["feature_cache"]
   assert len(list((workdir / "feature_cache").rglob("class_*.npz"))) == 6  # 2 networks x 3 classes
   program.run(workdir)
   return workdir
@@ -333,15 +333,15 @@ def test_evaluation(evaluation_runs, study_reference_runs):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The study: killed inside its target's export, then in the evaluation (the attack is done by then).
+# The study: killed inside its target's export, then while its evaluation writes the report's files.
 
 def study(program: Program, evaluation_model, workdir: pathlib.Path) -> pathlib.Path:
   new_study(workdir, evaluation_model)
   program.run(workdir, kill_at=(EXPORT_WRITING, 1, "after"))
   cell = workdir / CELL
   assert (cell / "target" / f"model{model_store.PARTIAL_SUFFIX}").is_dir()
-  program.run(workdir, kill_at=("jaxmia.student:knowledge_extraction_score", 1, "before"))
-  assert (cell / "attack" / "summary.json").exists() and not (cell / "attack" / "evaluation").exists()
+  program.run(workdir, kill_at=("jaxmia.report:run_markdown", 1, "before"))  # report.md's text
+  assert (cell / "attack" / "evaluation" / "per_class.csv").exists()
   program.run(workdir)
   return workdir
 
@@ -356,7 +356,9 @@ def test_study(study_runs, study_reference_runs):
   cell, expected = workdir / CELL, reference / CELL
   assert_same_weights(cell / "target" / "model", expected / "target" / "model")
   assert_same_npz(cell / "attack" / "latents.npz", expected / "attack" / "latents.npz")
-  assert (report_numbers(cell / "attack" / "evaluation" / "report.json") ==
-          report_numbers(expected / "attack" / "evaluation" / "report.json"))
+  evaluation, expected_evaluation = cell / "attack" / "evaluation", expected / "attack" / "evaluation"
+  assert report_numbers(evaluation / "report.json") == report_numbers(expected_evaluation / "report.json")
+  assert sorted(p.name for p in evaluation.iterdir()) == sorted(p.name for p in expected_evaluation.iterdir())
+  assert_same_files(evaluation, expected_evaluation, "per_class.csv", "nearest_neighbours.png")
   assert without_timings(workdir / "study.json") == without_timings(reference / "study.json")
   assert_same_files(workdir, reference, "*.png", "per_class.csv")

@@ -131,6 +131,16 @@ def test_unreadable_newest_checkpoint_is_skipped(uninterrupted, tmp_path, caplog
   assert (checkpoints / "7.unreadable").is_dir()  # kept for inspection, ignored by orbax
 
 
+def test_model_is_exported_after_best_model(tmp_path, monkeypatch):
+  """A complete `model/` marks a finished training (`chain` skips it in a study), so it is exported last: a run
+  killed between the two exports is rerun, not taken as finished without its best_model."""
+  exported, save_model = [], model_store.save_model
+  monkeypatch.setattr(model_store, "save_model",
+                      lambda path, *args, **kwargs: exported.append(path.name) or save_model(path, *args, **kwargs))
+  train.train_and_evaluate(config_of("digits", **{"dataset.validation_fraction": 0.2}), tmp_path)
+  assert exported == ["best_model", "model"]
+
+
 def test_training_config_is_validated_before_anything_is_written(tmp_path):
   workdir = tmp_path / "run"
   with pytest.raises(ValueError, match=r"config.label_smoothing=1.5 must be a finite number <= 1"):

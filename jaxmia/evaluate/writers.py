@@ -60,7 +60,8 @@ def write_csv(path: pathlib.Path, rows: list[dict]) -> None:
 
 
 def write_report(out_dir: pathlib.Path, result: dict, per_class_rows: list[dict]) -> None:
-  """Writes `per_class.csv` (under the name in `result['files']`), `report.json` and `report.md`."""
+  """Writes `per_class.csv` (under the name in `result['files']`), `report.md` and, last, `report.json`: an
+  evaluation with `report.json` is finished (a study skips it), so an interrupted one never looks finished."""
   write_csv(out_dir / result["files"]["per_class"], per_class_rows)
-  files.atomic_write(out_dir / report.REPORT_FILE, lambda f: f.write(json.dumps(result, indent=2).encode()))
   files.atomic_write(out_dir / "report.md", lambda f: f.write(report.run_markdown(result).encode()))
+  files.atomic_write(out_dir / report.REPORT_FILE, lambda f: f.write(json.dumps(result, indent=2).encode()))
