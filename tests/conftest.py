@@ -111,3 +111,44 @@ def run_program(module, *args, env=None, timeout=600):
       proc.kill()
       raise
   return proc.returncode, stderr
+
+
+# ----------------------------------------------------------------------------------------------- tiny networks
+
+TINY_GENERATOR_KWARGS = dict(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3,
+                             mapping_kwargs={"num_layers": 1},
+                             synthesis_kwargs={"channel_base": 64, "channel_max": 8})
+
+
+def save_tiny_generator(path):
+  """A 16x16 StyleGAN2 generator with NVlabs initialisation saved at `path`; returns (module, variables)."""
+  import jax.numpy as jnp  # noqa: PLC0415
+  from jaxmia import model_store  # noqa: PLC0415
+  from jaxmia.models.stylegan2 import Generator  # noqa: PLC0415
+  generator = Generator(**TINY_GENERATOR_KWARGS)
+  variables = jax.jit(generator.init)(jax.random.key(0, impl="rbg"), jnp.zeros((1, 8)), None)
+  model_store.save_model(path, variables, kind="stylegan2_generator", module_kwargs=TINY_GENERATOR_KWARGS)
+  return generator, variables
+
+
+def random_classifier_variables(module, seed, size):
+  """Random variables without compiling an init: kernels N(0, 1 / fan_in), BatchNorm at identity."""
+  import jax.numpy as jnp  # noqa: PLC0415
+  shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name == "kernel":
+      return (rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))).astype(np.float32)
+    return np.ones(leaf.shape, np.float32) if name in ("scale", "var") else np.zeros(leaf.shape, np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def save_random_classifier(path, seed, size, **module_kwargs):
+  """A classifier of `module_kwargs` with `random_classifier_variables` saved at `path`."""
+  from jaxmia import model_store, models  # noqa: PLC0415
+  module = models.create_classifier(**module_kwargs)
+  model_store.save_model(path, random_classifier_variables(module, seed, size), kind="classifier",
+                         module_kwargs=module_kwargs)

@@ -12,49 +12,28 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, with_overrides
-from jaxmia import classifier, data, evaluate, export, model_store, models, parallel, report, student
+from conftest import REPO, TINY_GENERATOR_KWARGS, save_random_classifier, save_tiny_generator, with_overrides
+from jaxmia import classifier, data, evaluate, export, model_store, parallel, report, student
 from jaxmia.attack import render
 from jaxmia.config import load_file
 from jaxmia.data import augment, image_ops, pipeline
 from jaxmia.metrics import knowledge_extraction
-from jaxmia.models.stylegan2 import Generator
 
-GENERATOR_KWARGS = dict(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3,
-                        mapping_kwargs={"num_layers": 1}, synthesis_kwargs={"channel_base": 64, "channel_max": 8})
 SIZE = 16                                    # input size of the tiny networks
 EVAL_SIZE = 32                               # the tiny DenseNet's input (16 pixels would pool to nothing)
 CLASSES = np.array([3, 7, 1])                # attacked classes, deliberately unsorted
 PER_CLASS, SELECTED_PER_CLASS = 7, 5
 
 
-def _random_variables(module, seed, size):
-  """Random variables without compiling an init: kernels N(0, 1 / fan_in), BatchNorm at identity."""
-  shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name == "kernel":
-      return (rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))).astype(np.float32)
-    return np.ones(leaf.shape, np.float32) if name in ("scale", "var") else np.zeros(leaf.shape, np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 def _save_classifier(path, seed, size=SIZE, **module_kwargs):
-  module = models.create_classifier(**module_kwargs)
-  model_store.save_model(path, _random_variables(module, seed, size), kind="classifier", module_kwargs=module_kwargs)
+  save_random_classifier(path, seed, size, **module_kwargs)
 
 
 @pytest.fixture(scope="module")
 def attack_run(tmp_path_factory):
   """A finished-looking attack run: tiny weights folders, latents.npz and summary.json in the attack's format."""
   root = tmp_path_factory.mktemp("attack")
-  generator = Generator(**GENERATOR_KWARGS)
-  generator_variables = jax.jit(generator.init)(jax.random.key(0, impl="rbg"), jnp.zeros((1, 8)), None)
-  model_store.save_model(root / "generator", generator_variables, kind="stylegan2_generator",
-                         module_kwargs=GENERATOR_KWARGS)
+  generator, generator_variables = save_tiny_generator(root / "generator")
   _save_classifier(root / "target", 1, arch="resnet18", num_classes=10, base_channels=4)
   # The evaluation model has another architecture than the target, as in the digits config.
   _save_classifier(root / "evaluation_model", 2, EVAL_SIZE, arch="densenet121", num_classes=10, growth_rate=4,
@@ -136,7 +115,7 @@ def test_accuracy_and_eval_distance_match_direct_computation(attack_run, evaluat
   run = evaluate.load_attack_run(attack_run)
   generator, generator_variables = model_store.load_model(attack_run / "generator")
   model, variables = model_store.load_model(attack_run / "evaluation_model")
-  crop = render.resolve_center_crop(0, GENERATOR_KWARGS["img_resolution"])
+  crop = render.resolve_center_crop(0, TINY_GENERATOR_KWARGS["img_resolution"])
   split = data.load_split(config.dataset, "train")
   real_images, labels = data.load_arrays(split)
 

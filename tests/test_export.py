@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, load_fixture
+from conftest import REPO, TINY_GENERATOR_KWARGS, load_fixture, save_tiny_generator
 from jaxmia import convert, evaluate, export, files, model_store, models
 from jaxmia.attack import render
 from jaxmia.config import load_file
@@ -23,8 +23,6 @@ from jaxmia.models.stylegan2 import Generator
 TORCH_PYTHON = os.environ.get("JAXMIA_TORCH_PYTHON")
 needs_torch = pytest.mark.skipif(not TORCH_PYTHON, reason="set JAXMIA_TORCH_PYTHON to a python with torch")
 
-GENERATOR_KWARGS = dict(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3,
-                        mapping_kwargs={"num_layers": 1}, synthesis_kwargs={"channel_base": 64, "channel_max": 8})
 CLASSES = [9, 2, 4]        # attack order; CPython iterates set(CLASSES) as 9, 2, 4, PPA's block order
 PER_CLASS, KEPT = 5, 3
 
@@ -78,10 +76,10 @@ def test_exported_state_dict_is_torchvisions_own(arch, fixture):
 
 
 def test_exporting_what_is_not_a_classifier_is_refused(tmp_path):
-  generator = Generator(**GENERATOR_KWARGS)
+  generator = Generator(**TINY_GENERATOR_KWARGS)
   variables = jax.eval_shape(generator.init, jax.random.key(0), jnp.zeros((1, 8)), None)
   variables = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), variables)
-  model_store.save_model(tmp_path / "g", variables, kind="stylegan2_generator", module_kwargs=GENERATOR_KWARGS)
+  model_store.save_model(tmp_path / "g", variables, kind="stylegan2_generator", module_kwargs=TINY_GENERATOR_KWARGS)
   with pytest.raises(ValueError, match="not a classifier"):
     export.export_classifier(tmp_path / "g", tmp_path / "g.pth")
   with pytest.raises(ValueError, match="layout='keras'"):
@@ -95,11 +93,8 @@ def test_exporting_what_is_not_a_classifier_is_refused(tmp_path):
 def attack_run(tmp_path_factory):
   """A finished-looking attack run on classes 9, 2, 4 (latents.npz, summary.json), with its networks."""
   root = tmp_path_factory.mktemp("attack")
-  generator = Generator(**GENERATOR_KWARGS)
-  generator_variables = jax.jit(generator.init)(jax.random.key(0, impl="rbg"), jnp.zeros((1, 8)), None)
-  model_store.save_model(root / "generator", generator_variables, kind="stylegan2_generator",
-                         module_kwargs=GENERATOR_KWARGS)
-  target_kwargs = dict(arch="resnet18", num_classes=10, base_channels=4)
+  generator, generator_variables = save_tiny_generator(root / "generator")
+  target_kwargs = dict(arch="resnet18", num_classes=10, base_channels=4)  # every leaf random: a swap shows
   model_store.save_model(root / "target", _random_variables(models.create_classifier(**target_kwargs), 1),
                          kind="classifier", module_kwargs=target_kwargs)
   targets = np.repeat(CLASSES, PER_CLASS).astype(np.int32)
