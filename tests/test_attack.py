@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmia import attack, model_store, models, parallel
+from jaxmia import attack, losses, model_store, models, parallel
 from jaxmia.attack import optimize
+from jaxmia.data import image_ops
 from jaxmia.config import load_file
 from jaxmia.models.stylegan2 import Generator
 
@@ -269,6 +270,86 @@ def test_four_devices_match_one_device(real, optimized_on_4_devices):
   np.testing.assert_array_equal(on_one.indices, on_four.indices)
   with pytest.raises(ValueError, match="divisible by the number of devices"):
     optimize_real(real, np.arange(6), parallel.make_mesh(4))
+
+
+def optimize_with_telemetry(real, num_steps, counted=None):
+  config = real["config"].attack.copy_and_resolve_references()
+  config.num_steps = num_steps
+  w, telemetry = attack.optimize_latents(
+      real["w_init"], real["targets"], real["keys"], generator=real["generator"],
+      generator_variables=real["generator_variables"], target_model=real["target_model"],
+      target_variables=real["target_variables"], config=config, counted=counted, return_telemetry=True)
+  return np.asarray(w), telemetry.as_dict()
+
+
+def direct_telemetry(real, w, step, counted):
+  """Identity loss and target confidence of latents `w` on the augmented views of attack step `step`, computed
+  here from the networks (not through the attack's loss): `{name_stat: value}` over the counted latents."""
+  config = real["config"].attack
+  settings = optimize.OptimizationSettings.from_config(config, real["generator"].img_resolution)
+  images = attack.synthesize(real["generator"], real["generator_variables"], jnp.asarray(w))
+  view = attack.target_view(images, clamp=settings.clamp, center_crop=settings.center_crop, resize=settings.resize)
+  view = image_ops.random_resized_crop(view, optimize.keys_at_step(real["keys"], step), settings.resize,
+                                       settings.crop_scale, settings.crop_ratio)
+  logits = np.asarray(real["target_model"].apply(real["target_variables"], view), np.float64)
+  loss = np.asarray(losses.poincare_loss(jnp.asarray(logits, jnp.float32), jnp.asarray(real["targets"])))
+  probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+  confidence = (probs / probs.sum(axis=1, keepdims=True))[np.arange(len(w)), real["targets"]]
+  out = {}
+  for name, values in (("identity_loss", loss[counted]), ("confidence", confidence[counted])):
+    out.update({f"{name}_mean": values.mean(), f"{name}_min": values.min(), f"{name}_max": values.max()})
+  return out
+
+
+def test_telemetry_matches_a_direct_computation(real):
+  """Row t of the telemetry: the loss and confidence of the latents after t steps on step t's views (the last
+  row: the returned latents), over the counted latents only."""
+  assert real["config"].attack.identity_loss == "poincare"
+  counted = np.arange(8) < 6  # the last two rows stand for the padding of a last batch
+  w_final, telemetry = optimize_with_telemetry(real, 4, counted)
+  assert sorted(telemetry) == sorted(f"{n}_{s}" for n in ("identity_loss", "confidence") for s in ("mean", "min",
+                                                                                                "max"))
+  assert all(values.shape == (5,) for values in telemetry.values())
+  assert np.ptp(telemetry["confidence_mean"]) > 1e-4  # the curve moves, so a wrong row would be caught
+  for step in (0, 2, 4):
+    w_step = real["w_init"] if step == 0 else (w_final if step == 4 else optimize_with_telemetry(real, step)[0])
+    expected = direct_telemetry(real, w_step, step, counted)
+    for name, value in expected.items():
+      np.testing.assert_allclose(telemetry[name][step], value, rtol=2e-5, atol=1e-6, err_msg=f"{name} step {step}")
+  # The padding rows are left out: counting them changes the statistics (and not the latents).
+  w_all, telemetry_all = optimize_with_telemetry(real, 4)
+  np.testing.assert_array_equal(w_all, w_final)
+  assert not np.allclose(telemetry_all["confidence_mean"], telemetry["confidence_mean"])
+  np.testing.assert_allclose(telemetry_all["identity_loss_mean"][4],
+                             direct_telemetry(real, w_final, 4, np.ones(8, bool))["identity_loss_mean"], rtol=2e-5)
+
+
+def test_telemetry_leaves_the_latents_bit_identical(real):
+  """The latents equal, bit for bit, those of the attack's loop without telemetry (stage 2 as it was before:
+  the gradient of the summed identity losses, `optimization_loop`, w and Adam state initialised in their own
+  jitted function), seeded as the attack seeds it."""
+  config = real["config"].attack
+  generator, target_model = real["generator"], real["target_model"]
+  settings = optimize.OptimizationSettings.from_config(config, generator.img_resolution)
+
+  def without_telemetry(w, opt_state, targets, keys, generator_variables, target_variables):
+    def total_loss(w, step_keys):
+      images = optimize.synthesis_fn(generator, settings)(generator_variables, w)
+      return jnp.sum(optimize.identity_losses(images, targets, step_keys, target_variables,
+                                              target_model=target_model, settings=settings))
+
+    gradient = lambda step, w, step_keys, carry: (jax.grad(total_loss)(w, step_keys), carry)
+    return optimize.optimization_loop(gradient, w, opt_state, keys, settings)[:2]
+
+  init = jax.jit(lambda w: (jnp.array(w, jnp.float32, copy=True),
+                            optimize.make_optimizer(settings).init(jnp.asarray(w, jnp.float32))))
+  reference, _ = jax.jit(without_telemetry, donate_argnums=(0, 1))(
+      *init(real["w_init"]), jnp.asarray(real["targets"], jnp.int32), real["keys"], real["generator_variables"],
+      real["target_variables"])
+  w, _ = optimize_with_telemetry(real, config.num_steps)
+  assert np.abs(w - real["w_init"]).max() > 1e-3
+  np.testing.assert_array_equal(w, np.asarray(reference))
+  np.testing.assert_array_equal(optimize_real(real, np.arange(8), mesh=None), w)
 
 
 # ------------------------------------------------------------------------------------------------------------

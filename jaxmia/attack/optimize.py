@@ -9,9 +9,11 @@ is the same whether it is optimised alone or in a batch of any size, on any numb
 """
 import dataclasses
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxmia import losses, parallel
@@ -99,19 +101,31 @@ def synthesis_fn(generator, settings: OptimizationSettings):
   return synthesis
 
 
-def identity_losses(images, targets, step_keys, target_variables, *, target_model, settings: OptimizationSettings):
-  """Identity loss `[B]` of each generated image `[B, R, R, C]`: the target's view of it, this step's random
-  resized crop (`step_keys`, one per image), the target model, the configured identity loss."""
+def target_logits(images, step_keys, target_variables, *, target_model, settings: OptimizationSettings):
+  """Float32 target logits `[B, K]` of each generated image `[B, R, R, C]`: the target's view of it, this step's
+  random resized crop (`step_keys`, one per image), the target model."""
   view = render.target_view(images, clamp=settings.clamp, center_crop=settings.center_crop,
                             resize=settings.resize)
   view = image_ops.random_resized_crop(view, step_keys, settings.resize, settings.crop_scale, settings.crop_ratio)
-  logits = target_model.apply(target_variables, view).astype(jnp.float32)
+  return target_model.apply(target_variables, view).astype(jnp.float32)
+
+
+def identity_losses(images, targets, step_keys, target_variables, *, target_model, settings: OptimizationSettings):
+  """Identity loss `[B]` of each generated image `[B, R, R, C]`: the configured identity loss of its
+  `target_logits`."""
+  logits = target_logits(images, step_keys, target_variables, target_model=target_model, settings=settings)
   return IDENTITY_LOSSES[settings.identity_loss](logits, targets)
+
+
+def target_confidences(logits, targets):
+  """The softmax probability `[B]` of each image's target class, from logits `[B, K]`."""
+  return jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), targets[:, None], axis=1)[:, 0]
 
 
 def _per_latent_losses(w, targets, step_keys, generator_variables, target_variables, discriminator_variables, *,
                        generator, target_model, discriminator, settings: OptimizationSettings):
-  """Attack loss of each latent, `[B]`: identity loss on an augmented view (+ weighted realism loss)."""
+  """Attack loss of each latent `[B]` (identity loss on an augmented view + weighted realism loss) and the
+  target logits `[B, K]` of that view."""
   images = synthesis_fn(generator, settings)(generator_variables, w)
   loss = jnp.zeros(w.shape[0], jnp.float32)
   if settings.discriminator_loss_weight > 0:
@@ -120,8 +134,8 @@ def _per_latent_losses(w, targets, step_keys, generator_variables, target_variab
       return discriminator.apply(discriminator_variables, image[None], None)[0, 0]
     logits_d = jax.vmap(realism_logit)(images).astype(jnp.float32)
     loss = loss + settings.discriminator_loss_weight * jax.nn.softplus(-logits_d)
-  return loss + identity_losses(images, targets, step_keys, target_variables, target_model=target_model,
-                                settings=settings)
+  logits = target_logits(images, step_keys, target_variables, target_model=target_model, settings=settings)
+  return loss + IDENTITY_LOSSES[settings.identity_loss](logits, targets), logits
 
 
 def keys_at_step(keys, step):
@@ -147,20 +161,65 @@ def optimization_loop(gradient, w, opt_state, keys, settings: OptimizationSettin
   return jax.lax.fori_loop(0, settings.num_steps, one_step, (w, opt_state, carry))
 
 
-def _optimize(w, opt_state, targets, keys, generator_variables, target_variables, discriminator_variables, *,
-              generator, target_model, discriminator, settings: OptimizationSettings):
-  """`num_steps` Adam steps on `w` in one on-device loop; returns the final `(w, opt_state)`."""
-  def total_loss(w, step_keys):
-    return jnp.sum(_per_latent_losses(
+class Telemetry(NamedTuple):
+  """Stage-2 statistics of one batch, computed on device inside the optimisation loop.
+
+  `identity_loss` and `confidence` (the target's softmax probability of the target class) are
+  `[num_steps + 1, 3]`: mean, min and max over the batch's counted latents. Row t < num_steps holds what the
+  loss of step t saw (the latents before update t, on step t's augmented views: PPA's printout of each step);
+  row num_steps the same for the returned latents, on the views of the keys of step num_steps.
+  """
+  identity_loss: jax.Array
+  confidence: jax.Array
+
+  def as_dict(self) -> dict[str, np.ndarray]:
+    """`{'identity_loss_mean': [num_steps + 1], ..., 'confidence_max': ...}` on the host: the names the run's
+    files and TensorBoard tags use."""
+    return {f"{name}_{stat}": np.asarray(jax.device_get(getattr(self, name)))[:, i]
+            for name in self._fields for i, stat in enumerate(STATISTICS)}
+
+
+STATISTICS = ("mean", "min", "max")
+
+
+def batch_statistics(values, counted):
+  """`[3]`: mean, min and max of `values` `[B]` over the entries where `counted` (bool `[B]`) is True."""
+  mean = jnp.sum(jnp.where(counted, values, 0.0)) / jnp.sum(counted)
+  return jnp.stack([mean, jnp.min(jnp.where(counted, values, jnp.inf)), jnp.max(jnp.where(counted, values, -jnp.inf))])
+
+
+def _optimize(w, opt_state, targets, keys, counted, generator_variables, target_variables, discriminator_variables,
+              *, generator, target_model, discriminator, settings: OptimizationSettings):
+  """`num_steps` Adam steps on `w` in one on-device loop; returns the final `(w, opt_state, Telemetry)`.
+
+  Each step's target logits (an output of the loss the gradient is taken of, `has_aux`) are written into a
+  `[num_steps + 1, B, K]` buffer carried through the loop; the statistics are computed from it after the loop.
+  Computing the identity loss inside the loop as well would let XLA share and fuse it with the gradient's
+  own computation, which moves `w` by an ulp; the buffer keeps the gradient bit-identical to a loop
+  without telemetry.
+  """
+  def loss_and_logits(w, step_keys):
+    loss, logits = _per_latent_losses(
         w, targets, step_keys, generator_variables, target_variables, discriminator_variables,
-        generator=generator, target_model=target_model, discriminator=discriminator, settings=settings))
+        generator=generator, target_model=target_model, discriminator=discriminator, settings=settings)
+    return jnp.sum(loss), logits
 
-  def gradient(step, w, step_keys, carry):
-    del step
-    return jax.grad(total_loss)(w, step_keys), carry
+  def gradient(step, w, step_keys, logits_buffer):
+    grads, logits = jax.grad(loss_and_logits, has_aux=True)(w, step_keys)
+    return grads, logits_buffer.at[step].set(logits)
 
-  w, opt_state, _ = optimization_loop(gradient, w, opt_state, keys, settings)
-  return w, opt_state
+  logits_shape = jax.eval_shape(loss_and_logits, w, keys_at_step(keys, 0))[1]
+  buffer = jnp.zeros((settings.num_steps + 1, *logits_shape.shape), jnp.float32)
+  w, opt_state, buffer = optimization_loop(gradient, w, opt_state, keys, settings, buffer)
+  _, final_logits = loss_and_logits(w, keys_at_step(keys, settings.num_steps))
+  buffer = buffer.at[settings.num_steps].set(final_logits)
+
+  def statistics(logits):  # [B, K] -> ([3], [3])
+    return (batch_statistics(IDENTITY_LOSSES[settings.identity_loss](logits, targets), counted),
+            batch_statistics(target_confidences(logits, targets), counted))
+
+  identity_loss, confidence = jax.vmap(statistics)(buffer)
+  return w, opt_state, Telemetry(identity_loss=identity_loss, confidence=confidence)
 
 
 def _compiled(generator, target_model, discriminator, settings: OptimizationSettings):
@@ -170,8 +229,9 @@ def _compiled(generator, target_model, discriminator, settings: OptimizationSett
       w = jnp.array(w_init, jnp.float32, copy=True)
       return w, make_optimizer(settings).init(w)
 
-    def run(w, opt_state, targets, keys, generator_variables, target_variables, discriminator_variables):
-      return _optimize(w, opt_state, targets, keys, generator_variables, target_variables, discriminator_variables,
+    def run(w, opt_state, targets, keys, counted, generator_variables, target_variables, discriminator_variables):
+      return _optimize(w, opt_state, targets, keys, counted, generator_variables, target_variables,
+                       discriminator_variables,
                        generator=generator, target_model=target_model, discriminator=discriminator,
                        settings=settings)
 
@@ -186,8 +246,10 @@ def _as_key_array(keys):
 
 
 def optimize_latents(w_init, targets, keys, *, generator, generator_variables, target_model, target_variables,
-                     config, discriminator=None, discriminator_variables=None, mesh=None):
-  """Optimises one batch of latents; returns the optimised `w` with the shape of `w_init`.
+                     config, discriminator=None, discriminator_variables=None, mesh=None, counted=None,
+                     return_telemetry: bool = False):
+  """Optimises one batch of latents; returns the optimised `w` with the shape of `w_init` (and, with
+  `return_telemetry`, the batch's `Telemetry`: `(w, telemetry)`).
 
   Args:
     w_init: `[B, 1, w_dim]` (one w per image, broadcast to all `num_ws` layers) or `[B, num_ws, w_dim]` (W+).
@@ -201,6 +263,9 @@ def optimize_latents(w_init, targets, keys, *, generator, generator_variables, t
     discriminator, discriminator_variables: StyleGAN2 discriminator, needed only if
       `config.discriminator_loss_weight > 0`.
     mesh: a `('data',)` mesh to shard the batch over (variables are replicated); None runs where the inputs are.
+    counted: bool `[B]`, the latents the telemetry's statistics count (the attack's last batch repeats latents
+      to fill the batch); None counts all. It never changes `w`.
+    return_telemetry: also return the `Telemetry` (the same compiled loop runs either way, so `w` is the same).
   """
   settings = OptimizationSettings.from_config(config, generator.img_resolution)
   if settings.discriminator_loss_weight > 0 and discriminator is None:
@@ -213,20 +278,24 @@ def optimize_latents(w_init, targets, keys, *, generator, generator_variables, t
     raise ValueError(f"w_init must have shape [B, 1 or {generator.num_ws}, {generator.w_dim}], got {w_init.shape}.")
   targets = jnp.asarray(targets, jnp.int32)
   keys = _as_key_array(keys)
-  if not targets.shape == keys.shape == w_init.shape[:1]:
-    raise ValueError(f"targets {targets.shape} and keys {keys.shape} need one entry per latent "
-                     f"(w_init has {w_init.shape[0]}).")
+  counted = np.ones(w_init.shape[:1], bool) if counted is None else np.asarray(counted, bool)
+  if not targets.shape == keys.shape == counted.shape == w_init.shape[:1]:
+    raise ValueError(f"targets {targets.shape}, keys {keys.shape} and counted {counted.shape} need one entry per "
+                     f"latent (w_init has {w_init.shape[0]}).")
+  if not counted.any():
+    raise ValueError("counted must count at least one latent.")
   variables = (generator_variables, target_variables, discriminator_variables)
   if mesh is not None:
     parallel.check_batch_size(w_init.shape[0], mesh, "attack batch size")
-    w_init, targets, keys = jax.device_put((w_init, targets, keys), parallel.data_sharding(mesh))
+    w_init, targets, keys, counted = jax.device_put((w_init, targets, keys, counted), parallel.data_sharding(mesh))
     variables = parallel.replicate(variables, mesh)
+  else:
+    counted = jnp.asarray(counted)
   generator = render.with_compute_dtype(generator, settings.dtype)
   target_model = render.with_compute_dtype(target_model, settings.dtype)
   if discriminator is not None:
     discriminator = render.with_compute_dtype(discriminator, settings.dtype)
   init, run = _compiled(generator, target_model, discriminator, settings)
   w, opt_state = init(w_init)
-  w, _ = run(w, opt_state, targets, keys, *variables)
-  return w
-
+  w, _, telemetry = run(w, opt_state, targets, keys, counted, *variables)
+  return (w, telemetry) if return_telemetry else w
