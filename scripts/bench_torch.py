@@ -1,0 +1,253 @@
+"""The PyTorch side of scripts/bench_*.py: a worker run by the reference interpreter (`JAXMIA_TORCH_PYTHON`).
+
+    $JAXMIA_TORCH_PYTHON scripts/bench_torch.py            # serve requests (jaxmia/benchmarks.py: serve, compare)
+    $JAXMIA_TORCH_PYTHON scripts/bench_torch.py --check ppa,sg2   # import what the cases need, print versions
+
+It imports the unmodified reference modules at run time from the checkouts in `JAXMIA_SG2_DIR`
+(NVlabs/stylegan2-ada-pytorch: `training.networks.Generator`) and `JAXMIA_PPA_DIR` (LukasStruppek/Plug-and-
+Play-Attacks: `attacks.optimize.Optimization`, `attacks.initial_selection.find_initial_w`,
+`attacks.final_selection.scores_by_transform`); nothing of theirs is copied here. Weights are random (speed
+does not depend on them), float32, CPU. A case (a JSON object from the driver) is one of
+  attack_optimize  PPA's stage-2 loop (`Optimization.optimize`, Adam(0.005, (0.1, 0.1)), PPA's FFHQ attack
+                   transforms, Poincaré loss; the target keeps `requires_grad` as in PPA), seconds per step;
+  attack_initial   `find_initial_w` over 3 batches (mapping, synthesis, clip, crop, resize, flip), s/image;
+  attack_final     `scores_by_transform` (PPA's stage 3, synthesis not included), seconds per image;
+  train            PPA's `Classifier.fit` step (train mode, CrossEntropyLoss(label_smoothing), Adam 1e-3)
+                   on random 224 px tensors, seconds per step;
+  synthesis        NVlabs' `G.synthesis` forward or forward + backward w.r.t. ws, seconds per call;
+  conv             one convolution's forward, input gradient, weight gradient or all three, s per call.
+torchvision is only needed for its pure-Python ResNets and transforms: when its compiled operators do not
+load beside the installed torch (torch 2.13.0 CPU with torchvision 0.28.0, as scripts/setup_reference.sh
+installs), the two operator schemas its import registers fake kernels for are declared first.
+"""
+import importlib.util
+import json
+import os
+import pathlib
+import sys
+
+import torch
+
+_benchmarks_file = pathlib.Path(__file__).resolve().parents[1] / "jaxmia" / "benchmarks.py"
+_spec = importlib.util.spec_from_file_location("jaxmia_benchmarks", _benchmarks_file)
+benchmarks = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(benchmarks)  # by path: jaxmia's package and its dependencies are not installed here
+
+_TORCHVISION_SHIM = []
+
+
+def import_torchvision():
+  """torchvision, after declaring `torchvision::nms` / `qnms` if its compiled extension does not load."""
+  try:
+    import torchvision
+    return torchvision
+  except RuntimeError as e:
+    if "torchvision::nms" not in str(e):
+      raise
+  for name in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
+    del sys.modules[name]
+  library = torch.library.Library("torchvision", "DEF")
+  library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+  library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+  _TORCHVISION_SHIM.append(library)
+  import torchvision
+  return torchvision
+
+
+def add_reference_paths():
+  """NVlabs' checkout first: both repositories have a top-level `metrics` package (neither is used)."""
+  for key in ("JAXMIA_PPA_DIR", "JAXMIA_SG2_DIR"):
+    if os.environ.get(key) and os.environ[key] not in sys.path:
+      sys.path.insert(0, os.environ[key])
+
+
+def check(needs):
+  """Imports what the cases need; prints the versions as JSON."""
+  torchvision = import_torchvision()
+  assert torchvision.models.resnet.resnet18 and torchvision.transforms.RandomResizedCrop
+  if "sg2" in needs:
+    import training.networks  # noqa: F401
+  if "ppa" in needs:
+    import attacks.final_selection  # noqa: F401
+    import attacks.initial_selection  # noqa: F401
+    import attacks.optimize  # noqa: F401
+  print(json.dumps(dict(torch=torch.__version__, torchvision=torchvision.__version__,
+                        torchvision_shim=bool(_TORCHVISION_SHIM), threads=torch.get_num_threads())))
+
+
+# ------------------------------------------------------------------------------------------------- networks
+
+_cache = {}
+
+
+def cached(key, build):
+  if key not in _cache:
+    _cache[key] = build()
+  return _cache[key]
+
+
+def generator(kwargs):
+  """NVlabs' Generator with seeded random weights, frozen and in eval mode as PPA's G_ema."""
+  from training.networks import Generator
+
+  def build():
+    torch.manual_seed(0)
+    return Generator(**kwargs).eval().requires_grad_(False)
+
+  return cached(("G", json.dumps(kwargs, sort_keys=True)), build)
+
+
+def target(arch, num_classes):
+  """torchvision ResNet with a `num_classes` head, as PPA's targets."""
+  def build():
+    torch.manual_seed(1)
+    model = getattr(import_torchvision().models.resnet, arch)(weights=None)
+    model.fc = torch.nn.Linear(model.fc.in_features, num_classes)
+    return model
+  return cached(("target", arch, num_classes), build)
+
+
+def attack_transforms(crop):
+  """PPA's FFHQ attack transformations (`attack.transformations` of its configs), crop scaled to resolution."""
+  T = import_torchvision().transforms
+  return T.Compose([T.CenterCrop(size=crop), T.Resize(size=224, antialias=True),
+                    T.RandomResizedCrop(size=[224, 224], scale=[0.9, 1.0], ratio=[1.0, 1.0], antialias=True)])
+
+
+class _AttackConfig:
+  """What `attacks.optimize.Optimization` uses of PPA's AttackConfigParser."""
+  attack = {"discriminator_loss_weight": 0.0, "clip": False}
+  log_progress = False
+
+  def create_optimizer(self, params):
+    return torch.optim.Adam(params, lr=0.005, weight_decay=0, betas=[0.1, 0.1])
+
+  def create_lr_scheduler(self, optimizer):
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------- cases
+
+
+def build(case):
+  """(function timed once per round, units it covers) of a case; built and warmed up once."""
+  kind = case["kind"]
+  torch.manual_seed(0)
+  if kind == "attack_optimize":
+    from attacks.optimize import Optimization
+    G, model = generator(case["generator"]), target(case["target"], case["num_classes"])
+    model.eval()  # PPA: eval mode, parameters keep requires_grad (their gradients are computed each step)
+    synthesis = torch.nn.DataParallel(G.synthesis)  # attack.py wraps both (a pass-through without GPUs)
+    synthesis.num_ws = G.num_ws
+    optimization = Optimization(torch.nn.DataParallel(model), synthesis, None, attack_transforms(case["crop"]),
+                                G.num_ws, _AttackConfig())
+    with torch.no_grad():
+      w = G.mapping(torch.randn(case["B"], G.z_dim), None, truncation_psi=0.5, truncation_cutoff=8)[:, :1]
+    labels = torch.arange(case["B"]) % case["num_classes"]
+    optimization.optimize(w.clone(), labels, num_epochs=1)
+    return (lambda: optimization.optimize(w.clone(), labels, num_epochs=case["steps"])), case["steps"]
+  if kind == "attack_initial":
+    from attacks.initial_selection import find_initial_w
+    G = generator(case["generator"])
+    model = torch.nn.DataParallel(target(case["target"], case["num_classes"]))
+    run = lambda n: find_initial_w(G, model, [0], search_space_size=n, clip=True, center_crop=case["crop"],
+                                   resize=224, horizontal_flip=True, batch_size=case["B"], truncation_psi=0.5,
+                                   truncation_cutoff=8, seed=0)
+    run(case["B"])
+    return (lambda: run(3 * case["B"])), 3 * case["B"]
+  if kind == "attack_final":
+    from attacks.final_selection import scores_by_transform
+    T = import_torchvision().transforms
+    model = torch.nn.DataParallel(target(case["target"], case["num_classes"]))
+    model.eval()
+    transforms = T.Compose([T.RandomResizedCrop(size=(224, 224), scale=(0.5, 0.9), ratio=(0.8, 1.2), antialias=True),
+                            T.RandomHorizontalFlip(0.5)])  # PPA's perform_final_selection, approach 'transforms'
+    images = torch.rand(case["B"], 3, 224, 224) * 2 - 1
+    labels = torch.arange(case["B"]) % case["num_classes"]
+    scores_by_transform(images, labels, model, transforms, 1)
+    run = lambda: scores_by_transform(images, labels, model, transforms, case["iterations"])
+    return run, case["B"] * case["iterations"]
+  if kind == "train":
+    model = target(case["arch"], case["num_classes"])
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=case["label_smoothing"])
+    x = torch.randn(case["B"], 3, 224, 224)
+    y = torch.randint(0, case["num_classes"], (case["B"],))
+
+    def step():
+      optimizer.zero_grad()
+      loss = criterion(model(x), y)
+      loss.backward()
+      optimizer.step()
+      loss.item()
+
+    for _ in range(case.get("warmup", 1)):
+      step()
+    return (lambda: [step() for _ in range(case["steps"])]), case["steps"]
+  if kind == "synthesis":
+    G = generator(case["generator"])
+    ws = torch.randn([case["B"], G.num_ws, G.w_dim])
+
+    def call():
+      if case["mode"] == "fwd":
+        with torch.no_grad():
+          G.synthesis(ws, noise_mode="const", force_fp32=True)
+      else:
+        w = ws.clone().requires_grad_(True)
+        G.synthesis(w, noise_mode="const", force_fp32=True).square().sum().backward()
+
+    call()
+    return (lambda: [call() for _ in range(case["calls"])]), case["calls"]
+  if kind == "conv":
+    b, size, cin, cout, k, stride = (case[key] for key in ("B", "size", "cin", "cout", "k", "stride"))
+    x = torch.randn(b, cin, size, size)
+    w = torch.randn(cout, cin, k, k) / (k * k * cin) ** 0.5
+    pad = k // 2
+    out_size = (size + 2 * pad - k) // stride + 1
+    g = torch.randn(b, cout, out_size, out_size)
+    conv = lambda x, w: torch.nn.functional.conv2d(x, w, stride=stride, padding=pad)
+    op = case["op"]
+    if op == "forward":
+      fn = lambda: conv(x, w)
+    elif op == "input_grad":
+      fn = lambda: torch.nn.grad.conv2d_input(x.shape, w, g, stride=stride, padding=pad)
+    elif op == "weight_grad":
+      fn = lambda: torch.nn.grad.conv2d_weight(x, w.shape, g, stride=stride, padding=pad)
+    else:  # training pass: forward, input and weight gradient
+      xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+      fn = lambda: torch.autograd.grad(conv(xr, wr), (xr, wr), g)
+
+    def calls():
+      with torch.enable_grad() if op == "training" else torch.no_grad():
+        for _ in range(case["calls"]):
+          fn()
+
+    calls()
+    return calls, case["calls"]
+  raise ValueError(f"unknown case kind {kind!r}")
+
+
+def handle(request):
+  case = request["case"]
+  key = ("case", json.dumps(case, sort_keys=True))
+  if request["op"] == "prepare":
+    timing = benchmarks.timed(lambda: cached(key, lambda: build(case)))
+    return dict(setup_s=timing["seconds"], torch=torch.__version__, threads=torch.get_num_threads())
+  if request["op"] == "round":
+    fn, units = _cache[key]
+    return benchmarks.timed(fn, units)
+  raise ValueError(f"unknown op {request['op']!r}")
+
+
+def main():
+  add_reference_paths()
+  if sys.argv[1:2] == ["--check"]:
+    check(set(filter(None, (sys.argv[2] if len(sys.argv) > 2 else "").split(","))))
+    return
+  import_torchvision()
+  benchmarks.serve(handle)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Creates the PyTorch reference environment that scripts/bench_*.py measure jaxmia against, outside the project.
+#
+#   scripts/setup_reference.sh --ppa PATH --sg2 PATH [--torch VERSION] [--torchvision VERSION] [--python PY] [DIR]
+#
+# DIR (default: $JAXMIA_REFERENCE, else ../reference beside this checkout; never inside it) gets
+#   DIR/venv           a virtual environment with torch, torchvision and what the reference modules import,
+#                      all from the package registry (pip);
+#   DIR/reference.env  JAXMIA_TORCH_PYTHON, JAXMIA_PPA_DIR, JAXMIA_SG2_DIR (and the checkouts' commits), which
+#                      the benchmarks read (`--reference=DIR`, or $JAXMIA_REFERENCE); `set -a; . DIR/reference.env`
+#                      also gives the tests that use JAXMIA_TORCH_PYTHON their PyTorch.
+# --ppa and --sg2 are checkouts of LukasStruppek/Plug-and-Play-Attacks and NVlabs/stylegan2-ada-pytorch (their
+# code is imported at run time, never copied into the project); a bare git repository (a mirror) is extracted
+# with `git archive HEAD` into DIR/ppa or DIR/stylegan2-ada-pytorch.
+#
+# torchvision is installed without its dependencies, beside the torch chosen here: with torch 2.13.0 (a CPU
+# build, the x86_64 default) torchvision 0.28.0's compiled operators do not load, and the benchmarks' PyTorch
+# worker (scripts/bench_torch.py) declares the two operator schemas its import needs; only its pure-Python
+# models and transforms are used. `--torch 2.14.1 --torchvision 0.29.1` is a matching pair (a CUDA build,
+# ~5.5 GB). The worker's import check runs at the end.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd -P)
+case "$(uname -m)" in
+  aarch64) torch_version=2.9.1 torchvision_version=0.24.1 ;;
+  *) torch_version=2.13.0 torchvision_version=0.28.0 ;;
+esac
+python=python3 ppa='' sg2='' dir=${JAXMIA_REFERENCE:-$here/../reference}
+
+usage() { sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --ppa) ppa=$2; shift 2 ;;
+    --sg2) sg2=$2; shift 2 ;;
+    --torch) torch_version=$2; shift 2 ;;
+    --torchvision) torchvision_version=$2; shift 2 ;;
+    --python) python=$2; shift 2 ;;
+    -h|--help) usage ;;
+    -*) echo "error: unknown option $1" >&2; usage ;;
+    *) dir=$1; shift ;;
+  esac
+done
+[[ -n "$ppa" && -n "$sg2" ]] || { echo "error: give --ppa PATH and --sg2 PATH (checkouts of the reference code)" >&2; exit 2; }
+
+dir=$(realpath -m "$dir")
+inside() { [[ "$1/" == "$here/"* ]]; }
+if inside "$dir"; then
+  echo "error: $dir is inside the project ($here); the reference environment lives outside it" >&2
+  exit 2
+fi
+mkdir -p "$dir"
+
+# checkout PATH NAME FILE: the folder of the code (a bare repository extracted into DIR/NAME), checked for FILE.
+checkout() {
+  local path name=$2 file=$3
+  path=$(cd "$1" && pwd -P) || { echo "error: no folder $1" >&2; exit 2; }
+  if inside "$path"; then
+    echo "error: $path is inside the project; keep the reference checkouts outside it" >&2
+    exit 2
+  fi
+  if [[ "$(git -C "$path" rev-parse --is-bare-repository 2>/dev/null)" == true ]]; then
+    rm -rf "$dir/$name.partial" && mkdir -p "$dir/$name.partial"
+    git -C "$path" archive HEAD | tar -x -C "$dir/$name.partial"
+    git -C "$path" rev-parse HEAD > "$dir/$name.partial/.commit"
+    rm -rf "${dir:?}/$name" && mv "$dir/$name.partial" "$dir/$name"
+    path=$dir/$name
+  fi
+  [[ -f "$path/$file" ]] || { echo "error: $path has no $file: not a checkout of $name" >&2; exit 2; }
+  echo "$path"
+}
+commit() {
+  if [[ -f "$1/.commit" ]]; then cat "$1/.commit"; else git -C "$1" rev-parse HEAD 2>/dev/null || echo unknown; fi
+}
+ppa=$(checkout "$ppa" ppa attacks/optimize.py)
+sg2=$(checkout "$sg2" stylegan2-ada-pytorch training/networks.py)
+
+if [[ ! -x "$dir/venv/bin/python" ]]; then
+  "$python" -m venv "$dir/venv"
+fi
+pip=("$dir/venv/bin/python" -m pip install --disable-pip-version-check -q)
+"${pip[@]}" "torch==$torch_version" numpy pillow requests tqdm
+"${pip[@]}" --no-deps "torchvision==$torchvision_version"
+
+env_file=$dir/reference.env
+{
+  echo "# Written by jaxmia's scripts/setup_reference.sh; read by scripts/bench_*.py."
+  printf 'JAXMIA_TORCH_PYTHON=%q\n' "$dir/venv/bin/python"
+  printf 'JAXMIA_PPA_DIR=%q\n' "$ppa"
+  printf 'JAXMIA_SG2_DIR=%q\n' "$sg2"
+  printf 'JAXMIA_PPA_COMMIT=%q\n' "$(commit "$ppa")"
+  printf 'JAXMIA_SG2_COMMIT=%q\n' "$(commit "$sg2")"
+} > "$env_file.partial"
+mv "$env_file.partial" "$env_file"
+
+JAXMIA_PPA_DIR=$ppa JAXMIA_SG2_DIR=$sg2 "$dir/venv/bin/python" "$here/scripts/bench_torch.py" --check
+echo "Reference environment ready: $env_file"

@@ -1,0 +1,185 @@
+"""jaxmia.benchmarks, what scripts/bench_*.py share: interleaved rounds and their medians, the worker protocol,
+finding the reference environment, and the table + JSON (no PyTorch column and no ratio without a reference)."""
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from jaxmia import benchmarks
+
+REFERENCE_VARIABLES = ("JAXMIA_REFERENCE", "JAXMIA_TORCH_PYTHON", "JAXMIA_PPA_DIR", "JAXMIA_SG2_DIR",
+                       "JAXMIA_PPA_COMMIT", "JAXMIA_SG2_COMMIT")
+COLUMNS = [benchmarks.Column("target", "arch", str), benchmarks.Column("jaxmia img/s", "jaxmia_rate"),
+           benchmarks.Column("PPA img/s", "torch_rate", torch=True),
+           benchmarks.Column("ratio", "ratio", benchmarks.times_cell, torch=True, ratio=True)]
+
+
+@pytest.fixture
+def no_reference_variables(monkeypatch):
+  for name in REFERENCE_VARIABLES:
+    monkeypatch.delenv(name, raising=False)
+
+
+class FakeWorker:
+  """Records the calls in a shared log; `round` answers the next of its `seconds`."""
+
+  def __init__(self, name, seconds, log):
+    self.name, self.seconds, self.log = name, list(seconds), log
+
+  def call(self, op, case):
+    self.log.append((op, self.name, case["id"]))
+    if op == "prepare":
+      return dict(setup_s=1.0)
+    return dict(seconds=self.seconds.pop(0), cpu_seconds=0.5, other_cores=0.1, peak_rss_gb=2.0)
+
+
+def test_interleaved_order_reverses_every_other_round():
+  assert benchmarks.interleaved_order(["jaxmia", "torch"], 4) == [
+      ["jaxmia", "torch"], ["torch", "jaxmia"], ["jaxmia", "torch"], ["torch", "jaxmia"]]
+  assert benchmarks.interleaved_order(["a", "b", "c"], 2) == [["a", "b", "c"], ["c", "b", "a"]]
+  assert benchmarks.interleaved_order(["a"], 0) == []
+
+
+def test_compare_prepares_all_sides_then_alternates_and_takes_medians():
+  log = []
+  workers = dict(jaxmia=FakeWorker("jaxmia", [3.0, 1.0, 2.0], log), torch=FakeWorker("torch", [8.0, 4.0, 100.0], log))
+  summaries = benchmarks.compare(workers, dict(jaxmia=dict(id="j"), torch=dict(id="t")), rounds=3)
+  assert log == [("prepare", "jaxmia", "j"), ("prepare", "torch", "t"),
+                 ("round", "jaxmia", "j"), ("round", "torch", "t"),
+                 ("round", "torch", "t"), ("round", "jaxmia", "j"),
+                 ("round", "jaxmia", "j"), ("round", "torch", "t")]
+  assert summaries["jaxmia"]["seconds"] == 2.0 and summaries["torch"]["seconds"] == 8.0  # medians, not means
+  assert summaries["jaxmia"]["round_seconds"] == [3.0, 1.0, 2.0]
+  assert summaries["torch"]["seconds_min"] == 4.0 and summaries["torch"]["seconds_max"] == 100.0
+  assert summaries["jaxmia"]["setup_s"] == 1.0 and summaries["jaxmia"]["peak_rss_gb"] == 2.0
+  row = benchmarks.side_by_side_row(summaries, 4, arch="resnet18")
+  assert row["jaxmia_rate"] == 2.0 and row["torch_rate"] == 0.5 and row["ratio"] == 4.0 and row["side_by_side"]
+
+
+def test_row_without_torch_side_has_no_ratio():
+  summary = benchmarks.summarize([dict(seconds=2.0, other_cores=0.0)])
+  row = benchmarks.side_by_side_row(dict(jaxmia=summary), 4, arch="resnet18")
+  assert row["jaxmia_rate"] == 2.0 and row["ratio"] is None and not row["side_by_side"]
+  assert "torch_rate" not in row
+
+
+def test_median_of_even_count():
+  assert benchmarks.summarize([dict(seconds=s) for s in (4.0, 1.0, 3.0, 2.0)])["seconds"] == 2.5
+
+
+WORKER = """
+import sys
+from jaxmia import benchmarks
+print("noise on stdout")
+def handle(request):
+  print("more noise")
+  if request["op"] == "fail":
+    raise ValueError("bad case")
+  return dict(echo=request["case"], timing=benchmarks.timed(lambda: None, 2))
+benchmarks.serve(handle)
+"""
+
+
+def test_worker_protocol_keeps_stdout_noise_off_the_replies():
+  with benchmarks.Worker("test", [sys.executable, "-c", WORKER]) as worker:
+    reply = worker.call("round", case={"x": 1})
+    assert reply["echo"] == {"x": 1} and reply["peak_rss_gb"] > 0
+    assert set(reply["timing"]) == {"seconds", "cpu_seconds", "other_cores"}
+    with pytest.raises(benchmarks.WorkerError, match="bad case"):
+      worker.call("fail", case={})
+    assert worker.call("round", case=2)["echo"] == 2  # the loop goes on after an error
+    assert "noise on stdout" in worker.log_tail(5)
+
+
+def test_dead_worker_is_an_error():
+  with benchmarks.Worker("test", [sys.executable, "-c", "import sys; sys.exit('gone')"]) as worker:
+    with pytest.raises(benchmarks.WorkerError, match="gone"):
+      worker.call("prepare", case={})
+
+
+def test_missing_reference_gives_the_reason(tmp_path, no_reference_variables):
+  reference, why = benchmarks.find_reference(tmp_path)
+  assert reference is None and "setup_reference.sh" in why
+  assert benchmarks.find_reference("none") == (None, "--reference=none")
+
+
+def test_reference_from_env_file_and_variables(tmp_path, monkeypatch, no_reference_variables):
+  fake_python = tmp_path / "python"  # stands in for the reference interpreter's `bench_torch.py --check`
+  reply = json.dumps(dict(torch="9.9", torchvision="1.0", args="%s"))
+  fake_python.write_text(f"#!/bin/sh\nprintf '{reply}' \"$*\"\n")
+  fake_python.chmod(fake_python.stat().st_mode | stat.S_IXUSR)
+  (tmp_path / "ppa dir").mkdir()
+  (tmp_path / "reference.env").write_text(
+      f"# comment\nJAXMIA_TORCH_PYTHON={fake_python}\nJAXMIA_PPA_DIR='{tmp_path / 'ppa dir'}'\n"
+      "JAXMIA_PPA_COMMIT=abc\n")
+  reference, why = benchmarks.find_reference(tmp_path, needs=("ppa",))
+  assert why == "" and reference.python == str(fake_python) and reference.ppa_dir == str(tmp_path / "ppa dir")
+  assert reference.versions["torch"] == "9.9" and reference.versions["args"].endswith("--check ppa")
+  assert reference.commits == {"ppa": "abc"} and reference.env()["JAXMIA_PPA_DIR"] == str(tmp_path / "ppa dir")
+  reference, why = benchmarks.find_reference(tmp_path, needs=("ppa", "sg2"))
+  assert reference is None and "JAXMIA_SG2_DIR" in why
+  monkeypatch.setenv("JAXMIA_TORCH_PYTHON", str(tmp_path / "missing"))  # the environment overrides the file
+  reference, why = benchmarks.find_reference(tmp_path)
+  assert reference is None and "missing" in why
+
+
+def run_report(tmp_path, reference, why=""):
+  out = io.StringIO()
+  report = benchmarks.Report("bench_test", COLUMNS, reference=reference, why=why, matmul_size=0,
+                             json_path=tmp_path / "result.json", settings=dict(rounds=2), out=out)
+  summaries = dict(jaxmia=benchmarks.summarize([dict(seconds=0.5, other_cores=0.0)]))
+  if reference:
+    summaries["torch"] = benchmarks.summarize([dict(seconds=1.0, other_cores=0.0)])
+  report.add(benchmarks.side_by_side_row(summaries, 4, arch="resnet18"))
+  record = report.finish()
+  assert json.loads((tmp_path / "result.json").read_text()) == json.loads(json.dumps(record, default=str))
+  return out.getvalue(), record
+
+
+def test_report_without_reference_prints_no_ratio(tmp_path, no_reference_variables):
+  reference, why = benchmarks.find_reference(tmp_path)
+  text, record = run_report(tmp_path, reference, why)
+  assert [line for line in text.splitlines() if line.startswith("No PyTorch reference environment")] != []
+  table = [line for line in text.splitlines() if line.startswith("|")]
+  assert table == ["| target | jaxmia img/s |", "|---|---|", "| resnet18 | 8 |"]
+  assert record["reference"] is None and "setup_reference.sh" in record["no_reference_reason"]
+  assert record["side_by_side"] is False and record["tables"][0]["side_by_side"] == []
+  assert [c["header"] for c in record["tables"][0]["columns"]] == ["target", "jaxmia img/s"]
+  machine = record["machine"]
+  for field in ("cpu", "cores", "jax", "jaxlib", "commit", "dirty", "python", "date"):
+    assert field in machine
+  assert machine["cores"] == os.cpu_count() and machine["commit"] != ""
+  assert set(record["matmul"]) == {"size", "gflops_before", "gflops_after"}
+  assert record["settings"] == {"rounds": 2} and "interleaved" in record["procedure"]
+
+
+def test_report_with_reference_prints_the_measured_ratio(tmp_path):
+  reference = benchmarks.Reference("python", "ppa", "sg2", "test", {}, dict(torch="9.9", torchvision="1.0"))
+  text, record = run_report(tmp_path, reference)
+  assert "| resnet18 | 8 | 4 | **2.00x** |" in text and "torch 9.9" in text
+  assert record["side_by_side"] is True and record["tables"][0]["side_by_side"] == ["ratio"]
+  assert record["reference"]["torch"] == "9.9" and record["tables"][0]["rows"][0]["ratio"] == 2.0
+
+
+def test_matmul_rate_is_measured():
+  assert benchmarks.xla_matmul_gflops(0) is None
+  assert benchmarks.xla_matmul_gflops(64, repeats=2) > 0
+
+
+def test_env_file_parsing(tmp_path):
+  path = tmp_path / "reference.env"
+  path.write_text("# c\nA=/x/y\nB='/with space'\nC=\n\nnot a line\nD=a=b\n")
+  assert benchmarks.read_env_file(path) == {"A": "/x/y", "B": "/with space", "C": "", "D": "a=b"}
+
+
+def test_setup_script_refuses_a_folder_inside_the_project(tmp_path):
+  script = benchmarks.ROOT / "scripts" / "setup_reference.sh"
+  result = subprocess.run([str(script), "--ppa", str(tmp_path), "--sg2", str(tmp_path),
+                           str(benchmarks.ROOT / "runs" / "reference")], capture_output=True, text=True, check=False)
+  assert result.returncode == 2 and "inside the project" in result.stderr
+  result = subprocess.run([str(script), str(tmp_path)], capture_output=True, text=True, check=False)
+  assert result.returncode == 2 and "--ppa" in result.stderr
