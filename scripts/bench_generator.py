@@ -1,34 +1,42 @@
-"""Speed of the StyleGAN2 synthesis network: images/s forward and forward+backward (gradient w.r.t. ws).
+"""Speed of the StyleGAN2 synthesis network beside NVlabs' PyTorch one, measured in the same run: images/s
+forward and forward+backward (gradient w.r.t. ws).
 
 Shapes are those of the public FFHQ-256 (`--cfg=paper256`: channel_base 16384) and FFHQ-1024 (channel_base
 32768) generators, with random weights (plain init). The backward pass differentiates w.r.t. ws only, with
 the generator frozen, as in a model inversion attack step.
 
-    python scripts/bench_generator.py                        # JAX, beside the PPA baseline numbers
-    python scripts/bench_generator.py --torch-python /tmp/torchvenv/bin/python \\
-        --sg2-dir /tmp/ref/NVlabs+stylegan2-ada-pytorch     # also time NVlabs' PyTorch generator here
-    python scripts/bench_generator.py --compare-modconv --res 256   # style modulation variants (see below)
+    python scripts/bench_generator.py                        # jaxmia beside NVlabs' generator
+    python scripts/bench_generator.py --compare_modconv --res=256   # style modulation variants (see below)
 
-`--compare-modconv` also times two alternatives to the formulation jaxmia uses (activations scaled by the
+The PyTorch side is NVlabs' `training.networks.Generator` imported at run time by `scripts/bench_torch.py` in
+the reference environment (`scripts/setup_reference.sh`); both sides live in their own processes for a whole
+resolution, and every row alternates them for `--rounds` rounds (`jaxmia.benchmarks`, each side's median).
+Without the reference environment only jaxmia is timed.
+
+`--compare_modconv` also times two alternatives to the formulation jaxmia uses (activations scaled by the
 styles around one shared-kernel conv; stride-2 transposed convs split into polyphase stride-1 convs):
 `grouped`, per-sample modulated kernels run as one grouped conv (NVlabs' fused path), and `dilated`,
-transposed convs as one `lhs_dilation` conv. The torch side runs in a subprocess that imports NVlabs'
-`training.networks` from `--sg2-dir` at run time.
+transposed convs as one `lhs_dilation` conv; they take their turns in the same rounds.
 """
-import argparse
-import json
-import os
-import statistics
-import subprocess
-import sys
 import time
 
+from absl import app, flags
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxmia import benchmarks
 from jaxmia.models import stylegan2 as sg2
 from jaxmia.models import stylegan2_ops as ops
+
+flags.DEFINE_list("res", ["256", "1024"], "Generator resolutions (256, 1024).")
+flags.DEFINE_list("batch", ["1", "4", "8"], "Batch sizes at 256.")
+flags.DEFINE_list("batch_1024", ["1", "4"], "Batch sizes at 1024 (B = 8 forward + backward needs > 10 GB).")
+flags.DEFINE_integer("calls", 1, "Calls per side and round.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "jaxmia's compute dtype (PyTorch runs float32).")
+flags.DEFINE_bool("compare_modconv", False, "Also time the alternative formulations.")
+benchmarks.define_flags()
+FLAGS = flags.FLAGS
 
 CONFIGS = {
     256: dict(z_dim=512, c_dim=0, w_dim=512, img_resolution=256, img_channels=3, mapping_kwargs={"num_layers": 8},
@@ -36,37 +44,20 @@ CONFIGS = {
     1024: dict(z_dim=512, c_dim=0, w_dim=512, img_resolution=1024, img_channels=3, mapping_kwargs={"num_layers": 8},
                synthesis_kwargs={"channel_base": 32768, "channel_max": 512, "conv_clamp": 256, "num_fp16_res": 4}),
 }
-# PPA / NVlabs PyTorch on this machine (../shared/bench/baseline.md), seconds per image, synthesis only.
-BASELINE = {(256, 1, "fwd+bwd"): 0.72, (256, 4, "fwd+bwd"): 1.34}
 
-TORCH_SNIPPET = r"""
-import json, sys, time, statistics
-import torch
-sys.path.insert(0, sys.argv[1])
-from training.networks import Generator
-cfg, batches, reps = json.loads(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
-torch.manual_seed(0)
-G = Generator(**cfg).eval().requires_grad_(False)
-out = []
-for b in batches:
-  ws = torch.randn([b, G.num_ws, G.w_dim])
-  for mode in ("fwd", "fwd+bwd"):
-    def step():
-      if mode == "fwd":
-        with torch.no_grad():
-          G.synthesis(ws, noise_mode="const", force_fp32=True)
-      else:
-        w = ws.clone().requires_grad_(True)
-        G.synthesis(w, noise_mode="const", force_fp32=True).square().sum().backward()
-    step()
-    times, cpu = [], []
-    for _ in range(reps):
-      t, c = time.perf_counter(), time.process_time()
-      step()
-      times.append(time.perf_counter() - t); cpu.append(time.process_time() - c)
-    out.append({"batch": b, "mode": mode, "seconds": statistics.median(times), "cpu": statistics.median(cpu)})
-print(json.dumps(out))
-"""
+COLUMNS = [
+    benchmarks.Column("generator", "generator", str),
+    benchmarks.Column("B", "B", "d"),
+    benchmarks.Column("pass", "mode", str),
+    benchmarks.Column("variant", "variant", str),
+    benchmarks.Column("jaxmia s/call", "jaxmia_s", ".3f"),
+    benchmarks.Column("jaxmia img/s", "jaxmia_rate", ".3g"),
+    benchmarks.Column("jaxmia CPU s/img", "jaxmia_cpu_s_per_img", ".3f"),
+    benchmarks.Column("NVlabs img/s", "torch_rate", ".3g", torch=True),
+    benchmarks.Column("NVlabs CPU s/img", "torch_cpu_s_per_img", ".3f", torch=True),
+    benchmarks.Column("ratio", "ratio", benchmarks.times_cell, torch=True, ratio=True),
+    benchmarks.Column("other cores", "other_cores", ".2f"),
+]
 
 
 def grouped_modulated_conv2d(x, kernel, styles, taps=None, *, demodulate=True, up=1):
@@ -93,83 +84,84 @@ VARIANTS = {
 }
 
 
-def time_jax(res, batches, reps, variant, dtype):
-  """[(batch, mode, wall seconds per call, process CPU seconds per call)] for one shape and formulation."""
-  originals = {name: getattr(ops, name) for name in VARIANTS[variant]}
-  for name, fn in VARIANTS[variant].items():
-    setattr(ops, name, fn)  # the modules look these up at trace time
-  try:
+VARIANTS = {
+    "jaxmia": {},
+    "grouped": {"modulated_conv2d": grouped_modulated_conv2d},
+    "dilated": {"conv_transpose2x": dilated_conv_transpose2x},
+}
+
+_generators, _calls = {}, {}
+
+
+def prepare(case: dict):
+  """The jitted call of a case (resolution, batch, pass, variant), traced with the variant's ops, warmed up."""
+  res, batch, dtype = case["res"], case["B"], jnp.dtype(case["dtype"])
+  if (res, dtype) not in _generators:
     generator = sg2.Generator(**CONFIGS[res], dtype=dtype)
     variables = jax.jit(lambda: generator.init(jax.random.key(0), jnp.zeros((1, 512)), None,
                                                noise_mode="const"))()
-    forward = jax.jit(lambda v, ws: generator.apply(v, ws, noise_mode="const", method="synthesis"))
-    backward = jax.jit(jax.grad(lambda ws, v: jnp.sum(jnp.square(
-        generator.apply(v, ws, noise_mode="const", method="synthesis")))))
-    rows = []
-    for b in batches:
-      ws = jax.random.normal(jax.random.key(b), (b, generator.num_ws, generator.w_dim))
-      for mode, call in (("fwd", lambda: forward(variables, ws)), ("fwd+bwd", lambda: backward(ws, variables))):
-        jax.block_until_ready(call())  # compile and warm up
-        times, cpu = [], []
-        for _ in range(reps):
-          t, c = time.perf_counter(), time.process_time()
-          jax.block_until_ready(call())
-          times.append(time.perf_counter() - t)
-          cpu.append(time.process_time() - c)
-        rows.append((b, mode, statistics.median(times), statistics.median(cpu)))
-    return rows
+    _generators[res, dtype] = generator, variables
+  generator, variables = _generators[res, dtype]
+  synthesis = lambda v, ws: generator.apply(v, ws, noise_mode="const", method="synthesis")
+  if case["mode"] == "fwd":
+    fn = jax.jit(synthesis)
+  else:
+    fn = jax.jit(jax.grad(lambda v, ws: jnp.sum(jnp.square(synthesis(v, ws))), argnums=1))
+  ws = jax.random.normal(jax.random.key(batch), (batch, generator.num_ws, generator.w_dim))
+  originals = {name: getattr(ops, name) for name in VARIANTS[case["variant"]]}
+  for name, replacement in VARIANTS[case["variant"]].items():
+    setattr(ops, name, replacement)  # the modules look these up at trace time
+  try:
+    jax.block_until_ready(fn(variables, ws))  # traces, compiles and warms up
   finally:
-    for name, fn in originals.items():
-      setattr(ops, name, fn)
+    for name, original in originals.items():
+      setattr(ops, name, original)
+  return lambda: [jax.block_until_ready(fn(variables, ws)) for _ in range(case["calls"])]
 
 
-def time_torch(args, res, batches):
-  cfg = json.dumps(CONFIGS[res])
-  result = subprocess.run([args.torch_python, "-c", TORCH_SNIPPET, args.sg2_dir, cfg, json.dumps(batches),
-                           str(args.reps)], capture_output=True, text=True, check=False)
-  if result.returncode:
-    sys.exit(f"The PyTorch timing subprocess failed:\n{result.stderr[-3000:]}")
-  return {(r["batch"], r["mode"]): (r["seconds"], r["cpu"]) for r in json.loads(result.stdout.strip().splitlines()[-1])}
+def handle(request):
+  """A worker request: `prepare` a case, or time one `round` of it (seconds per call)."""
+  case = request["case"]
+  key = str(sorted(case.items()))
+  if request["op"] == "prepare":
+    start = time.perf_counter()
+    _calls[key] = prepare(case)
+    return dict(setup_s=time.perf_counter() - start)
+  return benchmarks.timed(_calls[key], case["calls"])
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--res", type=int, nargs="+", default=[256, 1024], choices=sorted(CONFIGS))
-  parser.add_argument("--batch", type=int, nargs="+", default=[1, 4, 8], help="batch sizes at 256")
-  parser.add_argument("--batch-1024", type=int, nargs="+", default=[1, 4],
-                      help="batch sizes at 1024 (B=8 fwd+bwd needs > 10 GB)")
-  parser.add_argument("--reps", type=int, default=3, help="timed calls per entry (median reported)")
-  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-  parser.add_argument("--compare-modconv", action="store_true", help="also time the alternative formulations")
-  parser.add_argument("--torch-python", help="python of a venv with torch, to time NVlabs' generator")
-  parser.add_argument("--sg2-dir", help="checkout of NVlabs/stylegan2-ada-pytorch (with --torch-python)")
-  args = parser.parse_args()
-  if bool(args.torch_python) != bool(args.sg2_dir):
-    parser.error("--torch-python and --sg2-dir go together")
-
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs, load average "
-        f"{os.getloadavg()[0]:.1f}; synthesis only, noise_mode='const', median of {args.reps} calls")
-  print("CPU columns: process CPU seconds per image (all threads), a contention-robust measure of work when "
-        "other jobs share the machine.")
-  header = ("| generator | B | pass | variant | jax s/call | jax img/s | jax CPU s/img | torch img/s | torch CPU s/img "
-            "| speed-up |")
-  print(header + "\n|" + "---|" * (header.count("|") - 1))
-  variants = list(VARIANTS) if args.compare_modconv else ["jaxmia"]
-  for res in args.res:
-    batches = args.batch if res == 256 else args.batch_1024
-    torch_times = time_torch(args, res, batches) if args.torch_python else {}
-    for variant in variants:
-      for b, mode, seconds, cpu in time_jax(res, batches, args.reps, variant, jnp.dtype(args.dtype)):
-        ref, ref_cpu = torch_times.get((b, mode), (None, None))
-        ref_note = ""
-        if ref is None and (res, b, mode) in BASELINE:
-          ref, ref_note = BASELINE[(res, b, mode)] * b, " (baseline.md)"
-        torch_cell = f"{b / ref:.2f}{ref_note}" if ref else "-"
-        torch_cpu = f"{ref_cpu / b:.3f}" if ref_cpu else "-"
-        speedup = f"{ref / seconds:.2f}x" if ref else "-"
-        print(f"| FFHQ-{res} | {b} | {mode} | {variant} | {seconds:.3f} | {b / seconds:.2f} | {cpu / b:.3f} | "
-              f"{torch_cell} | {torch_cpu} | {speedup} |", flush=True)
+def main(argv):
+  del argv
+  if FLAGS.serve:
+    benchmarks.serve(handle)
+    return
+  reference, why = benchmarks.find_reference(FLAGS.reference, needs=("sg2",))
+  report = benchmarks.Report("bench_generator", COLUMNS, reference=reference, why=why,
+                             matmul_size=FLAGS.matmul_size, json_path=FLAGS.json, settings=benchmarks.settings(
+                                 FLAGS, ["res", "batch", "batch_1024", "calls", "dtype", "compare_modconv",
+                                         "rounds", "max_wait", "threshold"]))
+  variants = list(VARIANTS) if FLAGS.compare_modconv else ["jaxmia"]
+  for res in (int(r) for r in FLAGS.res):
+    try:
+      with benchmarks.sides(__file__, reference) as workers:
+        for batch in (int(b) for b in (FLAGS.batch if res == 256 else FLAGS.batch_1024)):
+          for mode in ("fwd", "fwd+bwd"):
+            common = dict(res=res, B=batch, mode=mode, calls=FLAGS.calls)
+            cases = {v: dict(common, variant=v, dtype=FLAGS.dtype) for v in variants}
+            cases["torch"] = dict(common, kind="synthesis", generator=CONFIGS[res])
+            by_side = {v: workers["jaxmia"] for v in variants} | {k: w for k, w in workers.items() if k != "jaxmia"}
+            summaries = benchmarks.compare(by_side, cases, FLAGS.rounds, max_wait=FLAGS.max_wait,
+                                           threshold=FLAGS.threshold)
+            for v in variants:
+              pair = {"jaxmia": summaries[v]} | ({"torch": summaries["torch"]} if "torch" in summaries else {})
+              row = benchmarks.side_by_side_row(pair, batch, generator=f"FFHQ-{res}", B=batch, mode=mode, variant=v)
+              for side, summary in pair.items():
+                row[f"{side}_cpu_s_per_img"] = summary["cpu_seconds"] / batch
+              report.add(row)
+    except benchmarks.WorkerError as e:
+      report.add(dict(generator=f"FFHQ-{res}", error=str(e)))
+  report.finish()
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)
