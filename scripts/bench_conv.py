@@ -1,8 +1,10 @@
-"""Convolution-gradient options on this machine's XLA backend: which formulation jaxmia should use.
+"""Convolution-gradient options on this machine's XLA backend: which formulation jaxmia should use, and how
+jaxmia's convolutions compare with PyTorch's (oneDNN) on the same shapes in the same run.
 
-    python scripts/bench_conv.py                 # float32, the shapes below (about 2 minutes on 2 CPU cores)
-    python scripts/bench_conv.py --dtype bfloat16
-    python scripts/bench_conv.py --tables 1x1     # only the 1x1 (bottleneck) table
+    python scripts/bench_conv.py                 # float32, the shapes below (minutes on 2 CPU cores)
+    python scripts/bench_conv.py --dtype=bfloat16
+    python scripts/bench_conv.py --tables=1x1     # only the 1x1 (bottleneck) table
+    python scripts/bench_conv.py --tables=torch --shapes="stage 1"   # only jaxmia vs PyTorch, one shape
 
 For 3x3 convolutions of ResNet and StyleGAN2 FFHQ-256 shapes it prints GFLOP/s of
   * the forward pass;
@@ -17,16 +19,31 @@ XLA's own weight gradient because of what this table measures.
 
 A second table times 1x1 convolutions of ResNet bottleneck shapes (forward, input and weight gradient in one
 jitted call) as `lax.conv_general_dilated` and as jaxmia's strided slice + matrix product.
+
+A third table ('torch') times what jaxmia runs (`jaxmia.models.conv.conv_general_dilated`, NHWC) against
+PyTorch's `conv2d` and its gradients (NCHW, float32) on the same shapes: the 3x3 forward, input and weight
+gradients and the 1x1 training pass. Each side runs in its own process (PyTorch's is `scripts/bench_torch.py` in
+the reference environment of `scripts/setup_reference.sh`), alternating for `--rounds` rounds, each side's
+median reported (`jaxmia.benchmarks`); without the reference environment only jaxmia is timed.
 """
-import argparse
 import time
 
+from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxmia import benchmarks
 from jaxmia.models import conv as jaxmia_conv
+
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "jaxmia's dtype (PyTorch runs float32).")
+flags.DEFINE_integer("repeats", 3, "Timed calls per cell of the 3x3 and 1x1 tables (median reported).")
+flags.DEFINE_list("tables", ["3x3", "1x1", "torch"], "Tables to print: 3x3, 1x1, torch.")
+flags.DEFINE_list("shapes", [], "Only the shapes whose names contain one of these (default: all).")
+flags.DEFINE_integer("calls", 2, "Calls per side and round in the torch table.")
+benchmarks.define_flags()
+FLAGS = flags.FLAGS
 
 # (name, batch, height = width, in channels, out channels)
 SHAPES = [
@@ -98,12 +115,17 @@ def pointwise_training_pass(impl, stride: int):
   return jax.jit(forward_and_gradients)
 
 
-def pointwise_table(dtype, repeats: int):
-  print("\n1x1 convolutions: forward + input grad + weight grad, GFLOP/s (3 * 2*B*H'*W'*I*O per call)\n")
-  print("| shape | B | lax | jaxmia (matmul) | speed-up |")
-  print("|---|---|---|---|---|")
+def selected(shapes):
+  return [shape for shape in shapes if not FLAGS.shapes or any(name in shape[0] for name in FLAGS.shapes)]
+
+
+def pointwise_table(report, dtype, repeats: int):
+  report.section("1x1 convolutions: forward + input grad + weight grad, GFLOP/s (3 * 2*B*H'*W'*I*O per call)", [
+      benchmarks.Column("shape", "shape", str), benchmarks.Column("B", "B", "d"),
+      benchmarks.Column("lax", "lax", ".0f"), benchmarks.Column("jaxmia (matmul)", "jaxmia", ".0f"),
+      benchmarks.Column("speed-up", "speedup", ".2f")])
   rng = np.random.default_rng(0)
-  for name, batch, size, cin, cout, stride in POINTWISE_SHAPES:
+  for name, batch, size, cin, cout, stride in selected(POINTWISE_SHAPES):
     out = -(-size // stride)
     x = jnp.asarray(rng.standard_normal((batch, size, size, cin)), dtype)
     w = jnp.asarray(rng.standard_normal((1, 1, cin, cout)) / np.sqrt(cin), dtype)
@@ -111,17 +133,20 @@ def pointwise_table(dtype, repeats: int):
     flop = 3 * 2 * batch * out * out * cin * cout
     times = [seconds(pointwise_training_pass(impl, stride), x, w, g, repeats=repeats)
              for impl in (lax.conv_general_dilated, jaxmia_conv.conv_general_dilated)]
-    rates = [flop / t / 1e9 for t in times]
-    print(f"| {name} {size}x{size}x{cin}->{cout}, stride {stride} | {batch} | {rates[0]:.0f} | {rates[1]:.0f} "
-          f"| {times[0] / times[1]:.2f}x |", flush=True)
+    report.add(dict(shape=f"{name} {size}x{size}x{cin}->{cout}, stride {stride}", B=batch, lax=flop / times[0] / 1e9,
+                    jaxmia=flop / times[1] / 1e9, speedup=times[0] / times[1]))
 
 
-def three_by_three_table(dtype, repeats: int):
-  print("| shape | B | forward | input grad lax | input grad jaxmia | input grad lax, loop "
-        "| input grad jaxmia, loop | weight grad XLA | weight grad tap-wise |")
-  print("|---|---|---|---|---|---|---|---|---|")
+def three_by_three_table(report, dtype, repeats: int):
+  columns = [benchmarks.Column(h, k, str) for h, k in (
+      ("shape", "shape"), ("B", "B"), ("forward", "forward"), ("input grad lax", "input_lax"),
+      ("input grad jaxmia", "input_jaxmia"), ("input grad lax, loop", "input_lax_loop"),
+      ("input grad jaxmia, loop", "input_jaxmia_loop"), ("weight grad XLA", "weight_xla"),
+      ("weight grad tap-wise", "weight_tapwise"))]
+  report.section(f"3x3 convolutions, GFLOP/s (2*B*H*W*I*O*9 per pass); loop = per iteration of a "
+                 f"{LOOP_ITERATIONS}-step fori_loop", columns)
   rng = np.random.default_rng(0)
-  for name, batch, size, cin, cout in SHAPES:
+  for name, batch, size, cin, cout in selected(SHAPES):
     x = jnp.asarray(rng.standard_normal((batch, size, size, cin)), dtype)
     w = jnp.asarray(rng.standard_normal((3, 3, cin, cout)) / np.sqrt(9 * cin), dtype)
     g = jnp.asarray(rng.standard_normal((batch, size, size, cout)), dtype)
@@ -140,25 +165,101 @@ def three_by_three_table(dtype, repeats: int):
     xla_weight = jax.jit(lambda x, g: jax.vjp(lambda k: make_conv(lax.conv_general_dilated)(x, k), w)[1](g)[0])
     cells.append(rate(seconds(xla_weight, x, g, repeats=repeats)))
     cells.append(rate(seconds(jax.jit(tapwise_weight_gradient), x, g, repeats=repeats)))
-    print(f"| {name} {size}x{size}x{cin}->{cout} | {batch} | {forward} | " + " | ".join(cells) + " |", flush=True)
+    keys = [c.key for c in columns]
+    report.add(dict(zip(keys, [f"{name} {size}x{size}x{cin}->{cout}", str(batch), forward, *cells])))
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-  parser.add_argument("--repeats", type=int, default=3, help="timed calls per cell (median reported)")
-  parser.add_argument("--tables", default="3x3,1x1", help="which tables to print: 3x3, 1x1 or both")
-  args = parser.parse_args()
-  dtype = jnp.dtype(args.dtype)
-  tables = args.tables.split(",")
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {args.dtype}; median of {args.repeats}\n")
-  if "3x3" in tables:
-    print(f"3x3 convolutions, GFLOP/s (2*B*H*W*I*O*9 per pass); loop = per iteration of a {LOOP_ITERATIONS}-step "
-          "fori_loop\n")
-    three_by_three_table(dtype, args.repeats)
-  if "1x1" in tables:
-    pointwise_table(dtype, args.repeats)
+def torch_cases():
+  """(name, flop per call, case) of every convolution in the torch table."""
+  cases = []
+  for name, batch, size, cin, cout in selected(SHAPES):
+    flop = 2 * batch * size * size * cin * cout * 9
+    for op in ("forward", "input_grad", "weight_grad"):
+      cases.append((f"{name} {size}x{size}x{cin}->{cout}", flop, dict(
+          B=batch, size=size, cin=cin, cout=cout, k=3, stride=1, op=op)))
+  for name, batch, size, cin, cout, stride in selected(POINTWISE_SHAPES):
+    out = -(-size // stride)
+    cases.append((f"{name} {size}x{size}x{cin}->{cout}, stride {stride}", 3 * 2 * batch * out * out * cin * cout,
+                  dict(B=batch, size=size, cin=cin, cout=cout, k=1, stride=stride, op="training")))
+  return cases
+
+
+def prepare(case: dict):
+  """jaxmia's jitted convolution (or gradient) of a torch-table case, compiled; calls it `calls` times."""
+  dtype, k, stride = jnp.dtype(case["dtype"]), case["k"], case["stride"]
+  rng = np.random.default_rng(0)
+  out = -(-case["size"] // stride)
+  x = jnp.asarray(rng.standard_normal((case["B"], case["size"], case["size"], case["cin"])), dtype)
+  w = jnp.asarray(rng.standard_normal((k, k, case["cin"], case["cout"])) / np.sqrt(k * k * case["cin"]), dtype)
+  g = jnp.asarray(rng.standard_normal((case["B"], out, out, case["cout"])), dtype)
+  conv = make_conv(jaxmia_conv.conv_general_dilated)
+  fn, args = {
+      "forward": (jax.jit(conv), (x, w)),
+      "input_grad": (jax.jit(input_gradient(jaxmia_conv.conv_general_dilated)), (x, w, g)),
+      "weight_grad": (jax.jit(lambda x, g: jax.vjp(lambda k: conv(x, k), w)[1](g)[0]), (x, g)),
+      "training": (pointwise_training_pass(jaxmia_conv.conv_general_dilated, stride), (x, w, g)),
+  }[case["op"]]
+  jax.block_until_ready(fn(*args))
+  return lambda: [jax.block_until_ready(fn(*args)) for _ in range(case["calls"])]
+
+
+_calls = {}
+
+
+def handle(request):
+  """A worker request: `prepare` a torch-table case, or time one `round` of it (seconds per call)."""
+  case = request["case"]
+  key = str(sorted(case.items()))
+  if request["op"] == "prepare":
+    start = time.perf_counter()
+    _calls[key] = prepare(case)
+    return dict(setup_s=time.perf_counter() - start)
+  return benchmarks.timed(_calls[key], case["calls"])
+
+
+def torch_table(report, reference):
+  title = ("jaxmia's convolutions (NHWC) beside PyTorch's (NCHW, float32), GFLOP/s, measured side by side"
+           if reference else "jaxmia's convolutions (NHWC), GFLOP/s")
+  report.section(title, [
+      benchmarks.Column("shape", "shape", str), benchmarks.Column("pass", "op", str),
+      benchmarks.Column("B", "B", "d"), benchmarks.Column("jaxmia", "jaxmia_rate", ".0f"),
+      benchmarks.Column("PyTorch", "torch_rate", ".0f", torch=True),
+      benchmarks.Column("ratio", "ratio", benchmarks.times_cell, torch=True, ratio=True),
+      benchmarks.Column("other cores", "other_cores", ".2f")])
+  try:
+    with benchmarks.sides(__file__, reference) as workers:
+      for shape, flop, case in torch_cases():
+        cases = dict(jaxmia=dict(case, calls=FLAGS.calls, dtype=FLAGS.dtype),
+                     torch=dict(case, calls=FLAGS.calls, kind="conv"))
+        summaries = benchmarks.compare(workers, cases, FLAGS.rounds, max_wait=FLAGS.max_wait,
+                                       threshold=FLAGS.threshold)
+        report.add(benchmarks.side_by_side_row(summaries, flop / 1e9, shape=shape, **case))
+  except benchmarks.WorkerError as e:
+    report.add(dict(shape="torch table", error=str(e)))
+
+
+def main(argv):
+  del argv
+  if FLAGS.serve:
+    benchmarks.serve(handle)
+    return
+  dtype = jnp.dtype(FLAGS.dtype)
+  reference, why = (benchmarks.find_reference(FLAGS.reference) if "torch" in FLAGS.tables
+                    else (None, "no torch table asked for"))
+  report = benchmarks.Report("bench_conv", reference=reference, why=why, matmul_size=FLAGS.matmul_size,
+                             json_path=FLAGS.json, settings=benchmarks.settings(
+                                 FLAGS, ["dtype", "repeats", "tables", "shapes", "calls", "rounds", "max_wait",
+                                         "threshold"]))
+  report.print(f"{FLAGS.dtype}; median of {FLAGS.repeats} calls in the 3x3 and 1x1 tables, of {FLAGS.rounds} rounds "
+               "in the torch table")
+  if "3x3" in FLAGS.tables:
+    three_by_three_table(report, dtype, FLAGS.repeats)
+  if "1x1" in FLAGS.tables:
+    pointwise_table(report, dtype, FLAGS.repeats)
+  if "torch" in FLAGS.tables:
+    torch_table(report, reference)
+  report.finish()
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)
