@@ -183,3 +183,17 @@ def test_setup_script_refuses_a_folder_inside_the_project(tmp_path):
   assert result.returncode == 2 and "inside the project" in result.stderr
   result = subprocess.run([str(script), str(tmp_path)], capture_output=True, text=True, check=False)
   assert result.returncode == 2 and "--ppa" in result.stderr
+
+
+@pytest.mark.slow
+def test_bench_conv_without_reference_prints_jaxmia_alone(tmp_path, no_reference_variables):
+  result = subprocess.run(
+      [sys.executable, str(benchmarks.ROOT / "scripts" / "bench_conv.py"), "--tables=torch", "--shapes=stage 3",
+       f"--reference={tmp_path}", "--rounds=1", "--calls=1", "--matmul_size=0", "--max_wait=0",
+       f"--json={tmp_path / 'conv.json'}"], capture_output=True, text=True, check=True)
+  assert "No PyTorch reference environment" in result.stdout
+  table = [line for line in result.stdout.splitlines() if line.startswith("|")]
+  assert table[0] == "| shape | pass | B | jaxmia | other cores |" and len(table) == 2 + 3
+  record = json.loads((tmp_path / "conv.json").read_text())
+  assert record["reference"] is None and record["side_by_side"] is False
+  assert all(row["ratio"] is None and "torch_rate" not in row for row in record["tables"][0]["rows"])
