@@ -11,9 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
 from jaxmia import attack, losses, model_store, models, parallel
 from jaxmia.attack import optimize
+from jaxmia.attack import run as attack_run
 from jaxmia.data import image_ops
 from jaxmia.config import load_file
 from jaxmia.models.stylegan2 import Generator
@@ -402,11 +404,45 @@ def test_interrupted_run_resumes_to_uninterrupted_result(weights, tmp_path, monk
     np.testing.assert_array_equal(full["selected_w"], full["optimized_w"][full["selected_indices"]])
   assert summary["num_selected"] == 6
   assert json.loads((tmp_path / "full" / "summary.json").read_text())["config"]["attack"]["num_steps"] == 4
+
+  # Stage 2's telemetry: saved with each batch, resumed like the latents, over all latents for TensorBoard.
+  with np.load(tmp_path / "full" / "telemetry.npz") as full, np.load(tmp_path / "resumed" / "telemetry.npz") as resumed:
+    assert sorted(full.files) == sorted(resumed.files)
+    for name in full.files:
+      np.testing.assert_array_equal(full[name], resumed[name], err_msg=name)
+    telemetry = {name: full[name] for name in full.files}
+  assert telemetry["identity_loss_mean"].shape == (2, 5)  # 16 latents in batches of 8; 4 steps + the result
+  np.testing.assert_array_equal(telemetry["batch_latents"], [8, 8])
+  with np.load(tmp_path / "full" / "stage2" / "batch_00001.npz") as batch:
+    np.testing.assert_array_equal(batch["telemetry_confidence_max"], telemetry["confidence_max"][1])
+  np.testing.assert_allclose(telemetry["all_confidence_mean"],
+                             np.mean(telemetry["confidence_mean"].astype(np.float64), axis=0), rtol=1e-12)
+  np.testing.assert_array_equal(telemetry["all_identity_loss_min"], telemetry["identity_loss_min"].min(axis=0))
+  np.testing.assert_array_equal(summary["stage2_telemetry_last_step"]["confidence_max"],
+                                telemetry["all_confidence_max"][-1])
+  accumulator = event_accumulator.EventAccumulator(str(tmp_path / "resumed"))
+  accumulator.Reload()
+  assert sorted(accumulator.Tags()["scalars"]) == sorted(f"stage2/{n[4:]}" for n in telemetry if n.startswith("all_"))
+  for tag in accumulator.Tags()["scalars"]:
+    events = accumulator.Scalars(tag)
+    assert [e.step for e in events] == list(range(5))
+    np.testing.assert_array_equal([e.value for e in events],
+                                  telemetry["all_" + tag.split("/")[1]].astype(np.float32), err_msg=tag)
   assert sorted(p.name for p in (tmp_path / "full" / "images").iterdir()) == ["class_0000.png", "class_0002.png"]
 
   config.seed = 8
   with pytest.raises(ValueError, match="different settings"):
     attack.run_attack(config, tmp_path / "resumed")
+
+
+def test_combine_telemetry_weights_batches_by_their_latents():
+  names = [f"{n}_{s}" for n in ("identity_loss", "confidence") for s in ("mean", "min", "max")]
+  curves = [{name: np.array([v, v + 1.0]) for name in names} for v in (1.0, 4.0)]
+  combined = attack_run.combine_telemetry(curves + [None], np.array([3, 1, 5]), 2)  # the third: no telemetry
+  np.testing.assert_allclose(combined["confidence_mean"], [(3 * 1.0 + 1 * 4.0) / 4, (3 * 2.0 + 1 * 5.0) / 4])
+  np.testing.assert_array_equal(combined["identity_loss_min"], [1.0, 2.0])
+  np.testing.assert_array_equal(combined["identity_loss_max"], [4.0, 5.0])
+  assert np.isnan(attack_run.combine_telemetry([None], np.array([2]), 3)["confidence_max"]).all()
 
 
 @pytest.mark.parametrize("name", ["attack_facescrub_ffhq.py", "attack_celeba_ffhq.py", "attack_digits.py"])

@@ -162,7 +162,8 @@ def optimization_loop(gradient, w, opt_state, keys, settings: OptimizationSettin
 
 
 class Telemetry(NamedTuple):
-  """Stage-2 statistics of one batch, computed on device inside the optimisation loop.
+  """Stage-2 statistics of one batch, computed on device from the target logits recorded at every step of the
+  optimisation loop.
 
   `identity_loss` and `confidence` (the target's softmax probability of the target class) are
   `[num_steps + 1, 3]`: mean, min and max over the batch's counted latents. Row t < num_steps holds what the

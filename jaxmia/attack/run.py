@@ -3,7 +3,10 @@
 Workdir layout:
   run.json                  the settings that determine stages 1-2 (a resumed run must match them)
   initial.npz               stage 1: starting latents, their search-space indices and scores
-  stage2/batch_00000.npz    stage 2: the optimised latents of each finished batch
+  stage2/batch_00000.npz    stage 2: the optimised latents of each finished batch and its telemetry
+  telemetry.npz             stage 2's per-step identity loss and target confidence (mean, min, max), per batch
+                            and over all latents
+  events.out.tfevents.stage2  the same curves over all latents for TensorBoard (`tensorboard --logdir <workdir>`)
   latents.npz               everything: initial, optimised and selected latents, targets, scores
   images/class_0000.png     a grid of the selected images of each target class
   summary.json              the full config, timings and scores
@@ -30,7 +33,7 @@ import numpy as np
 from absl import logging
 
 import jaxmia
-from jaxmia import cli, files, model_store, parallel, report
+from jaxmia import cli, files, model_store, parallel, progress, report, writers
 from jaxmia.cli import interval, number, one_of
 from jaxmia.attack import final_selection, initial_selection, optimize, render
 from jaxmia.models import stylegan2
@@ -39,7 +42,7 @@ from jaxmia.models import stylegan2
 # paths (represented by the digests of their content) and overwrite itself. Everything else decides stages 1-2.
 NOT_IN_FINGERPRINT = ("final_selection", "output", "overwrite", "generator", "target", "discriminator")
 # What a started run leaves in its workdir, and everything it writes (deleted by config.overwrite).
-_STATE = ("initial.npz", "stage2/*.npz", "latents.npz", "summary.json")
+_STATE = ("initial.npz", "stage2/*.npz", "latents.npz", "summary.json", "telemetry.npz", "events.out.tfevents.*")
 _OUTPUTS = _STATE + ("stage2", "images", report.EVALUATION_DIR, "*.tmp")
 
 _DTYPES = tuple(render.DTYPES)
@@ -184,11 +187,52 @@ def _read_cached(path: pathlib.Path, expected: dict, optional: tuple[str, ...] =
   return arrays
 
 
-def _progress(total: int):
-  from clu import periodic_actions  # noqa: PLC0415 (imports TensorFlow, so only when a run starts)
-  report = periodic_actions.ReportProgress(num_train_steps=total, every_secs=30.0)
-  report(0)
-  return report
+def _progress(total: int, unit: str, what: str, done: int = 0) -> progress.Progress:
+  report_progress = progress.Progress(total, unit=unit, what=what, every_secs=30.0)
+  report_progress(done)
+  return report_progress
+
+
+TELEMETRY_FILE = "telemetry.npz"
+TELEMETRY_EVENTS = "events.out.tfevents.stage2"
+_TELEMETRY_NAMES = tuple(f"{name}_{stat}" for name in optimize.Telemetry._fields for stat in optimize.STATISTICS)
+
+
+def combine_telemetry(curves: list[dict | None], counts: np.ndarray, num_points: int) -> dict[str, np.ndarray]:
+  """Stage 2's telemetry over all latents from the batches' curves (`Telemetry.as_dict()`, None for a batch
+  cached without telemetry) and their counted latents `counts` `[num_batches]`: means weighted by the counts,
+  min of the minima, max of the maxima, each `[num_points]` (NaN where no batch has telemetry)."""
+  have = [i for i, c in enumerate(curves) if c is not None]
+  combined = {}
+  for name in _TELEMETRY_NAMES:
+    if not have:
+      combined[name] = np.full(num_points, np.nan)
+      continue
+    values = np.stack([curves[i][name] for i in have]).astype(np.float64)
+    if name.endswith("_mean"):
+      weights = counts[have].astype(np.float64)[:, None]
+      combined[name] = np.sum(values * weights, axis=0) / np.sum(weights)
+    else:
+      combined[name] = values.min(axis=0) if name.endswith("_min") else values.max(axis=0)
+  return combined
+
+
+def _write_telemetry(workdir: pathlib.Path, curves: list[dict | None], starts: np.ndarray, counts: np.ndarray,
+                     num_points: int) -> dict[str, np.ndarray]:
+  """`telemetry.npz` (per batch `[num_batches, num_points]`, NaN for batches cached without telemetry, and over
+  all latents `all_<name>` `[num_points]`) and the TensorBoard file of the curves over all latents (tags
+  `stage2/<name>`, step = attack step); both rewritten whole, so a resumed run leaves one copy. Returns the
+  curves over all latents."""
+  combined = combine_telemetry(curves, counts, num_points)
+  if jax.process_index() != 0:
+    return combined
+  missing = np.full(num_points, np.nan)
+  per_batch = {name: np.stack([missing if c is None else c[name] for c in curves]) for name in _TELEMETRY_NAMES}
+  _save_npz(workdir / TELEMETRY_FILE, batch_start=starts, batch_latents=counts, **per_batch,
+            **{f"all_{name}": values for name, values in combined.items()})
+  writers.write_event_file(workdir / TELEMETRY_EVENTS,
+                           writers.curves({f"stage2/{name}": values for name, values in combined.items()}))
+  return combined
 
 
 def _write_grids(workdir, w, targets, generator, generator_variables, config, mesh) -> None:
@@ -275,38 +319,56 @@ def run_attack(config, workdir) -> dict:
         jax.random.fold_in(seed_key, 1), targets, generator=generator, generator_variables=generator_variables,
         target_model=target_model, target_variables=target_variables, config=config.candidates,
         single_w=bool(config.attack.single_w), mesh=mesh,
-        progress=_progress(int(config.candidates.search_space_size)))
+        progress=_progress(int(config.candidates.search_space_size), "candidates", "Stage 1"))
     _save_npz(initial_path, w=initial.w, indices=initial.indices, scores=initial.scores, targets=targets)
   timings["stage1_seconds"] = time.monotonic() - t0
 
-  # Stage 2: optimisation, one saved file per finished batch.
+  # Stage 2: optimisation, one saved file per finished batch (its latents and telemetry).
   t0 = time.monotonic()
   batch_size, num_latents = int(config.attack.batch_size), len(targets)
+  num_steps, num_batches = int(config.attack.num_steps), -(-num_latents // batch_size)
   (workdir / "stage2").mkdir(exist_ok=True)
   stage2_key = jax.random.fold_in(seed_key, 2)
   optimized = np.empty_like(initial.w)
-  report = None
-  for start in range(0, num_latents, batch_size):
+  curves: list[dict | None] = []
+  stage2_progress = None
+  for batch, start in enumerate(range(0, num_latents, batch_size)):
     stop = min(start + batch_size, num_latents)
-    path = workdir / "stage2" / f"batch_{start // batch_size:05d}.npz"
-    cached = _read_cached(path, {"w": (stop - start, *initial.w.shape[1:])}) if path.exists() else None
+    path = workdir / "stage2" / f"batch_{batch:05d}.npz"
+    expected = {"w": (stop - start, *initial.w.shape[1:]),
+                **{f"telemetry_{name}": (num_steps + 1,) for name in _TELEMETRY_NAMES}}
+    cached = (_read_cached(path, expected, optional=tuple(expected)[1:]) if path.exists() else None)
     if cached is not None:
       optimized[start:stop] = cached["w"]
+      have = all(f"telemetry_{name}" in cached for name in _TELEMETRY_NAMES)
+      curves.append({name: cached[f"telemetry_{name}"] for name in _TELEMETRY_NAMES} if have else None)
       continue
-    if report is None:
-      logging.info("Stage 2: optimising latents %d-%d of %d in batches of %d.", start, num_latents, num_latents,
-                   batch_size)
-      report = _progress(num_latents)
-      report(start)
-    rows = np.minimum(np.arange(start, start + batch_size), num_latents - 1)  # the last batch repeats its end
-    w = optimize.optimize_latents(
+    if stage2_progress is None:
+      logging.info("Stage 2: optimising latents %d-%d of %d in batches of %d, %d steps each.", start, num_latents,
+                   num_latents, batch_size, num_steps)
+      stage2_progress = _progress(num_latents, "latents", "Stage 2", done=start)
+    rows = np.arange(start, start + batch_size)
+    counted = rows < num_latents
+    rows = np.minimum(rows, num_latents - 1)  # the last batch repeats its end (not counted by the telemetry)
+    w, telemetry = optimize.optimize_latents(
         initial.w[rows], targets[rows], optimize.latent_keys(stage2_key, rows), generator=generator,
         generator_variables=generator_variables, target_model=target_model, target_variables=target_variables,
         config=config.attack, discriminator=discriminator, discriminator_variables=discriminator_variables,
-        mesh=mesh)
+        mesh=mesh, counted=counted, return_telemetry=True)
     optimized[start:stop] = parallel.to_host(w)[:stop - start]
-    _save_npz(path, w=optimized[start:stop], start=start, stop=stop)
-    report(stop)
+    curves.append(telemetry.as_dict())
+    _save_npz(path, w=optimized[start:stop], start=start, stop=stop,
+              **{f"telemetry_{name}": values for name, values in curves[-1].items()})
+    last = curves[-1]
+    stage2_progress(stop, f"{(batch + 1) * num_steps:,}/{num_batches * num_steps:,} optimisation steps (batch "
+                          f"{batch + 1}/{num_batches}); batch {batch + 1} at step {num_steps}: identity loss "
+                          f"{last['identity_loss_mean'][-1]:.4g} (mean), target confidence "
+                          f"{last['confidence_mean'][-1]:.3f} mean / {last['confidence_min'][-1]:.3f} min")
+  counts = np.array([min(start + batch_size, num_latents) - start for start in range(0, num_latents, batch_size)])
+  stage2_curves = _write_telemetry(workdir, curves, np.arange(0, num_latents, batch_size), counts, num_steps + 1)
+  if any(c is None for c in curves):
+    logging.info("Stage 2: %d of %d batches were optimised by an older jaxmia and have no telemetry.",
+                 sum(c is None for c in curves), len(curves))
   timings["stage2_seconds"] = time.monotonic() - t0
 
   # Stage 3: robust final selection.
@@ -317,7 +379,7 @@ def run_attack(config, workdir) -> dict:
       optimized, targets, optimize.latent_keys(jax.random.fold_in(seed_key, 3), np.arange(num_latents)),
       generator=generator, generator_variables=generator_variables, target_model=target_model,
       target_variables=target_variables, config=config.final_selection, mesh=mesh,
-      progress=_progress(num_latents))
+      progress=_progress(num_latents, "latents", "Stage 3"))
   timings["stage3_seconds"] = time.monotonic() - t0
   kept = selection.indices
 
@@ -336,6 +398,8 @@ def run_attack(config, workdir) -> dict:
       "mean_final_score_selected": float(np.mean(selection.scores[kept])),
       "per_class_mean_selected_score": {int(c): float(np.mean(selection.scores[kept][targets[kept] == c]))
                                         for c in np.unique(targets[kept])},
+      "stage2_telemetry_last_step": {name: (float(values[-1]) if np.isfinite(values[-1]) else None)
+                                     for name, values in stage2_curves.items()},
       "timings": timings,
       "devices": [str(d) for d in mesh.devices.flat],
       "versions": {"jaxmia": jaxmia.__version__, "jax": jax.__version__},
