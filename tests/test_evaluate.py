@@ -11,12 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import REPO, TINY_GENERATOR_KWARGS, save_random_classifier, save_tiny_generator, with_overrides
 from jaxmia import classifier, data, evaluate, export, model_store, parallel, report, student
 from jaxmia.attack import render
 from jaxmia.config import load_file
 from jaxmia.data import augment, image_ops, pipeline
+from jaxmia.evaluate import writers as evaluate_writers
 from jaxmia.metrics import knowledge_extraction
 
 SIZE = 16                                    # input size of the tiny networks
@@ -106,6 +108,21 @@ def test_report_has_every_column_finite_and_in_range_or_na_with_reason(attack_ru
                              rtol=1e-5)
   grid = Image.open(attack_run / "evaluation" / "nearest_neighbours.png")
   assert grid.size == (4 * SIZE, len(CLASSES) * (2 * SIZE + 4) - 4)
+  # TensorBoard: every finite column and detail of report.json, as float32, at step 0.
+  accumulator = event_accumulator.EventAccumulator(str(attack_run / "evaluation"))
+  accumulator.Reload()
+  shown = {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+  expected = {f"evaluation/{k}": [(0, np.float32(v))] for k, v in written["metrics"].items() if v is not None}
+  assert {tag: points for tag, points in shown.items() if tag.startswith("evaluation/")} == expected
+  assert shown["evaluation_details/num_selected"] == [(0, SELECTED_PER_CLASS * len(CLASSES))]
+
+
+def test_tensorboard_scalars_keep_the_finite_numbers():
+  result = {"metrics": {"acc_top1": 0.5, "fid": None, "ece": float("nan")},
+            "details": {"num_selected": 6, "note": "text", "flag": True, "acc_top1_initial": 0.25}}
+  assert evaluate_writers.tensorboard_scalars(result) == {
+      "evaluation/acc_top1": 0.5, "evaluation_details/num_selected": 6.0,
+      "evaluation_details/acc_top1_initial": 0.25}
 
 
 @pytest.mark.slow  # shares the ~1 min end-to-end evaluation

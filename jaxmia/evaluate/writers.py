@@ -1,8 +1,10 @@
-"""The evaluation's files: `report.json`, `report.md`, `per_class.csv` and the nearest-neighbour grid, each
-written atomically."""
+"""The evaluation's files: `report.json`, `report.md`, `per_class.csv`, the nearest-neighbour grid and the
+metrics for TensorBoard (`events.out.tfevents.evaluation`), each written atomically."""
 import csv
 import io
 import json
+import math
+import numbers
 import pathlib
 
 import jax
@@ -13,6 +15,9 @@ from jaxmia import files, parallel, report
 from jaxmia.attack import render
 from jaxmia.data import augment, image_ops
 from jaxmia.evaluate.scoring import GeneratedImages, jit_sharded_batch
+from jaxmia.writers import write_event_file
+
+EVENTS_FILE = "events.out.tfevents.evaluation"
 
 
 def nearest_neighbour_grid(fake_images: np.ndarray, real_images: np.ndarray, rows: int, gap: int = 4) -> Image.Image:
@@ -59,9 +64,22 @@ def write_csv(path: pathlib.Path, rows: list[dict]) -> None:
   files.atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
 
+def tensorboard_scalars(result: dict) -> dict[str, float]:
+  """The report's finite numbers as TensorBoard scalars: `evaluation/<column>` (Table 1's columns) and
+  `evaluation_details/<name>` (the further numbers)."""
+  scalars = {}
+  for prefix, values in (("evaluation", result["metrics"]), ("evaluation_details", result["details"])):
+    for name, value in values.items():
+      if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+        scalars[f"{prefix}/{name}"] = float(value)
+  return scalars
+
+
 def write_report(out_dir: pathlib.Path, result: dict, per_class_rows: list[dict]) -> None:
-  """Writes `per_class.csv` (under the name in `result['files']`), `report.md` and, last, `report.json`: an
-  evaluation with `report.json` is finished (a study skips it), so an interrupted one never looks finished."""
+  """Writes `per_class.csv` (under the name in `result['files']`), `report.md`, the TensorBoard file of the
+  report's numbers (one point at step 0; rewritten whole by a rerun) and, last, `report.json`: an evaluation
+  with `report.json` is finished (a study skips it), so an interrupted one never looks finished."""
   write_csv(out_dir / result["files"]["per_class"], per_class_rows)
+  write_event_file(out_dir / EVENTS_FILE, [(0, tensorboard_scalars(result))])
   files.atomic_write(out_dir / "report.md", lambda f: f.write(report.run_markdown(result).encode()))
   files.atomic_write(out_dir / report.REPORT_FILE, lambda f: f.write(json.dumps(result, indent=2).encode()))
