@@ -1,5 +1,5 @@
 """Progress of a long loop as log lines: `what: done/total unit (percent), rate, ETA`, at most every
-`every_secs` and always at the end.
+`every_secs` and always at the end. The rate reads `12.5 steps/s`, or `174 s each` for slow units.
 
 The rate is measured between two reports (so compilation before the first report and work resumed from an
 earlier run do not count), the ETA is the work left at that rate. `timed(name)` blocks add the share of time
@@ -43,7 +43,7 @@ class Progress:
     text = f"{self.what}: {done:,}/{self.total:,} {self.unit}"
     if self.total > 0:
       text += f" ({100 * done / self.total:.1f}%)"
-    text += f", {rate:.3g} {self.unit}/s"
+    text += f", {rate:.3g} {self.unit}/s" if rate >= 1 else f", {1 / rate:.3g} s each" if rate > 0 else ""
     if done < self.total:
       text += f", ETA {format_seconds((self.total - done) / rate) if rate > 0 else 'unknown'}"
     if self._timed:

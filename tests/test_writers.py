@@ -113,7 +113,7 @@ def test_progress_lines_rate_and_eta(monkeypatch):
   assert not report(30)  # less than every_secs since the start
   clock.now += 30
   assert report(40, "batch 2/5")  # 20 latents in 40 s: 0.5/s, 60 left: 2 minutes
-  assert lines == ["Stage 2: 40/100 latents (40.0%), 0.5 latents/s, ETA 2m00s; batch 2/5"]
+  assert lines == ["Stage 2: 40/100 latents (40.0%), 2 s each, ETA 2m00s; batch 2/5"]
   with report.timed("eval"):
     clock.now += 20
   assert report(100)  # the end is always reported, without an ETA
