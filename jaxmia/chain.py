@@ -16,7 +16,7 @@ from typing import Callable
 from absl import logging
 import numpy as np
 
-from jaxmia import evaluate, model_store, report, train
+from jaxmia import evaluate, model_store, progress, report, train
 from jaxmia.attack import run as attack_run
 
 
@@ -70,14 +70,12 @@ def remaining_seconds(todo: list[Stage], durations: dict[str, float]) -> float:
 
 def run_stages(plan: list[Stage], what: str = "Study") -> dict[str, float]:
   """Runs the stages of `plan` whose outputs are missing, in order; returns `{stage name: seconds}`."""
-  from clu import periodic_actions  # noqa: PLC0415 (clu imports TensorFlow: only when a plan runs)
-
   todo = [stage for stage in plan if not stage.outputs.exists()]
   for stage in plan:
     if stage.outputs.exists():
       logging.info("%s: %s already done (%s).", what, stage.name, stage.outputs)
-  progress = periodic_actions.ReportProgress(num_train_steps=len(plan), every_secs=None, every_steps=1)
-  progress(len(plan) - len(todo))
+  report_progress = progress.Progress(len(plan), unit="stages", what=what, every_secs=0)
+  report_progress(len(plan) - len(todo))
   timings, started = {}, time.monotonic()
   for i, stage in enumerate(todo):
     logging.info("%s: stage %d/%d: %s.", what, len(plan) - len(todo) + i + 1, len(plan), stage.name)
@@ -86,5 +84,5 @@ def run_stages(plan: list[Stage], what: str = "Study") -> dict[str, float]:
     timings[stage.name] = time.monotonic() - t0
     logging.info("%s: %s done in %.0f s (%.0f s so far, about %.0f s to go).", what, stage.name,
                  timings[stage.name], time.monotonic() - started, remaining_seconds(todo[i + 1:], timings))
-    progress(len(plan) - len(todo) + i + 1)
+    report_progress(len(plan) - len(todo) + i + 1)
   return timings

@@ -1,6 +1,7 @@
 """What every `python -m jaxmia.<program>` does before its work: checks argv, joins the other processes
-(`jax.distributed` when launched multi-host), keeps TensorFlow (tfds, clu's writers) off accelerators and
-drops orbax's per-checkpoint INFO lines from the log (its warnings and errors still show).
+(`jax.distributed` when launched multi-host) and drops orbax's per-checkpoint INFO lines from the log (its
+warnings and errors still show). TensorFlow is not imported (not a dependency; `jaxmia.data` keeps it off the
+accelerators when it is installed).
 
 The one error path for user mistakes: `cli.run(main)` (in place of `absl.app.run(main)`) reports a bad flag,
 an unknown config field, an invalid setting or a file problem as one line `error: <what is wrong and what to
@@ -45,8 +46,6 @@ def start(argv) -> None:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_WithoutOrbaxInfo())
   parallel.initialize_distributed()
-  import tensorflow as tf  # noqa: PLC0415 (heavy; only programs need it)
-  tf.config.set_visible_devices([], "GPU")
   logging.info("JAX process %d/%d, %d local / %d global devices.", jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
 

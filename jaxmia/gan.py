@@ -49,7 +49,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from jaxmia import cli, data, diffaugment, files, model_store, parallel, train as train_lib
+from jaxmia import cli, data, diffaugment, files, model_store, parallel, progress, train as train_lib, writers
 from jaxmia.cli import number, one_of
 from jaxmia.generate import image_grid, save_png
 from jaxmia.models import stylegan2
@@ -480,8 +480,6 @@ def train(config: ConfigDict, workdir: str | os.PathLike, mesh: jax.sharding.Mes
   Returns the state after the last iteration run by this call (`config.max_steps` stops early, as if
   interrupted; a rerun resumes).
   """
-  from clu import metric_writers, periodic_actions  # noqa: PLC0415 (imports TensorFlow: not on `import jaxmia.gan`)
-
   validate_config(config)
   workdir = files.check_workdir(workdir)
   mesh = mesh or parallel.make_mesh()
@@ -517,14 +515,14 @@ def train(config: ConfigDict, workdir: str | os.PathLike, mesh: jax.sharding.Mes
                      f"{config.total_kimg} ({num_steps} iterations); raise total_kimg or choose a new workdir.")
   if jax.process_index() == 0:
     files.atomic_write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = writers.MetricWriter(workdir, just_logging=jax.process_index() > 0)
 
   train_step = compiled_train_step(step_config(config), mesh)
   step_key = jax.device_put(jax.random.fold_in(root_key, 1), parallel.replicated(mesh))
   sample = compiled_sampler(step_config(config))
   sample_z = jax.random.normal(jax.random.fold_in(root_key, 2), (config.num_samples, config.generator.z_dim))
-  progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                             every_secs=config.progress_every_secs)
+  report_progress = progress.Progress(num_steps, unit="steps", what="GAN training", writer=writer,
+                                      every_secs=config.progress_every_secs)
   stop = min(num_steps, start + config.max_steps) if config.max_steps > 0 else num_steps
   kimg = lambda step: step * config.batch_size / 1000
   every = lambda kimg_interval: max(1, round(kimg_interval * 1000 / config.batch_size))
@@ -547,7 +545,7 @@ def train(config: ConfigDict, workdir: str | os.PathLike, mesh: jax.sharding.Mes
       state, metrics = train_step(state, parallel.shard_batch(batch["image"], mesh), step_key)
       pending.append(metrics)
       step += 1
-      progress(step)
+      report_progress(step)
       if step % config.log_every_steps == 0 or step == stop:
         means = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in
                  jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(pending)).items()}

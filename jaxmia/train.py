@@ -6,13 +6,13 @@ One epoch = a deterministic pass over the training split (order = f(seed, epoch)
 `classifier.make_train_step` (augmentation on device, label-smoothing CE, MID / BiDO terms, optax update),
 jitted with the state donated. Data parallelism: the global batch is sharded over the `('data',)` mesh and
 the state replicated (`jaxmia.parallel`); multi-host runs start through `parallel.initialize_distributed()`.
-After every epoch the model is evaluated on the test split (accuracy, top-5, ECE), metrics go to the console
-and TensorBoard (clu), and an orbax checkpoint is written (the newest two are kept; an unreadable newest one is
-moved aside with a warning and the previous one used); a rerun with the same workdir resumes, mid-epoch
-included, and ends with exactly the parameters of an uninterrupted run. The config is validated
+After every epoch the model is evaluated on the test split (accuracy, top-5, ECE), metrics go to the console and
+TensorBoard (`jaxmia.writers`, no TensorFlow), and an orbax checkpoint is written (the newest two are kept; an
+unreadable newest one is moved aside with a warning and the previous one used); a rerun with the same workdir
+resumes, mid-epoch included, and ends with exactly the parameters of an uninterrupted run. The config is validated
 (`validate_config`) and the resume fingerprint (`fingerprint`: config minus presentation fields, digest of the
-initial weights, dataset version) checked against the workdir's `run.json` before anything is written: a
-different run stops with the differing fields, unless `config.overwrite` discards it. The final model is exported with
+initial weights, dataset version) checked against the workdir's `run.json` before anything is written: a different
+run stops with the differing fields, unless `config.overwrite` discards it. The final model is exported with
 `model_store.save_model(workdir/'model', ...)` so that the attack loads it with `model_store.load_model`.
 """
 import functools
@@ -30,7 +30,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from jaxmia import classifier, cli, data, defenses, files, model_store, models, parallel
+from jaxmia import classifier, cli, data, defenses, files, model_store, models, parallel, progress, writers
 from jaxmia.cli import interval, number, one_of
 
 # ----------------------------------------------------------------------------------------------- config checks
@@ -277,8 +277,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike,
 
   `mesh` defaults to all devices of all processes (`parallel.make_mesh()`).
   """
-  from clu import metric_writers, periodic_actions  # noqa: PLC0415 (imports TensorFlow: not on `import jaxmia.train`)
-
   validate_config(config)
   workdir = files.check_workdir(workdir)
   mesh = mesh or parallel.make_mesh()
@@ -313,7 +311,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike,
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
     files.atomic_write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = writers.MetricWriter(workdir, just_logging=jax.process_index() > 0)
 
   checkpoints = _checkpoint_manager(workdir / "checkpoints", best=False)
   best_checkpoints = _checkpoint_manager(workdir / "best_checkpoints", best=True) if val_split else None
@@ -332,7 +330,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike,
   replicated = functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
   step_key = replicated(lambda: jax.random.fold_in(jax.random.key(config.seed), 1))()
   alpha_on_mesh = replicated(alpha_at)
-  progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+  report_progress = progress.Progress(total_steps, unit="steps", what="Training", writer=writer)
   max_steps = config.max_steps if config.max_steps > 0 else total_steps
 
   def save(step, epoch_metrics=None):
@@ -353,7 +351,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike,
         state, m = train_step(state, parallel.shard_batch(batch, mesh), step_key, alpha)
         step_metrics.append(m)
         step += 1
-        progress(step)
+        report_progress(step)
         if step >= max_steps:
           break
         if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and step % steps_per_epoch:
@@ -367,7 +365,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike,
       if step_metrics:  # means over the steps of this epoch run by this invocation
         summary.update({f"train_{k}": float(np.mean(v)) for k, v in
                         jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(step_metrics)).items()})
-      with progress.timed("eval"):
+      with report_progress.timed("eval"):
         variables = classifier.model_variables(state)
         summary.update(classifier.evaluate_split(eval_step, variables, test_split, config.eval_batch_size, mesh,
                                                  "test"))

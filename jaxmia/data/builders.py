@@ -35,6 +35,7 @@ the shorter side to `S` then centre-crop `S x S` (PPA's CelebA transform; torchv
 """
 import concurrent.futures
 import dataclasses
+import importlib.util
 import io
 import os
 import pathlib
@@ -47,8 +48,11 @@ from PIL import Image
 
 
 def _hide_gpus_from_tensorflow():
-  """TensorFlow is only an I/O library here: keep it off the accelerators JAX uses."""
-  import tensorflow as tf  # noqa: PLC0415 (TensorFlow only when TFDS builders load)
+  """TensorFlow is not needed (TFDS prepares and reads array_record files without it), but when it is installed
+  TFDS may import it: keep it off the accelerators JAX uses. Nothing to do (and no import) without it."""
+  if importlib.util.find_spec('tensorflow') is None:
+    return
+  import tensorflow as tf  # noqa: PLC0415 (only when installed; importing it takes seconds)
   try:
     tf.config.set_visible_devices([], 'GPU')
   except RuntimeError:  # TF already initialised its devices elsewhere; nothing left to do.
