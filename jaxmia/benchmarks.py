@@ -196,6 +196,23 @@ class Worker:
     self.close()
 
 
+def case_handler(prepare):
+  """A worker's `handle` over `prepare(case) -> call`: `prepare` builds and keeps a case's call (reply: its
+  setup seconds), `round` times it once over `case['calls']` calls (reply: `timed`'s seconds per call)."""
+  calls = {}
+
+  def handle(request):
+    case = request["case"]
+    key = str(sorted(case.items()))
+    if request["op"] == "prepare":
+      start = time.perf_counter()
+      calls[key] = prepare(case)
+      return dict(setup_s=time.perf_counter() - start)
+    return timed(calls[key], case["calls"])
+
+  return handle
+
+
 def serve(handle) -> None:
   """A worker's loop: `handle(request) -> dict` for each JSON line on stdin, its reply (with the process's
   `peak_rss_gb` so far) as one line `REPLY_MARK + JSON` on the original stdout; whatever else the process

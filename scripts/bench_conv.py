@@ -203,18 +203,7 @@ def prepare(case: dict):
   return lambda: [jax.block_until_ready(fn(*args)) for _ in range(case["calls"])]
 
 
-_calls = {}
-
-
-def handle(request):
-  """A worker request: `prepare` a torch-table case, or time one `round` of it (seconds per call)."""
-  case = request["case"]
-  key = str(sorted(case.items()))
-  if request["op"] == "prepare":
-    start = time.perf_counter()
-    _calls[key] = prepare(case)
-    return dict(setup_s=time.perf_counter() - start)
-  return benchmarks.timed(_calls[key], case["calls"])
+handle = benchmarks.case_handler(prepare)  # a worker request: `prepare` a case or time one `round` of it
 
 
 def torch_table(report, reference):

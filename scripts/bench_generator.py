@@ -18,7 +18,6 @@ styles around one shared-kernel conv; stride-2 transposed convs split into polyp
 `grouped`, per-sample modulated kernels run as one grouped conv (NVlabs' fused path), and `dilated`,
 transposed convs as one `lhs_dilation` conv; they take their turns in the same rounds.
 """
-import time
 
 from absl import app, flags
 import jax
@@ -90,7 +89,7 @@ VARIANTS = {
     "dilated": {"conv_transpose2x": dilated_conv_transpose2x},
 }
 
-_generators, _calls = {}, {}
+_generators = {}
 
 
 def prepare(case: dict):
@@ -119,15 +118,7 @@ def prepare(case: dict):
   return lambda: [jax.block_until_ready(fn(variables, ws)) for _ in range(case["calls"])]
 
 
-def handle(request):
-  """A worker request: `prepare` a case, or time one `round` of it (seconds per call)."""
-  case = request["case"]
-  key = str(sorted(case.items()))
-  if request["op"] == "prepare":
-    start = time.perf_counter()
-    _calls[key] = prepare(case)
-    return dict(setup_s=time.perf_counter() - start)
-  return benchmarks.timed(_calls[key], case["calls"])
+handle = benchmarks.case_handler(prepare)  # a worker request: `prepare` a case or time one `round` of it
 
 
 def main(argv):

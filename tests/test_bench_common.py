@@ -197,3 +197,18 @@ def test_bench_conv_without_reference_prints_jaxmia_alone(tmp_path, no_reference
   record = json.loads((tmp_path / "conv.json").read_text())
   assert record["reference"] is None and record["side_by_side"] is False
   assert all(row["ratio"] is None and "torch_rate" not in row for row in record["tables"][0]["rows"])
+
+
+def test_case_handler_prepares_once_and_times_the_prepared_call():
+  made, runs = [], []
+
+  def prepare(case):
+    made.append(case["n"])
+    return lambda: runs.append(case["n"])
+
+  handle = benchmarks.case_handler(prepare)
+  case = {"n": 3, "calls": 2}
+  assert set(handle({"op": "prepare", "case": case})) == {"setup_s"}
+  reply = handle({"op": "round", "case": dict(reversed(list(case.items())))})  # same case, other key order
+  assert made == [3] and runs == [3]
+  assert {"seconds", "cpu_seconds"} <= set(reply) and reply["seconds"] >= 0
