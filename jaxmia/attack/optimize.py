@@ -176,8 +176,9 @@ class Telemetry(NamedTuple):
   def as_dict(self) -> dict[str, np.ndarray]:
     """`{'identity_loss_mean': [num_steps + 1], ..., 'confidence_max': ...}` on the host: the names the run's
     files and TensorBoard tags use."""
-    return {f"{name}_{stat}": np.asarray(jax.device_get(getattr(self, name)))[:, i]
-            for name in self._fields for i, stat in enumerate(STATISTICS)}
+    host = parallel.to_host(tuple(self))
+    return {f"{name}_{stat}": values[:, i] for name, values in zip(self._fields, host)
+            for i, stat in enumerate(STATISTICS)}
 
 
 STATISTICS = ("mean", "min", "max")
