@@ -197,8 +197,8 @@ class Worker:
 
 
 def case_handler(prepare):
-  """A worker's `handle` over `prepare(case) -> call`: `prepare` builds and keeps a case's call (reply: its
-  setup seconds), `round` times it once over `case['calls']` calls (reply: `timed`'s seconds per call)."""
+  """A worker's `handle` over `prepare(case) -> (run, units)`: `prepare` builds and keeps a case's `run`
+  (reply: its setup seconds), `round` times one `run()` (reply: `timed`'s seconds per unit)."""
   calls = {}
 
   def handle(request):
@@ -208,7 +208,7 @@ def case_handler(prepare):
       start = time.perf_counter()
       calls[key] = prepare(case)
       return dict(setup_s=time.perf_counter() - start)
-    return timed(calls[key], case["calls"])
+    return timed(*calls[key])
 
   return handle
 

@@ -27,7 +27,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 from absl import app, flags
 
@@ -178,18 +177,7 @@ def prepare(case: dict):
   return run, units
 
 
-_prepared = {}
-
-
-def handle(request):
-  """A worker request: `prepare` a configuration (compiled, warmed up), or time one `round` of it."""
-  key = str(sorted(request["case"].items()))
-  if request["op"] == "prepare":
-    start = time.perf_counter()
-    _prepared[key] = prepare(request["case"])
-    return dict(setup_s=time.perf_counter() - start)
-  run, units = _prepared[key]
-  return benchmarks.timed(run, units)
+handle = benchmarks.case_handler(prepare)  # a worker request: `prepare` a configuration or time one `round`
 
 
 # ------------------------------------------------------------------------------------------------------------

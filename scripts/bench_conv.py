@@ -185,7 +185,7 @@ def torch_cases():
 
 
 def prepare(case: dict):
-  """jaxmia's jitted convolution (or gradient) of a torch-table case, compiled; calls it `calls` times."""
+  """jaxmia's jitted convolution (or gradient) of a torch-table case, compiled: (a run of `calls` calls, calls)."""
   dtype, k, stride = jnp.dtype(case["dtype"]), case["k"], case["stride"]
   rng = np.random.default_rng(0)
   out = -(-case["size"] // stride)
@@ -200,7 +200,7 @@ def prepare(case: dict):
       "training": (pointwise_training_pass(jaxmia_conv.conv_general_dilated, stride), (x, w, g)),
   }[case["op"]]
   jax.block_until_ready(fn(*args))
-  return lambda: [jax.block_until_ready(fn(*args)) for _ in range(case["calls"])]
+  return lambda: [jax.block_until_ready(fn(*args)) for _ in range(case["calls"])], case["calls"]
 
 
 handle = benchmarks.case_handler(prepare)  # a worker request: `prepare` a case or time one `round` of it

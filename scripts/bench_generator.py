@@ -93,7 +93,8 @@ _generators = {}
 
 
 def prepare(case: dict):
-  """The jitted call of a case (resolution, batch, pass, variant), traced with the variant's ops, warmed up."""
+  """The jitted call of a case (resolution, batch, pass, variant), traced with the variant's ops, warmed up:
+  (a run of `calls` calls, calls)."""
   res, batch, dtype = case["res"], case["B"], jnp.dtype(case["dtype"])
   if (res, dtype) not in _generators:
     generator = sg2.Generator(**CONFIGS[res], dtype=dtype)
@@ -115,7 +116,7 @@ def prepare(case: dict):
   finally:
     for name, original in originals.items():
       setattr(ops, name, original)
-  return lambda: [jax.block_until_ready(fn(variables, ws)) for _ in range(case["calls"])]
+  return lambda: [jax.block_until_ready(fn(variables, ws)) for _ in range(case["calls"])], case["calls"]
 
 
 handle = benchmarks.case_handler(prepare)  # a worker request: `prepare` a case or time one `round` of it

@@ -14,7 +14,6 @@ each side's median seconds per step (`jaxmia.benchmarks`). Without the reference
 jaxmia alone. `JAXMIA_XLA_CPU_FORMULATIONS=0` measures the plain lax formulations (`jaxmia.models.xla_cpu`).
 """
 import pathlib
-import time
 
 from absl import app, flags
 
@@ -77,18 +76,13 @@ class TrainStep:
       self.block(metrics)
 
 
-_steps = {}
+def prepare(case: dict):
+  """A case's training step, built and warmed up: (a run of `steps` steps, steps)."""
+  step = TrainStep(case)
+  return lambda: step.run(step.steps), step.steps
 
 
-def handle(request):
-  """A worker request: `prepare` builds and warms up a case's step, `round` times `steps` steps of it."""
-  key = str(sorted(request["case"].items()))
-  if request["op"] == "prepare":
-    start = time.perf_counter()
-    _steps[key] = TrainStep(request["case"])
-    return dict(setup_s=time.perf_counter() - start)
-  step = _steps[key]
-  return benchmarks.timed(lambda: step.run(step.steps), step.steps)
+handle = benchmarks.case_handler(prepare)  # a worker request: `prepare` a case or time one `round` of it
 
 
 def main(argv):

@@ -204,7 +204,7 @@ def test_case_handler_prepares_once_and_times_the_prepared_call():
 
   def prepare(case):
     made.append(case["n"])
-    return lambda: runs.append(case["n"])
+    return lambda: runs.append(case["n"]), case["calls"]
 
   handle = benchmarks.case_handler(prepare)
   case = {"n": 3, "calls": 2}
