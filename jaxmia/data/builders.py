@@ -46,6 +46,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 
+from jaxmia.data import numbers_layout
+
 
 def _hide_gpus_from_tensorflow():
   """TensorFlow is not needed (TFDS prepares and reads array_record files without it), but when it is installed
@@ -99,10 +101,8 @@ def fit_image(image: Image.Image, size: int, mode: str) -> Image.Image:
     canvas.paste(image, ((size - w) // 2, (size - h) // 2))
     return canvas
   if mode == 'letterbox':
-    w, h = image.size
-    scale = size / max(w, h)
-    image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
-    return fit_image(image, size, 'pad')
+    new_h, new_w, _, _ = numbers_layout.letterbox_geometry(image.size[1], image.size[0], size)
+    return fit_image(image.resize((new_w, new_h), Image.BILINEAR), size, 'pad')
   raise ValueError(f'Unknown resize mode {mode!r}; expected one of {RESIZE_MODES}.')
 
 
@@ -532,18 +532,14 @@ class MnistEmbedded(_StoredImageBuilder, skip_registration=True):
 # ----------------------------------------------------------------------------------------------------------
 # Embedded many-class numbers (no download).
 
-# Each digit keeps columns [3, 25) of its 28: MNIST centres every digit's 20x20 box by mass, and this band
-# holds 99.9% of the subset's ink (0.12% lost on average), so neighbouring digits sit close as in a number.
-DIGIT_COLUMNS = (3, 25)
-
-
 def compose_number(digits: np.ndarray, size: int) -> Image.Image:
   """RGB `size x size` image of the uint8 digit images `digits` `[k, 28, 28]` written left to right.
 
   The digits' central column bands are placed side by side (`[28, 22k]`) and letterboxed into the square, so
   every digit keeps its aspect ratio and all digits of a number share one scale.
   """
-  strip = np.concatenate([d[:, DIGIT_COLUMNS[0]:DIGIT_COLUMNS[1]] for d in digits], axis=1)
+  first, last = numbers_layout.DIGIT_COLUMNS
+  strip = np.concatenate([d[:, first:last] for d in digits], axis=1)
   return fit_image(Image.fromarray(np.ascontiguousarray(strip), mode='L'), size, 'letterbox')
 
 
