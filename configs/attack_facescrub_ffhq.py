@@ -3,8 +3,8 @@
     python -m jaxmia.attack --config=configs/attack_facescrub_ffhq.py --workdir=runs/attack_facescrub_ffhq
 
 The target is what `python -m jaxmia.train --config=configs/faces.py --workdir=runs/faces` exports; the
-generator is NVlabs' `ffhq.pkl` converted with `python -m jaxmia.convert stylegan2 --input ffhq.pkl
---output converted_weights/ffhq`. Settings of PPA's `configs/attacking/FaceScrub_FFHQ.yaml`: 2000 search
+generator is NVlabs' `ffhq.pkl` converted with `python -m jaxmia.convert stylegan2 --input=ffhq.pkl
+--output=converted_weights/ffhq`. Settings of PPA's `configs/attacking/FaceScrub_FFHQ.yaml`: 2000 search
 latents, 200 candidates and 50 kept samples per class, 50 Adam steps (lr 0.005, betas 0.1/0.1) on one w per
 image, Poincaré loss, 100 random crops for the final selection. `:smoke` is a few-second pipeline check.
 """
@@ -17,7 +17,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 42                # seeds the search space and every latent's augmentations
   config.generator = "converted_weights/ffhq"  # weights folder of the StyleGAN2 generator (FFHQ-1024)
-  # weights folder of the generator's discriminator (`python -m jaxmia.convert stylegan2 --network D`);
+  # weights folder of the generator's discriminator (`python -m jaxmia.convert stylegan2 --network=D`);
   # read only if attack.discriminator_loss_weight > 0.
   config.discriminator = "converted_weights/ffhq_discriminator"
   config.target = "runs/faces/model"  # weights folder of the target classifier (530 classes)

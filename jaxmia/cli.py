@@ -7,7 +7,7 @@ The one error path for user mistakes: `cli.run(main)` (in place of `absl.app.run
 an unknown config field, an invalid setting or a file problem as one line `error: <what is wrong and what to
 do>` on stderr and exits with code 2; the traceback is shown only with `--verbose` or `JAXMIA_TRACEBACK=1`.
 Programs still started with `app.run` get the same report through an absl exception handler installed on
-import, programs with an argparse parser through `exit_on_user_error`. What counts as a user mistake
+import. What counts as a user mistake
 (`is_user_error`): anything raised while parsing the command line (the config file included), an `OSError`
 (missing or unreadable files, a workdir that is a file, a read-only folder, a full disk), and a `ValueError`,
 `TypeError` or `LookupError` raised by jaxmia's own code or a config file (jaxmia reports invalid settings and
@@ -203,8 +203,8 @@ def _parse_flags(argv):
 
 def exit_on_user_error(call, argv=None, user_errors: tuple = ()):
   """Returns `call()`; a user mistake it raises (`is_user_error`, or an instance of `user_errors`) is reported by
-  `report` and ends the process with exit code 2, other exceptions propagate. The error path of programs with
-  their own argument parser (`jaxmia.convert`, `jaxmia.generate`; `argv`: theirs, for `--verbose`)."""
+  `report` and ends the process with exit code 2, other exceptions propagate (`run`'s error path; `argv`: the
+  command line, for `--verbose`)."""
   try:
     return call()
   except Exception as exc:  # sorted below
@@ -213,10 +213,11 @@ def exit_on_user_error(call, argv=None, user_errors: tuple = ()):
     sys.exit(report(exc, argv))
 
 
-def run(main) -> None:
+def run(main, user_errors: tuple = ()) -> None:
   """`absl.app.run(main)` with the user-error path: flags parsed by `_parse_flags`, `main`'s user mistakes
-  reported by `report` (exit code 2); other exceptions keep their traceback (exit code 1)."""
-  app.run(lambda argv: exit_on_user_error(lambda: main(argv)), flags_parser=_parse_flags)
+  (`is_user_error`, or an instance of `user_errors`) reported by `report` (exit code 2); other exceptions keep
+  their traceback (exit code 1)."""
+  app.run(lambda argv: exit_on_user_error(lambda: main(argv), user_errors=user_errors), flags_parser=_parse_flags)
 
 
 class _UserErrorHandler(app.ExceptionHandler):

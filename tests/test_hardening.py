@@ -7,6 +7,7 @@ ResNet-18 saved as weights folders; the command-line cases run the programs in a
 import json
 import logging
 import os
+import subprocess
 
 import chex
 import jax
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, run_program, with_overrides
+from conftest import REPO, run_program, start_program, with_overrides
 from jaxmia import classifier, cli, files, gan, models, train
 from jaxmia.attack import optimize
 from jaxmia.attack import run as attack_run
@@ -390,19 +391,23 @@ def test_user_errors_and_bugs_are_told_apart():
 @pytest.mark.parametrize("args, message", [
     (["inspect", "{dir}/missing.pth"],
      "error: {dir}/missing.pth: no such file (expected a PyTorch .pt/.pth/.pkl file)"),
-    (["classifier", "--arch", "resnet18", "--num-classes", "10", "--input", "{dir}/notes.txt", "--output", "{dir}/out"],
+    (["classifier", "--arch=resnet18", "--num_classes=10", "--input={dir}/notes.txt", "--output={dir}/out"],
      "error: {dir}/notes.txt: LIST at byte 2 without a MARK; a corrupt pickle"),
-    (["stylegan2", "--input", "{dir}/notes.txt", "--output", "{dir}/out"],
+    (["stylegan2", "--input={dir}/notes.txt", "--output={dir}/out"],
      "error: {dir}/notes.txt: LIST at byte 2 without a MARK; a corrupt pickle"),
+    (["classifier", "--arch=resnet18", "--input={dir}/notes.txt", "--network=D"],
+     "error: bad command line: python -m jaxmia.convert classifier takes no --network; needs --num_classes, --output."),
+    (["convert"], "error: bad command line: unknown command 'convert'; usage: python -m jaxmia.convert "
+                  "classifier|stylegan2|inspect (see --help)"),
 ])
-def test_convert_bad_inputs_are_one_error_line_with_exit_code_2(args, message, tmp_path, capsys):
-  from jaxmia.convert.__main__ import main
+def test_convert_bad_inputs_are_one_error_line_with_exit_code_2(args, message, tmp_path):
   (tmp_path / "notes.txt").write_text("hello\n")  # not a torch file
-  with pytest.raises(SystemExit) as exit_info:
-    main([a.format(dir=tmp_path) for a in args])
-  captured = capsys.readouterr()
-  assert exit_info.value.code == 2 and captured.out == ""
-  assert captured.err == message.format(dir=tmp_path) + f" (--verbose or {cli.TRACEBACK_ENV}=1 shows the traceback)\n"
+  with start_program("-m", "jaxmia.convert", *[a.format(dir=tmp_path) for a in args], stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE) as proc:
+    out, err = proc.communicate(timeout=600)
+  assert proc.returncode == 2 and out == "" and "Traceback" not in err, err[-2000:]
+  hint = f" (--verbose or {cli.TRACEBACK_ENV}=1 shows the traceback)"
+  assert err.splitlines()[-1] == message.format(dir=tmp_path) + hint
   assert not (tmp_path / "out").exists()
 
 

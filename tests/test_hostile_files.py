@@ -32,7 +32,7 @@ resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
 entry, path, kwargs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 from jaxmia.convert import torch_reader
 if entry == "inspect":
-  from jaxmia.convert.__main__ import main
+  from jaxmia.convert.__main__ import inspect_file
 out, result = io.StringIO(), {{"error": None}}
 start = time.perf_counter()
 try:
@@ -40,7 +40,7 @@ try:
     if entry == "allocate":
       bytearray(int(path))
     elif entry == "inspect":
-      main(["inspect", path])
+      inspect_file(path)
     elif entry == "flatten_tensors":
       torch_reader.flatten_tensors(torch_reader.load_torch_file(path), **kwargs)
     else:

@@ -1,17 +1,19 @@
 """Command line for converting PyTorch weights into jaxmia weights folders, and for looking into torch files.
 
-    python -m jaxmia.convert classifier --arch resnet152 --num-classes 530 --input model.pth \\
-        --output converted_weights/resnet152_facescrub
-    python -m jaxmia.convert stylegan2 --input ffhq.pkl --output converted_weights/ffhq [--network G_ema|G|D]
+    python -m jaxmia.convert classifier --arch=resnet152 --num_classes=530 --input=model.pth \\
+        --output=converted_weights/resnet152_facescrub [--module_kwargs='{"base_channels": 16}'] [--overwrite]
+    python -m jaxmia.convert stylegan2 --input=ffhq.pkl --output=converted_weights/ffhq [--network=G_ema|G|D]
     python -m jaxmia.convert inspect FILE
 
-Every weights folder is read back with `jaxmia.model_store.load_model(path)`.
+The first argument is the command; each takes only its own flags (below). Every weights folder is read back
+with `jaxmia.model_store.load_model(path)`. A bad input (missing or unsafe file, weights that do not fit) or
+command line is one `error:` line and exit code 2.
 """
-import argparse
 import json
 
 import jax
 import numpy as np
+from absl import flags
 
 from jaxmia import cli, model_store
 from jaxmia.convert import common, torch_reader
@@ -19,7 +21,6 @@ from jaxmia.convert import common, torch_reader
 # What a bad input or argument raises (besides `cli.is_user_error`'s): one `error:` line, exit code 2.
 _ERRORS = (FileNotFoundError, FileExistsError, torch_reader.TorchFileError, torch_reader.UnsafePickleError,
            common.ConversionError, ValueError)
-
 
 def _count(variables, collection="params") -> int:
   return sum(int(np.size(x)) for x in jax.tree.leaves(variables.get(collection, {})))
@@ -31,43 +32,60 @@ def _print_summary(rows):
     print(f"  {key:<{width}}  {value}")
 
 
-def convert_classifier(args):
-  from jaxmia.convert import classifiers  # noqa: PLC0415 (the model code loads only for its subcommand)
-  num_classes = None if args.num_classes.lower() == "none" else int(args.num_classes)
-  extra = json.loads(args.module_kwargs)
-  state = classifiers.classifier_state_dict(args.input)
-  module_kwargs = classifiers.classifier_module_kwargs(args.arch, state, num_classes, **extra)
-  variables = classifiers.classifier_from_torch(args.arch, state, num_classes, **module_kwargs)
-  folder = model_store.save_model(args.output, variables, kind="classifier",
-                                module_kwargs={"arch": args.arch, "num_classes": num_classes, **module_kwargs},
-                                source=args.input, overwrite=args.overwrite)
+def parse_num_classes(text: str) -> int | None:
+  """`--num_classes`: a positive integer, or 'none' for the backbone only."""
+  if text.strip().lower() == "none":
+    return None
+  try:
+    num_classes = int(text)
+  except ValueError:
+    num_classes = 0
+  if num_classes < 1:
+    raise ValueError(f"--num_classes={text!r} must be a positive integer or 'none' (the backbone only).")
+  return num_classes
+
+
+def convert_classifier(arch: str, num_classes: int | None, input_path, output, *, module_kwargs: dict | None = None,
+                       overwrite: bool = False):
+  """Converts the classifier weights in `input_path` into the weights folder `output`; returns the folder."""
+  from jaxmia.convert import classifiers  # noqa: PLC0415 (the model code loads only for its command)
+  state = classifiers.classifier_state_dict(input_path)
+  module_kwargs = classifiers.classifier_module_kwargs(arch, state, num_classes, **(module_kwargs or {}))
+  variables = classifiers.classifier_from_torch(arch, state, num_classes, **module_kwargs)
+  folder = model_store.save_model(output, variables, kind="classifier",
+                                  module_kwargs={"arch": arch, "num_classes": num_classes, **module_kwargs},
+                                  source=input_path, overwrite=overwrite)
   print("Converted classifier:")
-  _print_summary([("arch", args.arch), ("classes", num_classes if num_classes is not None else "none (features)"),
+  _print_summary([("arch", arch), ("classes", num_classes if num_classes is not None else "none (features)"),
                   ("module kwargs", module_kwargs or "-"), ("parameters", f"{_count(variables):,}"),
                   ("output", folder)])
+  return folder
 
 
-def convert_stylegan2(args):
-  from jaxmia.convert import stylegan2  # noqa: PLC0415 (the model code loads only for its subcommand)
-  networks = torch_reader.read_nvlabs_pickle(args.input)
-  if args.network not in networks:
-    raise ValueError(f"{args.input} has no network {args.network!r}; it holds {', '.join(networks)}.")
-  network = networks[args.network]
-  source = (network.state_dict, network.init_kwargs)
-  if args.network == "D":
+def convert_stylegan2(input_path, output, *, network: str = "G_ema", overwrite: bool = False):
+  """Converts `network` (G_ema, G or D) of the NVlabs pickle `input_path` into the weights folder `output`;
+  returns the folder."""
+  from jaxmia.convert import stylegan2  # noqa: PLC0415 (the model code loads only for its command)
+  networks = torch_reader.read_nvlabs_pickle(input_path)
+  if network not in networks:
+    raise ValueError(f"{input_path} has no network {network!r}; it holds {', '.join(networks)}.")
+  chosen = networks[network]
+  source = (chosen.state_dict, chosen.init_kwargs)
+  if network == "D":
     module, variables = stylegan2.discriminator_from_torch(source)
     kind = "stylegan2_discriminator"
   else:
     module, variables = stylegan2.stylegan2_from_torch(source)
     kind = "stylegan2_generator"
-  folder = model_store.save_model(args.output, variables, kind=kind, module_kwargs=network.init_kwargs,
-                                source=args.input, overwrite=args.overwrite)
-  print(f"Converted StyleGAN2 {network.class_name} ({args.network}):")
+  folder = model_store.save_model(output, variables, kind=kind, module_kwargs=chosen.init_kwargs,
+                                  source=input_path, overwrite=overwrite)
+  print(f"Converted StyleGAN2 {chosen.class_name} ({network}):")
   rows = [("resolution", module.img_resolution), ("image channels", module.img_channels),
           ("c_dim", module.c_dim)]
   if kind == "stylegan2_generator":
     rows += [("z_dim", module.z_dim), ("w_dim", module.w_dim), ("num_ws", module.num_ws)]
   _print_summary(rows + [("parameters", f"{_count(variables):,}"), ("output", folder)])
+  return folder
 
 
 def _kwargs_text(kwargs, limit: int = 300) -> str:
@@ -126,56 +144,83 @@ def print_structure(obj, max_depth: int = torch_reader.MAX_DEPTH, max_objects: i
   return tensors, values
 
 
-def inspect_file(args):
+def inspect_file(path):
+  """Prints what the torch file `path` holds (`print_structure`) and a count of its tensors and values."""
   try:
-    obj = torch_reader.load_torch_file(args.file)
+    obj = torch_reader.load_torch_file(path)
   except torch_reader.UnsafePickleError as error:
     if not error.global_name.startswith("torch_utils.persistence."):
       raise
-    obj = torch_reader.read_nvlabs_pickle(args.file)
+    obj = torch_reader.read_nvlabs_pickle(path)
   tensors, values = print_structure(obj)
   print(f"{tensors} tensors, {values:,} values")
 
 
-def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m jaxmia.convert", description=__doc__.split("\n")[0])
-  commands = parser.add_subparsers(dest="command", required=True)
-  common_flags = argparse.ArgumentParser(add_help=False)
-  common_flags.add_argument("--verbose", action="store_true",
-                            help=f"on an error, show its Python traceback (or set {cli.TRACEBACK_ENV}=1)")
+# ----------------------------------------------------------------------------------------------- command line
 
-  classifier = commands.add_parser("classifier", parents=[common_flags],
-                                   help="torchvision / PPA / facenet-pytorch classifier weights")
-  classifier.add_argument("--arch", required=True, help="e.g. resnet18, resnet152, densenet121, inception_v3, "
-                                                        "inception_resnet_v1")
-  classifier.add_argument("--num-classes", required=True,
-                          help="outputs of the head, or 'none' for the backbone only (FaceNet embeddings)")
-  classifier.add_argument("--input", required=True, help=".pt/.pth state dict or PPA checkpoint, or .npz")
-  classifier.add_argument("--output", required=True, help="weights folder to create")
-  classifier.add_argument("--module-kwargs", default="{}",
-                          help='JSON of extra builder kwargs, e.g. \'{"base_channels": 16}\'')
-  classifier.add_argument("--overwrite", action="store_true", help="replace an existing weights folder")
-  classifier.set_defaults(run=convert_classifier)
-
-  gan = commands.add_parser("stylegan2", parents=[common_flags], help="NVlabs stylegan2-ada-pytorch network pickle")
-  gan.add_argument("--input", required=True, help="NVlabs .pkl (e.g. ffhq.pkl)")
-  gan.add_argument("--output", required=True, help="weights folder to create")
-  gan.add_argument("--network", default="G_ema", choices=("G_ema", "G", "D"), help="network to convert")
-  gan.add_argument("--overwrite", action="store_true", help="replace an existing weights folder")
-  gan.set_defaults(run=convert_stylegan2)
-
-  inspect = commands.add_parser("inspect", parents=[common_flags],
-                                help="list the tensors (name, dtype, shape) and values in a torch file")
-  inspect.add_argument("file", help=".pt / .pth / .pkl file")
-  inspect.set_defaults(run=inspect_file)
-  return parser
+# command -> (its required flags, its optional flags); `inspect` takes the file as its argument
+_COMMANDS = {"classifier": (("arch", "num_classes", "input", "output"), ("module_kwargs", "overwrite")),
+             "stylegan2": (("input", "output"), ("network", "overwrite")),
+             "inspect": ((), ())}
+_USAGE = f"python -m jaxmia.convert {'|'.join(_COMMANDS)} (see --help)"
 
 
-def main(argv=None):
-  """A bad input (missing or unsafe file, weights that do not fit) is one `error:` line and exit code 2."""
-  args = build_parser().parse_args(argv)
-  cli.exit_on_user_error(lambda: args.run(args), argv, _ERRORS)
+def _define_flags():
+  flags.DEFINE_string("arch", None, "classifier: e.g. resnet18, resnet152, densenet121, inception_v3, "
+                                    "inception_resnet_v1.")
+  flags.DEFINE_string("num_classes", None, "classifier: outputs of the head, or 'none' for the backbone only "
+                                           "(FaceNet embeddings).")
+  flags.DEFINE_string("input", None, "classifier: .pt/.pth state dict or PPA checkpoint, or .npz; "
+                                     "stylegan2: NVlabs .pkl (e.g. ffhq.pkl).")
+  flags.DEFINE_string("output", None, "classifier, stylegan2: the weights folder to create.")
+  flags.DEFINE_string("module_kwargs", "{}",
+                      'classifier: JSON of extra builder kwargs, e.g. \'{"base_channels": 16}\'.')
+  flags.DEFINE_enum("network", "G_ema", ("G_ema", "G", "D"), "stylegan2: the network to convert.")
+  flags.DEFINE_bool("overwrite", False, "classifier, stylegan2: replace an existing weights folder.")
+
+
+def _command(argv) -> tuple[str, list[str]]:
+  """The command and its arguments; a flag of another command, a missing flag or a wrong number of arguments
+  is a `flags.ValidationError` (one `error: bad command line: ...` line, exit code 2)."""
+  if len(argv) < 2 or argv[1] not in _COMMANDS:
+    given = f"unknown command {argv[1]!r}" if len(argv) > 1 else "no command"
+    raise flags.ValidationError(f"{given}; usage: {_USAGE}")
+  command, arguments = argv[1], argv[2:]
+  required, optional = _COMMANDS[command]
+  every_flag = dict.fromkeys(name for names in _COMMANDS.values() for name in (*names[0], *names[1]))
+  problems = []
+  foreign = [f"--{name}" for name in every_flag if name not in required + optional and flags.FLAGS[name].present]
+  if foreign:
+    problems.append(f"takes no {', '.join(foreign)}")
+  missing = [f"--{name}" for name in required if flags.FLAGS[name].value is None]
+  if missing:
+    problems.append(f"needs {', '.join(missing)}")
+  if command == "inspect" and len(arguments) != 1:
+    problems.append(f"takes one FILE ({len(arguments)} given)")
+  elif command != "inspect" and arguments:
+    problems.append(f"takes no argument {' '.join(arguments)!r}")
+  if problems:
+    raise flags.ValidationError(f"python -m jaxmia.convert {command} {'; '.join(problems)}.")
+  return command, arguments
+
+
+def main(argv):
+  command, arguments = _command(argv)
+  cli.start(argv[:1])
+  FLAGS = flags.FLAGS
+  if command == "classifier":
+    try:
+      module_kwargs = json.loads(FLAGS.module_kwargs)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"--module_kwargs={FLAGS.module_kwargs!r} is not JSON ({e}).") from e
+    convert_classifier(FLAGS.arch, parse_num_classes(FLAGS.num_classes), FLAGS.input, FLAGS.output,
+                       module_kwargs=module_kwargs, overwrite=FLAGS.overwrite)
+  elif command == "stylegan2":
+    convert_stylegan2(FLAGS.input, FLAGS.output, network=FLAGS.network, overwrite=FLAGS.overwrite)
+  else:
+    inspect_file(arguments[0])
 
 
 if __name__ == "__main__":
-  main()
+  _define_flags()
+  cli.run(main, _ERRORS)

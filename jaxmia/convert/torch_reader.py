@@ -507,7 +507,7 @@ def _base_globals(budget: _Budget) -> dict[tuple[str, str], Any]:
 _HINTS = {
     "torch_utils.persistence": "This is an NVlabs StyleGAN2-ADA network pickle: read it with "
                                "`jaxmia.convert.torch_reader.read_nvlabs_pickle` or convert it with "
-                               "`python -m jaxmia.convert stylegan2 --input FILE --output DIR`.",
+                               "`python -m jaxmia.convert stylegan2 --input=FILE --output=DIR`.",
     "dnnlib.tflib": "This is a TensorFlow StyleGAN pickle: convert it to the PyTorch format first with "
                     "`legacy.py` of NVlabs stylegan2-ada-pytorch, then convert that file.",
     "torch": "jaxmia reads dense CPU tensors of dtype float16/32/64, bfloat16, int8/16/32/64, uint8 and bool "
