@@ -3,7 +3,7 @@
     python -m jaxmia.train --config=configs/faces.py --workdir=runs/faces \
         --config.dataset.manual_dir=/data/facescrub --config.label_smoothing=-0.05
 
-Defenses: `--config.defense.name=mid` or `=bido`; label smoothing: `--config.label_smoothing=0.1` (or
+Defenses: `--config.defense.name=mid`, `=bido` or `=calor`; label smoothing: `--config.label_smoothing=0.1` (or
 negative). Every field below can be overridden the same way.
 """
 from ml_collections import ConfigDict
@@ -77,7 +77,7 @@ def augment_config(config: ConfigDict) -> ConfigDict:
 def defense_config() -> ConfigDict:
   """Defense settings shared by all target configs (`name` picks one; the others' fields are ignored)."""
   defense = ConfigDict()
-  defense.name = "none"  # 'none' | 'mid' | 'bido'
+  defense.name = "none"  # 'none' | 'mid' | 'bido' | 'calor'
   defense.mid = ConfigDict()
   defense.mid.bottleneck_dim = 1024  # size k of MID's variational bottleneck
   defense.mid.beta = 0.01  # weight of the KL term (MID's lambda)
@@ -85,4 +85,9 @@ def defense_config() -> ConfigDict:
   defense.bido.lambda_x = 0.05  # weight of sum_j HSIC(x, z_j) (minimised)
   defense.bido.lambda_y = 0.5  # weight of sum_j HSIC(y, z_j) (maximised)
   defense.bido.sigma = 5.0  # Gaussian kernel width per input dimension
+  defense.calor = ConfigDict()
+  defense.calor.rank = 50  # rank of the compressed head (features -> BatchNorm -> rank -> tanh -> classes)
+  defense.calor.activation = "tanh"  # between the two head layers: 'tanh' (CALoR's) | 'relu' | 'none'
+  defense.calor.gamma = 4.0  # confidence adaptation exponent: the loss pulls p_y to exp(-1/gamma) (0.78)
+  defense.calor.scale = 0.25  # weight of the confidence adaptation loss (only rescales the gradient)
   return defense

@@ -57,16 +57,24 @@ def compute_dtype(name: str) -> jnp.dtype:
 
 
 def model_spec(arch: str, num_classes: int, builder_kwargs: Mapping[str, Any] | None = None, *,
-               mid_bottleneck_dim: int | None = None) -> tuple[str, dict]:
+               mid_bottleneck_dim: int | None = None, calor_rank: int | None = None,
+               calor_activation: str = "tanh") -> tuple[str, dict]:
   """The export kind and the `module_kwargs` that rebuild the model (`model_store.load_model`).
 
   `mid_bottleneck_dim`: the model is a MID classifier (`defenses.create_mid_classifier`) with a variational
-  bottleneck of this size before the head; None: a plain `models.create_classifier` classifier.
+  bottleneck of this size before the head; `calor_rank`: a CALoR classifier (`defenses.create_calor_classifier`)
+  whose head has this rank (`calor_activation` between its two layers); both None: a plain
+  `models.create_classifier` classifier.
   """
   builder_kwargs = dict(builder_kwargs or {})
+  if mid_bottleneck_dim is not None and calor_rank is not None:
+    raise ValueError("A model is either a MID or a CALoR classifier, not both.")
   if mid_bottleneck_dim is not None:
     return "mid_classifier", dict(arch=arch, num_classes=num_classes, bottleneck_dim=mid_bottleneck_dim,
                                   **builder_kwargs)
+  if calor_rank is not None:
+    return "calor_classifier", dict(arch=arch, num_classes=num_classes, rank=calor_rank,
+                                    activation=calor_activation, **builder_kwargs)
   return "classifier", dict(arch=arch, num_classes=num_classes, **builder_kwargs)
 
 
@@ -75,8 +83,11 @@ def create_model(kind: str, module_kwargs: Mapping[str, Any], dtype: str = "floa
   kwargs, dtype = dict(module_kwargs), compute_dtype(dtype)
   if kind == "mid_classifier":
     return defenses.create_mid_classifier(dtype=dtype, **kwargs)
+  if kind == "calor_classifier":
+    return defenses.create_calor_classifier(dtype=dtype, **kwargs)
   if kind != "classifier":
-    raise ValueError(f"Unknown classifier kind {kind!r}; expected 'classifier' or 'mid_classifier'.")
+    raise ValueError(f"Unknown classifier kind {kind!r}; expected 'classifier', 'mid_classifier' or "
+                     "'calor_classifier'.")
   return models.create_classifier(kwargs.pop("arch"), kwargs.pop("num_classes"), dtype=dtype, **kwargs)
 
 
@@ -197,13 +208,16 @@ def smoothing_schedule(label_smoothing: float, num_epochs: int, negative_kind: s
 
 def make_train_step(num_classes: int, *, augment_kwargs: Mapping[str, Any], aux_loss_weight: float = 0.0,
                     defense: str = "none", mid_beta: float = 0.0,
-                    bido_kwargs: Mapping[str, float] | None = None) -> Callable:
+                    bido_kwargs: Mapping[str, float] | None = None,
+                    calor_kwargs: Mapping[str, float] | None = None) -> Callable:
   """`train_step(state, batch, key, alpha) -> (state, metrics)`: pure, to be jitted (`jit_train_step`).
 
   augment_kwargs: keyword arguments of `data.augment.train_augment` (size, crop_scale, ...).
   aux_loss_weight: weight of Inception-v3's auxiliary-head loss (0: not computed).
-  defense: 'none', 'mid' (KL term weighted by `mid_beta`; the model must be a MID classifier) or 'bido'
-    (`defenses.bido_penalty` with `bido_kwargs`: lambda_x, lambda_y, sigma).
+  defense: 'none', 'mid' (KL term weighted by `mid_beta`; the model must be a MID classifier), 'bido'
+    (`defenses.bido_penalty` with `bido_kwargs`: lambda_x, lambda_y, sigma) or 'calor' (the classification loss
+    is `defenses.confidence_adaptation_loss` with `calor_kwargs`: gamma, scale, and the label-smoothing factor
+    as its alpha; the model should be a CALoR classifier).
 
   batch: `{'image': uint8 [B, S, S, 3], 'label': int32 [B]}` (the global batch); key: the run's root key;
   alpha: the label-smoothing factor of the current epoch (a float32 scalar array, so changing it does not
@@ -212,19 +226,24 @@ def make_train_step(num_classes: int, *, augment_kwargs: Mapping[str, Any], aux_
   """
   if defense not in defenses.DEFENSES:
     raise ValueError(f"The defense must be one of {defenses.DEFENSES}, got {defense!r}.")
-  augment_kwargs, bido_kwargs = dict(augment_kwargs), dict(bido_kwargs or {})
+  augment_kwargs, bido_kwargs, calor_kwargs = dict(augment_kwargs), dict(bido_kwargs or {}), dict(calor_kwargs or {})
+
+  def classification_loss(logits, labels, alpha):
+    if defense == "calor":
+      return defenses.confidence_adaptation_loss(logits, labels, label_smoothing=alpha, **calor_kwargs)
+    return losses.label_smoothing_cross_entropy(logits, labels, alpha)
 
   def loss_fn(params, state, images, labels, alpha, rngs):
-    mutable = ["batch_stats"] + (["intermediates"] if defense != "none" or aux_loss_weight else [])
+    mutable = ["batch_stats"] + (["intermediates"] if defense in ("mid", "bido") or aux_loss_weight else [])
     logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images, train=True,
                                      mutable=mutable, rngs=rngs)
     logits = logits.astype(jnp.float32)
-    loss = losses.label_smoothing_cross_entropy(logits, labels, alpha).mean()
+    loss = classification_loss(logits, labels, alpha).mean()
     extra = {}
     intermediates = updates.get("intermediates", {})
     if "aux_logits" in intermediates:
       (aux,) = intermediates["aux_logits"]
-      extra["aux_loss"] = losses.label_smoothing_cross_entropy(aux, labels, alpha).mean()
+      extra["aux_loss"] = classification_loss(aux, labels, alpha).mean()
       loss += aux_loss_weight * extra["aux_loss"]
     if defense == "mid":
       (kl,) = intermediates["bottleneck_kl"]

@@ -28,7 +28,7 @@ from etils import epath
 
 import jaxmia
 from jaxmia import files, models
-from jaxmia.defenses import mid
+from jaxmia.defenses import calor, mid
 from jaxmia.models import number_generator
 from jaxmia.models import stylegan2
 
@@ -41,6 +41,7 @@ BUILDERS = {
     "stylegan2_generator": stylegan2.Generator,
     "stylegan2_discriminator": stylegan2.Discriminator,
     "mid_classifier": mid.create_mid_classifier,
+    "calor_classifier": calor.create_calor_classifier,
     "number_generator": number_generator.NumberGenerator,
 }
 KINDS = tuple(BUILDERS)
@@ -106,7 +107,7 @@ def save_model(path, variables, *, kind: str, module_kwargs: Mapping[str, Any], 
     path: output folder (created; must not exist unless `overwrite`).
     variables: Flax variables, a nested dict of arrays (numpy or fully addressable jax arrays).
     kind: a key of `BUILDERS` (`classifier`, `stylegan2_generator`, `stylegan2_discriminator`, `mid_classifier`,
-      `number_generator`).
+      `calor_classifier`, `number_generator`).
     module_kwargs: JSON-serialisable keyword arguments of the module builder for `kind`
       (`classifier`: `arch`, `num_classes` and builder kwargs; StyleGAN2: the NVlabs `init_kwargs`).
     source: path of the file the weights came from (its name and SHA-256 are recorded), or None.

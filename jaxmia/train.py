@@ -63,6 +63,10 @@ CONFIG_RULES = (
     ("defense.bido.lambda_x", ">= 0", number(0)),
     ("defense.bido.lambda_y", ">= 0", number(0)),
     ("defense.bido.sigma", "> 0", number(0, low_open=True)),
+    ("defense.calor.rank", "a positive integer", number(1, integer=True)),
+    ("defense.calor.activation", f"one of {tuple(defenses.calor.ACTIVATIONS)}", one_of(*defenses.calor.ACTIVATIONS)),
+    ("defense.calor.gamma", "> 0", number(0, low_open=True)),
+    ("defense.calor.scale", "> 0", number(0, low_open=True)),
     ("optimizer.learning_rate", "> 0", number(0, low_open=True)),
     ("optimizer.b1", "in [0, 1)", number(0, 1, high_open=True)),
     ("optimizer.b2", "in [0, 1)", number(0, 1, high_open=True)),
@@ -152,9 +156,11 @@ def model_spec(config: ConfigDict, num_classes: int) -> tuple[str, dict]:
   """The export kind and `module_kwargs` of the configured model (`classifier.model_spec`)."""
   if config.defense.name not in defenses.DEFENSES:
     raise ValueError(f"config.defense.name must be one of {defenses.DEFENSES}, got {config.defense.name!r}.")
+  calor = config.defense.get("calor") if config.defense.name == "calor" else None
   return classifier.model_spec(
       config.model.arch, num_classes, config.model.builder_kwargs.to_dict(),
-      mid_bottleneck_dim=config.defense.mid.bottleneck_dim if config.defense.name == "mid" else None)
+      mid_bottleneck_dim=config.defense.mid.bottleneck_dim if config.defense.name == "mid" else None,
+      calor_rank=calor.rank if calor else None, calor_activation=calor.activation if calor else "tanh")
 
 
 def create_model(config: ConfigDict, num_classes: int):
@@ -183,7 +189,7 @@ def create_train_state(config: ConfigDict, module, key: jax.Array, steps_per_epo
       pretrained = classifier.pretrained_variables(config.init_weights, config.model.arch,
                                                    config.model.builder_kwargs.to_dict())
     variables = classifier.merge_pretrained(variables, pretrained,
-                                            ("backbone",) if config.defense.name == "mid" else ())
+                                            ("backbone",) if config.defense.name in ("mid", "calor") else ())
   opt = config.optimizer
   tx = classifier.adam(learning_rate_schedule(config, steps_per_epoch), b1=opt.b1, b2=opt.b2, eps=opt.eps,
                        weight_decay=opt.weight_decay)
@@ -196,7 +202,8 @@ def make_train_step(config: ConfigDict, num_classes: int) -> Callable:
   return classifier.make_train_step(
       num_classes, augment_kwargs=config.augment.to_dict(), aux_loss_weight=config.model.aux_loss_weight,
       defense=defense.name, mid_beta=defense.mid.beta,
-      bido_kwargs=dict(lambda_x=defense.bido.lambda_x, lambda_y=defense.bido.lambda_y, sigma=defense.bido.sigma))
+      bido_kwargs=dict(lambda_x=defense.bido.lambda_x, lambda_y=defense.bido.lambda_y, sigma=defense.bido.sigma),
+      calor_kwargs=(dict(gamma=defense.calor.gamma, scale=defense.calor.scale) if defense.name == "calor" else None))
 
 
 # ----------------------------------------------------------------------------------------------- loop

@@ -110,3 +110,100 @@ def test_mid_classifier_train_and_eval_modes():
   assert kl.shape == (4,) and np.all(np.asarray(kl) > 0)
   with pytest.raises(ValueError, match="Unknown architecture"):
     defenses.create_mid_classifier("resnet9", 7)
+
+
+# ----------------------------------------------------------------------------------------------- CALoR
+
+
+def test_confidence_adaptation_loss_closed_forms():
+  # Two classes, logits (0, 0): p_y = 1/2. Logits (log 3, 0): p_0 = 3/4, p_1 = 1/4.
+  logits = np.array([[0.0, 0.0], [np.log(3.0), 0.0], [np.log(3.0), 0.0]], np.float32)
+  labels = np.array([0, 0, 1], np.int32)
+  loss = defenses.confidence_adaptation_loss(logits, labels, gamma=4.0, scale=0.25)
+  expected = [0.25 * 0.5**4 * np.log(0.5), 0.25 * 0.75**4 * np.log(0.75), 0.25 * 0.25**4 * np.log(0.25)]
+  np.testing.assert_allclose(loss, expected, rtol=1e-6)
+  # Three classes, probabilities (1/2, 1/3, 1/6) from logits log(3, 2, 1); gamma 2, scale 1.
+  logits3 = np.log(np.array([[3.0, 2.0, 1.0]], np.float32))
+  np.testing.assert_allclose(defenses.confidence_adaptation_loss(logits3, np.array([1]), gamma=2.0, scale=1.0),
+                             [(1 / 3) ** 2 * np.log(1 / 3)], rtol=1e-6)
+  # With label smoothing alpha: (1 - alpha) * CA + alpha * mean_c(-log p_c), the mixture of smoothed CE.
+  smoothed = defenses.confidence_adaptation_loss(logits3, np.array([0]), gamma=2.0, scale=1.0, label_smoothing=0.1)
+  uniform = -np.mean(np.log([1 / 2, 1 / 3, 1 / 6]))
+  np.testing.assert_allclose(smoothed, [0.9 * 0.25 * np.log(0.5) + 0.1 * uniform], rtol=1e-6)
+  # Shifting every logit changes nothing; a traced alpha works under jit.
+  np.testing.assert_allclose(defenses.confidence_adaptation_loss(logits + 7.0, labels), loss, rtol=1e-5)
+  jitted = jax.jit(lambda a: defenses.confidence_adaptation_loss(logits3, np.array([0]), gamma=2.0, scale=1.0,
+                                                                 label_smoothing=a))
+  np.testing.assert_allclose(jitted(jnp.float32(0.1)), smoothed, rtol=1e-6)
+
+
+@pytest.mark.parametrize("gamma", [2.0, 4.0, 8.0])
+def test_confidence_adaptation_pulls_confidence_to_exp_minus_one_over_gamma(gamma):
+  # Two classes, logits (m, 0): p_y = sigmoid(m). The loss is minimal at p_y = exp(-1/gamma), not at p_y -> 1.
+  p_star = defenses.optimal_confidence(gamma)
+  assert p_star == pytest.approx(np.exp(-1 / gamma))
+
+  def loss_of_margin(m):
+    return defenses.confidence_adaptation_loss(jnp.stack([m, 0.0])[None], jnp.array([0]), gamma=gamma)[0]
+
+  m_star = np.log(p_star / (1 - p_star))
+  grad = jax.grad(loss_of_margin)
+  assert abs(float(grad(jnp.float32(m_star)))) < 1e-6
+  assert float(grad(jnp.float32(m_star - 0.5))) < 0 < float(grad(jnp.float32(m_star + 0.5)))
+  margins = np.linspace(-4, 8, 2001, dtype=np.float32)
+  values = jax.vmap(loss_of_margin)(jnp.asarray(margins))
+  assert abs(margins[int(np.argmin(values))] - m_star) < 0.01
+  # Minimum value: scale * p*^gamma * log p* = -scale / (gamma e).
+  np.testing.assert_allclose(loss_of_margin(jnp.float32(m_star)), -0.25 / (gamma * np.e), rtol=1e-5)
+
+
+def test_calor_head_has_the_configured_rank():
+  rank, num_classes = 3, 12
+  module = defenses.create_calor_classifier("resnet18", num_classes=num_classes, rank=rank, base_channels=8)
+  x = jax.random.uniform(jax.random.key(0), (24, 32, 32, 3), minval=-1, maxval=1)
+  variables = jax.jit(module.init)(jax.random.key(1), x)
+  params = variables["params"]
+  assert params["compress"]["kernel"].shape == (64, rank)
+  assert params["fc"]["kernel"].shape == (rank, num_classes)
+  assert set(variables["batch_stats"]["norm"]) == {"mean", "var"}
+
+  @jax.jit
+  def run(variables, x):
+    logits, z = module.apply(variables, x, return_features=True)
+    train_logits, updates = module.apply(variables, x, train=True, mutable=["batch_stats"])
+    return logits, z, train_logits, updates["batch_stats"]["norm"]["mean"]
+
+  logits, z, train_logits, norm_mean = run(variables, x)
+  fc = params["fc"]
+  np.testing.assert_allclose(logits, z @ fc["kernel"] + fc["bias"], rtol=1e-5, atol=1e-5)
+  assert np.all(np.abs(np.asarray(z)) <= 1.0)  # tanh code
+  # The centred logits of 24 inputs span exactly `rank` dimensions, in train and eval mode.
+  for out in (logits, train_logits):
+    singular = np.linalg.svd(np.asarray(out, np.float64) - np.asarray(fc["bias"]), compute_uv=False)
+    assert singular[rank - 1] > 1e-4 * singular[0] and np.all(singular[rank:] < 1e-5 * singular[0])
+  assert np.any(np.asarray(norm_mean) != 0)  # training mode updates the head's BatchNorm statistics
+  with pytest.raises(ValueError, match="Unknown architecture"):
+    defenses.create_calor_classifier("resnet9", 7)
+  with pytest.raises(ValueError, match="activation"):
+    defenses.create_calor_classifier("resnet18", 7, activation="gelu")
+
+
+def test_calor_train_step_uses_the_adaptation_loss():
+  from jaxmia import classifier, parallel  # noqa: PLC0415
+
+  kind, kwargs = classifier.model_spec("resnet18", 5, {"base_channels": 8}, calor_rank=4)
+  assert kind == "calor_classifier" and kwargs["rank"] == 4 and kwargs["activation"] == "tanh"
+  module = classifier.create_model(kind, kwargs)
+  mesh = parallel.make_mesh(1)
+  variables = classifier.init_variables(module, jax.random.key(0), 32)
+  state = classifier.create_train_state(module, variables, classifier.adam(1e-3, b1=0.9, b2=0.999, eps=1e-8), mesh)
+  step = jax.jit(classifier.make_train_step(5, augment_kwargs=dict(size=32), defense="calor",
+                                            calor_kwargs=dict(gamma=4.0, scale=0.25)))
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+           "label": rng.integers(0, 5, 8).astype(np.int32)}
+  _, metrics = step(state, batch, jax.random.key(1), jnp.float32(0.0))
+  # The CALoR loss is negative (p^gamma log p < 0), unlike any cross-entropy.
+  assert -0.25 / (4 * np.e) - 1e-6 <= float(metrics["loss"]) < 0
+  with pytest.raises(ValueError, match="either a MID or a CALoR"):
+    classifier.model_spec("resnet18", 5, mid_bottleneck_dim=8, calor_rank=4)

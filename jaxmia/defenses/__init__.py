@@ -3,11 +3,16 @@
 - `'none'`: plain (label-smoothing) cross-entropy.
 - `'mid'`: variational information bottleneck before the head (`mid.create_mid_classifier`).
 - `'bido'`: BiDO-HSIC dependency terms on the ResNet stage outputs (`bido.bido_penalty`).
+- `'calor'`: CALoR's confidence adaptation loss and low-rank head (`calor.confidence_adaptation_loss`,
+  `calor.create_calor_classifier`).
 """
 from jaxmia.defenses.bido import bido_penalty, gaussian_kernel, hsic, hsic_from_kernels
+from jaxmia.defenses.calor import (CALoRClassifier, confidence_adaptation_loss, create_calor_classifier,
+                                   optimal_confidence)
 from jaxmia.defenses.mid import MIDClassifier, create_mid_classifier, gaussian_kl
 
-DEFENSES = ("none", "mid", "bido")
+DEFENSES = ("none", "mid", "bido", "calor")
 
-__all__ = ["DEFENSES", "MIDClassifier", "bido_penalty", "create_mid_classifier", "gaussian_kernel",
-           "gaussian_kl", "hsic", "hsic_from_kernels"]
+__all__ = ["CALoRClassifier", "DEFENSES", "MIDClassifier", "bido_penalty", "confidence_adaptation_loss",
+           "create_calor_classifier", "create_mid_classifier", "gaussian_kernel", "gaussian_kl", "hsic",
+           "hsic_from_kernels", "optimal_confidence"]
