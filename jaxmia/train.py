@@ -278,20 +278,25 @@ def _save_on_interrupt(manager: ocp.CheckpointManager, state: classifier.TrainSt
   logging.warning("Interrupted: checkpoint at step %d; rerun with the same workdir to resume.", step)
 
 
-def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike,
-                       mesh: jax.sharding.Mesh | None = None) -> tuple[classifier.TrainState, dict]:
+def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, mesh: jax.sharding.Mesh | None = None,
+                       splits: dict | None = None) -> tuple[classifier.TrainState, dict]:
   """Trains (or resumes) the configured classifier in `workdir`; returns the final state and metrics.
 
-  `mesh` defaults to all devices of all processes (`parallel.make_mesh()`).
+  `mesh` defaults to all devices of all processes (`parallel.make_mesh()`). `splits`: `{'train': Split, 'test':
+  Split[, 'validation': Split]}` to train and evaluate on instead of `config.dataset`'s splits (e.g. the shadow
+  models of `jaxmia.membership`, trained on subsets of the public split); they enter the resume fingerprint.
   """
   validate_config(config)
   workdir = files.check_workdir(workdir)
   mesh = mesh or parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
   parallel.check_batch_size(config.eval_batch_size, mesh, "eval batch size")
-  train_split = data.load_split(config.dataset, "train")
-  test_split = data.load_split(config.dataset, "test")
-  val_split = data.load_split(config.dataset, "validation") if config.dataset.validation_fraction else None
+  if splits is not None:
+    train_split, test_split, val_split = splits["train"], splits["test"], splits.get("validation")
+  else:
+    train_split = data.load_split(config.dataset, "train")
+    test_split = data.load_split(config.dataset, "test")
+    val_split = data.load_split(config.dataset, "validation") if config.dataset.validation_fraction else None
   num_classes = train_split.num_classes
   steps_per_epoch = train_split.num_examples // config.batch_size
   if steps_per_epoch == 0:
