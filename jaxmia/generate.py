@@ -1,16 +1,16 @@
 """Sample a converted StyleGAN2 generator into a PNG grid.
 
-    python -m jaxmia.generate --weights converted_weights/ffhq --num 16 --truncation-psi 0.7 --seed 0 \\
-        --out grid.png
+    python -m jaxmia.generate --weights=converted_weights/ffhq --num=16 --truncation_psi=0.7 --seed=0 \\
+        --out=grid.png
 
 `z` is drawn from `jax.random.key(seed)`; the same seed, count and weights always give the same grid.
-Images are clamped to [-1, 1] for display only (the generator itself never clamps).
+Images are clamped to [-1, 1] for display only (the generator itself never clamps). A bad input (no weights
+folder, another kind of weights, an unwritable --out) is one `error:` line and exit code 2.
 """
-import argparse
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
 from jaxmia import cli, parallel
 from jaxmia.files import image_grid, save_png  # the grid helpers of this CLI (jaxmia.gan imports them here)
@@ -41,43 +41,46 @@ def generate_images(generator, variables, key, num: int, *, truncation_psi: floa
   return parallel.map_arrays(run, (z, np.arange(num, dtype=np.int32) // batch_size), batch_size)
 
 
-def write_grid(args) -> None:
-  """The grid of the parsed command line `args` (see `main`), written to `args.out`."""
+def write_grid(weights, out, *, num: int = 16, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
+               class_idx: int | None = None, noise_mode: str = "const", seed: int = 0, batch_size: int = 8,
+               columns: int | None = None) -> None:
+  """Writes the grid of `num` images of the generator in the weights folder `weights` to the PNG file `out`
+  (`generate_images` with `jax.random.key(seed)`; `columns`: default about sqrt(num))."""
   from jaxmia import model_store  # noqa: PLC0415 (orbax loads only for the CLI; jaxmia.gan imports this module)
-  info = model_store.read_info(args.weights)
+  info = model_store.read_info(weights)
   if info["kind"] != "stylegan2_generator":
-    raise ValueError(f"{args.weights} holds a {info['kind']!r}, not a StyleGAN2 generator; convert one with "
-                     "`python -m jaxmia.convert stylegan2 --input FILE.pkl --output DIR`.")
-  generator, variables = model_store.load_model(args.weights)
-  images = generate_images(generator, variables, jax.random.key(args.seed), args.num,
-                           truncation_psi=args.truncation_psi, truncation_cutoff=args.truncation_cutoff,
-                           class_idx=args.class_idx, noise_mode=args.noise_mode,
-                           batch_size=min(args.batch_size, args.num))
-  save_png(image_grid(images, args.columns), args.out)
-  print(f"Wrote {args.num} images ({generator.img_resolution}x{generator.img_resolution}) to {args.out}")
+    raise ValueError(f"{weights} holds a {info['kind']!r}, not a StyleGAN2 generator; convert one with "
+                     "`python -m jaxmia.convert stylegan2 --input=FILE.pkl --output=DIR`.")
+  generator, variables = model_store.load_model(weights)
+  images = generate_images(generator, variables, jax.random.key(seed), num, truncation_psi=truncation_psi,
+                           truncation_cutoff=truncation_cutoff, class_idx=class_idx, noise_mode=noise_mode,
+                           batch_size=min(batch_size, num))
+  save_png(image_grid(images, columns), out)
+  print(f"Wrote {num} images ({generator.img_resolution}x{generator.img_resolution}) to {out}")
 
 
-def main(argv=None):
-  """A bad input (no weights folder, another kind of weights, an unwritable --out) is one `error:` line and exit
-  code 2 (`cli.exit_on_user_error`)."""
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--weights", required=True, help="weights folder of a converted StyleGAN2 generator")
-  parser.add_argument("--num", type=int, default=16, help="number of images")
-  parser.add_argument("--truncation-psi", type=float, default=1.0)
-  parser.add_argument("--truncation-cutoff", type=int, default=None, help="truncate only the first N ws")
-  parser.add_argument("--class-idx", type=int, default=None, help="class of a conditional generator")
-  parser.add_argument("--noise-mode", default="const", choices=["const", "random", "none"])
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--batch-size", type=int, default=8)
-  parser.add_argument("--columns", type=int, default=None, help="grid columns (default: about sqrt(num))")
-  parser.add_argument("--out", required=True, help="output PNG file")
-  parser.add_argument("--verbose", action="store_true",
-                      help=f"on an error, show its Python traceback (or set {cli.TRACEBACK_ENV}=1)")
-  args = parser.parse_args(argv)
-  if args.num < 1 or args.batch_size < 1:
-    parser.error("--num and --batch-size must be positive")
-  cli.exit_on_user_error(lambda: write_grid(args), argv)
+def _define_flags():
+  flags.DEFINE_string("weights", None, "Weights folder of a converted StyleGAN2 generator.")
+  flags.DEFINE_integer("num", 16, "Number of images.", lower_bound=1)
+  flags.DEFINE_float("truncation_psi", 1.0, "Truncation psi (1: none).")
+  flags.DEFINE_integer("truncation_cutoff", None, "Truncate only the first N ws (default: all).")
+  flags.DEFINE_integer("class_idx", None, "Class of a conditional generator.")
+  flags.DEFINE_enum("noise_mode", "const", ("const", "random", "none"), "Noise inputs of the synthesis network.")
+  flags.DEFINE_integer("seed", 0, "Seed of the latents (and of random noise).")
+  flags.DEFINE_integer("batch_size", 8, "Images per jitted call.", lower_bound=1)
+  flags.DEFINE_integer("columns", None, "Grid columns (default: about sqrt(num)).", lower_bound=1)
+  flags.DEFINE_string("out", None, "Output PNG file.")
+  flags.mark_flags_as_required(["weights", "out"])
+
+
+def main(argv):
+  cli.start(argv)
+  FLAGS = flags.FLAGS
+  write_grid(FLAGS.weights, FLAGS.out, num=FLAGS.num, truncation_psi=FLAGS.truncation_psi,
+             truncation_cutoff=FLAGS.truncation_cutoff, class_idx=FLAGS.class_idx, noise_mode=FLAGS.noise_mode,
+             seed=FLAGS.seed, batch_size=FLAGS.batch_size, columns=FLAGS.columns)
 
 
 if __name__ == "__main__":
-  main()
+  _define_flags()
+  cli.run(main)
