@@ -5,7 +5,8 @@
     state_dict = classifier_to_torch("resnet152", variables)   # torchvision's keys and layouts
 
 Accepted sources: a state dict (name -> array), a PPA checkpoint (`{'model_state_dict': ..., ...}` whose keys carry
-`model.` and, after `torch.compile`, `model._orig_mod.`), or a path to a `.pt`/`.pth` file (read without PyTorch
+`model.` and, after `torch.compile`, `model._orig_mod.`), a GMI / KED-MI checkpoint (`{'state_dict': ...}` of an
+`nn.DataParallel`, keys `module.`), or a path to a `.pt`/`.pth` file (read without PyTorch
 and without running code from the file) or an `.npz` of the state dict. Each architecture only says which
 PyTorch key feeds each Flax leaf; `jaxmia.convert.common.variables_from_torch` does the rest.
 """
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmia.convert import vgg
 from jaxmia.convert.common import ConversionError, state_dict_from_variables, strip_prefix, variables_from_torch
 from jaxmia.models import registry
 
@@ -26,8 +28,11 @@ from jaxmia.models import registry
 _TORCH_LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
                      "var": "running_var"}
 
-# Wrappers whose attribute name PyTorch puts in front of every key: PPA's `Classifier.model`, then `torch.compile`.
-_WRAPPER_PREFIXES = ("model.", "_orig_mod.")
+# Wrappers whose attribute name PyTorch puts in front of every key: `nn.DataParallel` (the low-resolution MIA
+# code saves its targets wrapped), PPA's `Classifier.model`, then `torch.compile`.
+_WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
+# Containers around the state dict: PPA's checkpoints, the low-resolution MIA code's `.tar` files.
+_STATE_DICT_ENTRIES = ("model_state_dict", "state_dict")
 
 # Old torchvision DenseNet files (e.g. the ImageNet `densenet121-a639ec97.pth`) name `norm1` as `norm.1`.
 _OLD_DENSENET_KEY = re.compile(
@@ -52,11 +57,16 @@ class _ArchSpec(NamedTuple):
   module: str  # module holding the key functions
   torch_key: str  # Flax path -> PyTorch key
   module_kwargs: str | None  # optional: (state, num_classes) -> builder kwargs implied by the checkpoint
-  head: str  # PyTorch name of the final linear layer
+  heads: tuple[str, ...]  # PyTorch names of the final linear layer (one per head layout)
+  input_size: str | None = None  # optional: (state, module_kwargs) -> input side the variables are traced at
+  hints: str | None = None  # optional: (arch, state) -> extra hints for a conversion error
+  export: str | None = None  # optional: state dict -> state dict, the last step of `classifier_to_torch`
 
 
-_RESNET = _ArchSpec(__name__, "torchvision_key", None, "fc")
-_DENSENET = _ArchSpec(__name__, "torchvision_key", None, "classifier")
+_RESNET = _ArchSpec(__name__, "torchvision_key", None, ("fc",))
+_DENSENET = _ArchSpec(__name__, "torchvision_key", None, ("classifier",))
+_VGG = _ArchSpec("jaxmia.convert.vgg", "vgg_torch_key", "vgg_module_kwargs", ("fc_layer", "classifier.6"),
+                 input_size="vgg_input_size", hints="vgg_hints", export="export_state_dict")
 _ARCH_SPECS = {
     "resnet18": _RESNET,
     "resnet34": _RESNET,
@@ -69,10 +79,12 @@ _ARCH_SPECS = {
     "densenet161": _DENSENET,
     "densenet169": _DENSENET,
     "densenet201": _DENSENET,
+    "vgg16": _VGG,
+    "vgg16_bn": _VGG,
     "inception_v3": _ArchSpec("jaxmia.convert.inception", "inception_v3_torch_key", "inception_v3_module_kwargs",
-                              "fc"),
+                              ("fc",)),
     "inception_resnet_v1": _ArchSpec("jaxmia.convert.inception", "facenet_torch_key", "facenet_module_kwargs",
-                                     "logits"),
+                                     ("logits",)),
 }
 
 
@@ -81,8 +93,9 @@ def _is_tensor(value) -> bool:
 
 
 def classifier_state_dict(source) -> dict[str, np.ndarray]:
-  """The flat PyTorch state dict in `source` (Mapping or path): PPA wrapping and key prefixes removed, old
-  DenseNet names (`norm.1`) renamed as torchvision does when it loads them."""
+  """The flat PyTorch state dict in `source` (Mapping or path): PPA / GMI wrapping and key prefixes removed, old
+  DenseNet names (`norm.1`) renamed as torchvision does when it loads them, and the low-resolution MIA code's
+  VGG stack (`feature.N`) named as torchvision's (`features.N`)."""
   if isinstance(source, (str, os.PathLike)):
     path = pathlib.Path(source)
     if not path.is_file():
@@ -97,8 +110,10 @@ def classifier_state_dict(source) -> dict[str, np.ndarray]:
     obj = source
   if not isinstance(obj, Mapping):
     raise ConversionError(f"Expected a state dict (name -> tensor) or a PPA checkpoint, got {type(obj).__name__}.")
-  if "model_state_dict" in obj:
-    obj = obj["model_state_dict"]
+  for entry in _STATE_DICT_ENTRIES:
+    if isinstance(obj.get(entry), Mapping):
+      obj = obj[entry]
+      break
   not_tensors = [k for k, v in obj.items() if not _is_tensor(v)]
   if not_tensors:
     raise ConversionError(
@@ -107,6 +122,7 @@ def classifier_state_dict(source) -> dict[str, np.ndarray]:
   state = {str(k): np.asarray(v) for k, v in obj.items()}
   for prefix in _WRAPPER_PREFIXES:
     state = strip_prefix(state, prefix)
+  state = vgg.rename_lowres_stack(state)
   return {_OLD_DENSENET_KEY.sub(r"\1\2", k): v for k, v in state.items()}
 
 
@@ -131,16 +147,20 @@ def classifier_module_kwargs(arch: str, source, num_classes: int | None, **modul
 
 def _hints(arch: str, state: Mapping[str, np.ndarray], num_classes: int | None, module_kwargs) -> list[str]:
   """What to change in the call when a well-known mismatch explains the conversion error."""
+  spec = _spec(arch)
   hints = []
-  head = state.get(f"{_spec(arch).head}.weight")
-  if num_classes is not None and head is not None and head.ndim == 2 and head.shape[0] != num_classes:
-    hints.append(f"The checkpoint's head '{_spec(arch).head}.weight' has {head.shape[0]} outputs but "
-                 f"num_classes={num_classes}: pass num_classes={head.shape[0]}.")
+  for name in spec.heads:
+    head = state.get(f"{name}.weight")
+    if num_classes is not None and head is not None and head.ndim == 2 and head.shape[0] != num_classes:
+      hints.append(f"The checkpoint's head '{name}.weight' has {head.shape[0]} outputs but "
+                   f"num_classes={num_classes}: pass num_classes={head.shape[0]}.")
   stem = state.get("conv1.weight")
   base = module_kwargs.get("base_channels", 64)
-  if _spec(arch) is _RESNET and stem is not None and stem.ndim == 4 and stem.shape[0] != base:
+  if spec is _RESNET and stem is not None and stem.ndim == 4 and stem.shape[0] != base:
     hints.append(f"The checkpoint's stem 'conv1.weight' has {stem.shape[0]} output channels but the model has "
                  f"{base}: pass base_channels={stem.shape[0]} (also to create_classifier).")
+  if spec.hints:
+    hints += getattr(importlib.import_module(spec.module), spec.hints)(arch, state)
   return hints
 
 
@@ -161,14 +181,19 @@ def classifier_from_torch(arch: str, state_dict_or_path, num_classes: int | None
   state = classifier_state_dict(state_dict_or_path)
   module_kwargs = classifier_module_kwargs(arch, state, num_classes, **module_kwargs)
   module = registry.create_classifier(arch, num_classes, **module_kwargs)
-  template = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros(_TEMPLATE_INPUT_SHAPE, jnp.float32))
-  torch_key = getattr(importlib.import_module(spec.module), spec.torch_key)
-  head_prefix = spec.head + "."
+  arch_module = importlib.import_module(spec.module)
+  shape = _TEMPLATE_INPUT_SHAPE
+  if spec.input_size:
+    side = getattr(arch_module, spec.input_size)(state, module_kwargs)
+    shape = (1, side, side, 3)
+  template = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros(shape, jnp.float32))
+  torch_key = getattr(arch_module, spec.torch_key)
+  head_prefixes = tuple(name + "." for name in spec.heads)
   what = f"{arch} ({'no head' if num_classes is None else f'{num_classes} classes'}"
   what += "".join(f", {k}={v!r}" for k, v in module_kwargs.items()) + ")"
   try:
     return variables_from_torch(template, state, torch_key, what=what,
-                                ignore=lambda k: num_classes is None and k.startswith(head_prefix))
+                                ignore=lambda k: num_classes is None and k.startswith(head_prefixes))
   except ConversionError as error:
     hints = _hints(arch, state, num_classes, module_kwargs)
     if not hints:
@@ -180,11 +205,14 @@ def classifier_to_torch(arch: str, variables) -> dict[str, np.ndarray]:
   """The PyTorch state dict of a classifier's Flax `variables` (`{'params', 'batch_stats'}`): the inverse of
   `classifier_from_torch`, with torchvision's keys and layouts (facenet-pytorch's for `inception_resnet_v1`)
   and BatchNorm's `num_batches_tracked` buffers (0), i.e. the keys of the PyTorch module's `state_dict()`.
+  A VGG with the low-resolution head gets the keys of the GMI / KED-MI `VGG16` class (`feature.N`, `bn`,
+  `fc_layer`); that model takes [0, 1] images, as their code feeds it.
 
   `torchvision.models.<arch>(num_classes=N).load_state_dict(state_dict)` then takes it, for models of the
   default widths (a slim model, e.g. `base_channels=16`, needs a PyTorch module of the same widths). The model
   expects jaxmia's inputs: RGB images scaled to [-1, 1] (mean = std = 0.5, as PPA's), not ImageNet-normalised.
   """
   spec = _spec(arch)
-  torch_key = getattr(importlib.import_module(spec.module), spec.torch_key)
-  return state_dict_from_variables(variables, torch_key)
+  arch_module = importlib.import_module(spec.module)
+  state = state_dict_from_variables(variables, getattr(arch_module, spec.torch_key))
+  return getattr(arch_module, spec.export)(state) if spec.export else state

@@ -25,6 +25,8 @@ _BUILDERS = {
     "densenet161": ("jaxmia.models.densenet", "densenet161"),
     "densenet169": ("jaxmia.models.densenet", "densenet169"),
     "densenet201": ("jaxmia.models.densenet", "densenet201"),
+    "vgg16": ("jaxmia.models.vgg", "vgg16"),
+    "vgg16_bn": ("jaxmia.models.vgg", "vgg16_bn"),
     "inception_v3": ("jaxmia.models.inception", "inception_v3"),
     "inception_resnet_v1": ("jaxmia.models.facenet", "inception_resnet_v1"),
 }
