@@ -1,20 +1,23 @@
 """Evaluation reports: one run's `report.md`, and several runs side by side with differences to a baseline.
 
-    python -m jaxmia.report runs/attack_a runs/attack_b runs/attack_c --baseline runs/attack_a --out table.md
+    python -m jaxmia.report runs/attack_a runs/attack_b runs/attack_c --baseline=runs/attack_a --out=table.md
 
 Each argument is an attack run directory (its `evaluation/report.json` is read), an evaluation directory
 or a `report.json` file, as written by `python -m jaxmia.evaluate`. The table has the columns of the
 label-smoothing paper's Table 1; a run that could not compute a metric shows `n/a` (the reasons are listed
 under the table). Accuracies, ECE and ξ are shown in percent, differences to the baseline in the same units
-(percentage points).
+(percentage points). Without --out the table is printed. A missing or broken report is one `error:` line and
+exit code 2.
 """
-import argparse
 import dataclasses
 import json
 import math
 import pathlib
 import sys
 
+from absl import flags
+
+from jaxmia import cli
 from jaxmia.files import atomic_write_text
 
 REPORT_FILE = "report.json"
@@ -135,36 +138,41 @@ def run_markdown(report: dict) -> str:
   return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m jaxmia.report",
-      description="Put evaluated attack runs side by side (the label-smoothing paper's Table 1 columns).")
-  parser.add_argument("runs", nargs="+", help="attack run directories, evaluation directories or report.json files")
-  parser.add_argument("--baseline", help="the run (one of RUNS, or another) whose numbers the others are compared "
-                                         "with; default: no differences")
-  parser.add_argument("--out", help="write the markdown table to this file (default: print it)")
-  args = parser.parse_args(argv)
-  try:
-    reports = [load_report(run) for run in args.runs]
-    baseline = None
-    if args.baseline:
-      paths = [find_report(run).resolve() for run in args.runs]
-      baseline_path = find_report(args.baseline).resolve()
-      if baseline_path in paths:
-        baseline = paths.index(baseline_path)
-      else:
-        reports.insert(0, load_report(args.baseline))
-        baseline = 0
-  except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  table = comparison_table(reports, baseline)
-  if args.out:
-    atomic_write_text(args.out, table)
+def compare(runs, baseline=None) -> str:
+  """`comparison_table` of the reports of `runs` (`load_report`'s paths); with `baseline` (a path, one of `runs`
+  or another run, which then comes first), every other row shows its difference to it."""
+  reports = [load_report(run) for run in runs]
+  index = None
+  if baseline:
+    paths = [find_report(run).resolve() for run in runs]
+    baseline_path = find_report(baseline).resolve()
+    if baseline_path in paths:
+      index = paths.index(baseline_path)
+    else:
+      reports.insert(0, load_report(baseline))
+      index = 0
+  return comparison_table(reports, index)
+
+
+def _define_flags():
+  flags.DEFINE_string("baseline", None, "The run (one of the RUN arguments, or another) whose numbers the others "
+                                        "are compared with; default: no differences.")
+  flags.DEFINE_string("out", None, "Write the markdown table to this file (default: print it).")
+
+
+def main(argv):
+  """`python -m jaxmia.report RUN [RUN ...] [--baseline=RUN] [--out=FILE]`: each RUN an attack run directory,
+  an evaluation directory or a report.json file."""
+  if len(argv) < 2:
+    raise flags.ValidationError("no run given; usage: python -m jaxmia.report RUN [RUN ...] [--baseline=RUN] "
+                                "[--out=FILE]")
+  table = compare(argv[1:], flags.FLAGS.baseline)
+  if flags.FLAGS.out:
+    atomic_write_text(flags.FLAGS.out, table)
   else:
     sys.stdout.write(table)
-  return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  _define_flags()
+  cli.run(main)

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from conftest import run_program
 from jaxmia import report
 
 
@@ -35,8 +36,11 @@ def test_side_by_side_differences_to_baseline(tmp_path):
   digits = _write(tmp_path, "digits", {k: v for k, v in SMOOTHED.items() if k != "delta_face"},
                   {"delta_face": "no facenet network configured"})
   out = tmp_path / "table.md"
-  assert report.main([str(base), str(smooth), str(digits), "--baseline", str(base), "--out", str(out)]) == 0
+  code, stderr = run_program("jaxmia.report", str(base), str(smooth), str(digits), f"--baseline={base}",
+                             f"--out={out}")
+  assert code == 0, stderr[-2000:]
   table = out.read_text()
+  assert table == report.compare([base, smooth, digits], baseline=base)
   header = table.splitlines()[0]
   assert [h.strip() for h in header.strip("|").split("|")] == ["Run"] + [c.header for c in report.COLUMNS]
 
@@ -57,23 +61,26 @@ def test_side_by_side_differences_to_baseline(tmp_path):
   assert "- digits, δ_face: no facenet network configured" in table
 
 
-def test_baseline_outside_the_runs_comes_first_and_no_baseline_means_no_differences(tmp_path, capsys):
+def test_baseline_outside_the_runs_comes_first_and_no_baseline_means_no_differences(tmp_path):
   base = _write(tmp_path, "standard", BASELINE)
   smooth = _write(tmp_path, "ls_negative", SMOOTHED)
-  assert report.main([str(smooth / "evaluation" / "report.json"), "--baseline", str(base / "evaluation")]) == 0
-  rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][2:]
+  table = report.compare([smooth / "evaluation" / "report.json"], baseline=base / "evaluation")
+  rows = [line for line in table.splitlines() if line.startswith("| ")][2:]
   assert rows[0].startswith("| standard (baseline)") and rows[1].startswith("| ls_negative")
-  assert report.main([str(base), str(smooth)]) == 0
-  out = capsys.readouterr().out
+  out = report.compare([base, smooth])
   assert "82.13 |" in out and "(+" not in out and "(-" not in out
 
 
-def test_missing_or_broken_reports_give_clear_errors(tmp_path, capsys):
-  assert report.main([str(tmp_path / "nowhere")]) == 2
-  assert "evaluate the run first" in capsys.readouterr().err
+def test_missing_or_broken_reports_give_clear_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="evaluate the run first"):
+    report.compare([tmp_path / "nowhere"])
   broken = tmp_path / "broken" / "evaluation"
   broken.mkdir(parents=True)
   (broken / "report.json").write_text("{not json")
   with pytest.raises(ValueError, match="not valid JSON"):
     report.load_report(tmp_path / "broken")
-  assert report.main([str(tmp_path / "broken")]) == 2
+  # On the command line: one error line, exit code 2 (also for no run at all).
+  for args, message in [([str(tmp_path / "broken")], "not valid JSON"), ([], "bad command line: no run given")]:
+    code, stderr = run_program("jaxmia.report", *args)
+    last = stderr.splitlines()[-1]
+    assert code == 2 and "Traceback" not in stderr and last.startswith("error: ") and message in last, stderr
