@@ -1,24 +1,40 @@
 """Figs. 4-5 of the label-smoothing paper: penultimate-feature geometry of training samples per α.
 
-    python scripts/embedding_geometry.py --outdir runs/geometry \\
-        --model runs/faces_ls-0.05/model --label "α=-0.05" \\
-        --model runs/faces/model --label "α=0" \\
-        --model runs/faces_ls0.1/model --label "α=0.1"
+    python scripts/embedding_geometry.py --outdir=runs/geometry \\
+        --model=runs/faces_ls-0.05/model --label="α=-0.05" \\
+        --model=runs/faces/model --label="α=0" \\
+        --model=runs/faces_ls0.1/model --label="α=0.1"
 
 For each model (a weights folder, `jaxmia.model_store`; its dataset and input size come from the training run's
-`config.json` unless --dataset/--image-size are given) the training images' pooled penultimate features give,
+`config.json` unless --dataset/--image_size are given) the training images' pooled penultimate features give,
 per sample, the mean intra-/inter-class L2 distance and the nearest same-/other-class neighbour distance,
 divided by the model's largest pairwise distance. Writes `geometry.json`/`geometry.md` (mean, sd, median per
 model), `geometry_violins.png` (one violin per model and statistic) and `geometry_tsne.png` (t-SNE of the
-samples of up to --tsne-classes classes, the same classes for every model).
+samples of up to --tsne_classes classes, the same classes for every model).
 """
-import argparse
 import pathlib
 
 import numpy as np
+from absl import flags
 
-from jaxmia import data, files, model_store, parallel
+from jaxmia import cli, data, files, model_store, parallel
 from jaxmia.analysis import geometry, runs, tables
+
+flags.DEFINE_multi_string("model", None, "Model folder (repeat for several α).")
+flags.DEFINE_multi_string("label", None, "Plot label of each --model (default: the folder path).")
+flags.DEFINE_string("outdir", "runs/geometry", "Output directory.")
+flags.DEFINE_string("split", "train", "Dataset split whose features are analysed.")
+flags.DEFINE_string("dataset", None, "Dataset name, if not that of the models' training runs.")
+flags.DEFINE_string("data_dir", None, "TFDS data dir (default: the training run's).")
+flags.DEFINE_string("manual_dir", None, "Manual download dir, if the dataset is not prepared yet.")
+flags.DEFINE_integer("image_size", None, "Model input size (default: the training run's).", lower_bound=1)
+flags.DEFINE_integer("max_classes", None, "Distances over at most this many classes (default: all).",
+                     lower_bound=1)
+flags.DEFINE_integer("tsne_classes", 100, "Classes shown in the t-SNE (0: no t-SNE).", lower_bound=0)
+flags.DEFINE_integer("batch_size", 128, "Feature extraction batch (global).", lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Seed of the class subsets and of t-SNE.")
+flags.mark_flag_as_required("model")
+FLAGS = flags.FLAGS
 
 STAT_TITLES = {"intra_mean": "mean intra-class distance", "inter_mean": "mean inter-class distance",
                "intra_nearest": "nearest same-class neighbour", "inter_nearest": "nearest other-class neighbour"}
@@ -40,62 +56,67 @@ def plot_violins(stats_by_label: dict, path: pathlib.Path):
   plt.close(fig)
 
 
+LEGEND_MAX_CLASSES = 20  # beyond this many classes the t-SNE gets a colour bar instead of a legend
+
+
 def plot_tsne(embeddings: dict, labels: np.ndarray, path: pathlib.Path):
+  """One t-SNE panel per model, coloured by class; the classes (the same colours in every panel) in a legend,
+  or a colour bar of class indices when there are more than `LEGEND_MAX_CLASSES`."""
   plt = files.pyplot()
-  num_classes = len(np.unique(labels))
-  cmap = "tab10" if num_classes <= 10 else "tab20" if num_classes <= 20 else "hsv"
+  classes, index = np.unique(labels, return_inverse=True)
+  num_classes = len(classes)
+  cmap = plt.get_cmap("tab10" if num_classes <= 10 else "tab20" if num_classes <= 20 else "turbo", num_classes)
   size = float(np.clip(3000 / len(labels), 2, 20))
   fig, axes = plt.subplots(1, len(embeddings), figsize=(4.5 * len(embeddings), 4.5), squeeze=False)
   for ax, (name, points) in zip(axes[0], embeddings.items()):
-    ax.scatter(points[:, 0], points[:, 1], c=labels, cmap=cmap, s=size, linewidths=0)
+    scatter = ax.scatter(points[:, 0], points[:, 1], c=index, cmap=cmap, vmin=-0.5, vmax=num_classes - 0.5,
+                         s=size, linewidths=0)
     ax.set_title(name)
     ax.set_xticks([])
     ax.set_yticks([])
   fig.tight_layout()
-  fig.savefig(path, dpi=150)
+  if num_classes <= LEGEND_MAX_CLASSES:
+    handles = [plt.Line2D([], [], marker="o", linestyle="", markersize=6, markerfacecolor=cmap(i),
+                          markeredgewidth=0, label=str(c)) for i, c in enumerate(classes)]
+    fig.subplots_adjust(right=1 - 0.9 / fig.get_figwidth())
+    fig.legend(handles=handles, title="class", loc="center right", frameon=False, handletextpad=0.1,
+               ncols=1 if num_classes <= 12 else 2)
+  else:
+    bar = fig.colorbar(scatter, ax=axes[0].tolist(), fraction=0.02, pad=0.01)
+    ticks = np.linspace(0, num_classes - 1, min(num_classes, 11)).round().astype(int)
+    bar.set_ticks(ticks, labels=[str(classes[t]) for t in ticks])
+    bar.set_label(f"class ({num_classes} classes)")
+  fig.savefig(path, dpi=150, bbox_inches="tight")
   plt.close(fig)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--model", action="append", required=True, help="model folder (repeat for several α)")
-  parser.add_argument("--label", action="append", help="plot label of each --model (default: the folder path)")
-  parser.add_argument("--outdir", default="runs/geometry", help="output directory")
-  parser.add_argument("--split", default="train", help="dataset split whose features are analysed")
-  parser.add_argument("--dataset", help="dataset name, if not that of the models' training runs")
-  parser.add_argument("--data-dir", help="TFDS data dir (default: the training run's)")
-  parser.add_argument("--manual-dir", help="manual download dir, if the dataset is not prepared yet")
-  parser.add_argument("--image-size", type=int, help="model input size (default: the training run's)")
-  parser.add_argument("--max-classes", type=int, help="distances over at most this many classes (default: all)")
-  parser.add_argument("--tsne-classes", type=int, default=100, help="classes shown in the t-SNE (0: no t-SNE)")
-  parser.add_argument("--batch-size", type=int, default=128, help="feature extraction batch (global)")
-  parser.add_argument("--seed", type=int, default=0, help="seed of the class subsets and of t-SNE")
-  args = parser.parse_args()
-  labels_given = args.label or []
-  if labels_given and len(labels_given) != len(args.model):
-    parser.error(f"give one --label per --model ({len(args.model)} models, {len(labels_given)} labels)")
-  names = labels_given or args.model
+def main(argv):
+  cli.start(argv)
+  if FLAGS.label and len(FLAGS.label) != len(FLAGS.model):
+    raise flags.ValidationError(f"give one --label per --model ({len(FLAGS.model)} models, {len(FLAGS.label)} "
+                                "labels).")
+  names = FLAGS.label or FLAGS.model
 
-  outdir = pathlib.Path(args.outdir)
+  outdir = pathlib.Path(FLAGS.outdir)
   outdir.mkdir(parents=True, exist_ok=True)
   mesh = parallel.make_mesh()
   stats, features_by_name, numbers = {}, {}, {"models": []}
   cached_split, images, labels = None, None, None
-  for name, model_dir in zip(names, args.model):
-    dataset_config, image_size = runs.dataset_and_image_size(model_dir, args.dataset, args.data_dir,
-                                                             args.manual_dir, args.image_size)
-    split_key = (dataset_config.to_json_best_effort(), args.split)
+  for name, model_dir in zip(names, FLAGS.model):
+    dataset_config, image_size = runs.dataset_and_image_size(model_dir, FLAGS.dataset, FLAGS.data_dir,
+                                                             FLAGS.manual_dir, FLAGS.image_size)
+    split_key = (dataset_config.to_json_best_effort(), FLAGS.split)
     if cached_split is None:
-      images, labels = data.load_arrays(data.load_split(dataset_config, args.split))
+      images, labels = data.load_arrays(data.load_split(dataset_config, FLAGS.split))
       cached_split = split_key
-      rows = geometry.select_classes(labels, args.max_classes, args.seed)
-      tsne_rows = geometry.select_classes(labels[rows], args.tsne_classes or None, args.seed)
+      rows = geometry.select_classes(labels, FLAGS.max_classes, FLAGS.seed)
+      tsne_rows = geometry.select_classes(labels[rows], FLAGS.tsne_classes or None, FLAGS.seed)
     elif split_key != cached_split:
-      raise ValueError(f"{model_dir} was trained on other data than {args.model[0]}; all models must share one "
+      raise ValueError(f"{model_dir} was trained on other data than {FLAGS.model[0]}; all models must share one "
                        "dataset (or pass --dataset to analyse them all on the same one).")
     module, variables = model_store.load_model(model_dir)
     features = geometry.penultimate_features(module, parallel.replicate(variables, mesh), images[rows],
-                                             image_size=image_size, batch_size=args.batch_size, mesh=mesh)
+                                             image_size=image_size, batch_size=FLAGS.batch_size, mesh=mesh)
     stats[name] = geometry.class_distance_stats(features, labels[rows]).scaled()
     features_by_name[name] = features[tsne_rows]
     entry = {"label": name, "model": model_dir, "num_samples": int(len(rows)),
@@ -108,19 +129,19 @@ def main():
     print(f"{name}: {len(rows)} samples, features {features.shape[1]}-d")
 
   plot_violins(stats, outdir / "geometry_violins.png")
-  if args.tsne_classes:
-    embeddings = {name: geometry.tsne_embedding(f, seed=args.seed) for name, f in features_by_name.items()}
+  if FLAGS.tsne_classes:
+    embeddings = {name: geometry.tsne_embedding(f, seed=FLAGS.seed) for name, f in features_by_name.items()}
     plot_tsne(embeddings, labels[rows][tsne_rows], outdir / "geometry_tsne.png")
   table = tables.markdown_table(
       ["model", "samples", *STAT_TITLES.values()],
       [[e["label"], e["num_samples"], *(f"{tables.format_mean_sd(e[s], 3)} (median {e[s]['median']:.3f})"
                                          for s in geometry.STAT_NAMES)] for e in numbers["models"]])
   text = ("# Embedding geometry (Figs. 4-5)\n\nPenultimate features of the "
-          f"'{args.split}' split; distances divided by each model's largest pairwise distance; mean ± sd over "
+          f"'{FLAGS.split}' split; distances divided by each model's largest pairwise distance; mean ± sd over "
           "samples.\n\n" + table)
   tables.write_outputs(outdir, "geometry", numbers, text)
   print(text)
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -2,10 +2,10 @@
 
 Development tool, run with a Python that has torch and numpy (never needed by jaxmia or its tests):
 
-    /tmp/torchvenv/bin/python scripts/make_stylegan2_goldens.py --sg2-dir /tmp/ref/NVlabs+stylegan2-ada-pytorch \\
+    /tmp/torchvenv/bin/python scripts/make_stylegan2_goldens.py --sg2_dir /tmp/ref/NVlabs+stylegan2-ada-pytorch \\
         --recipe ../shared/fixtures/recipe.py --out tests/golden
 
-It imports `training.networks` from `--sg2-dir` at run time (nothing of NVlabs is stored), builds each
+It imports `training.networks` from `--sg2_dir` at run time (nothing of NVlabs is stored), builds each
 configuration in `CONFIGS` (settings the shared fixtures do not cover: conditional generators, other
 resolutions and channel counts, custom filters and activations, skip / orig discriminators), loads weights
 made by the fixtures' `recipe.py` rules and stores only the manifest, the seed, inputs and outputs in the
@@ -126,14 +126,15 @@ def training_terms(torch, G, D, z, reals):
 
 
 def main():
+  # argparse, not absl: this runs under the reference torch interpreter, which has no jaxmia dependencies.
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--sg2-dir", required=True)
+  parser.add_argument("--sg2_dir", required=True)
   parser.add_argument("--recipe", required=True, help="path of the shared fixtures' recipe.py")
   parser.add_argument("--out", required=True)
   args = parser.parse_args()
   import torch  # noqa: PLC0415 (only in the reference environment that runs this script)
   sys.path.insert(0, os.path.abspath(args.sg2_dir))
-  from training import networks  # noqa: PLC0415 (NVlabs' code, on sys.path from --sg2-dir)
+  from training import networks  # noqa: PLC0415 (NVlabs' code, on sys.path from --sg2_dir)
   spec = importlib.util.spec_from_file_location("recipe", args.recipe)
   recipe = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(recipe)

@@ -1,7 +1,7 @@
 """Fig. 1 of the label-smoothing paper: a 2-D toy classifier per α and a gradient attack's path to class 2.
 
-    python scripts/toy_2d.py --outdir runs/toy_2d                # 5 seeds, α in {0, 0.05, -0.05}
-    python scripts/toy_2d.py --num-seeds 1 --alphas 0 0.1 -0.1
+    python scripts/toy_2d.py --outdir=runs/toy_2d                # 5 seeds, α in {0, 0.05, -0.05}
+    python scripts/toy_2d.py --num_seeds=1 --alphas=0,0.1,-0.1
 
 Writes to `--outdir`: `toy_2d.json` and `toy_2d.md` (attack steps and distance to the nearest class-2 training
 point, mean ± sd over seeds beside the paper's numbers, and whether the paper's ordering holds),
@@ -9,14 +9,34 @@ point, mean ± sd over seeds beside the paper's numbers, and whether the paper's
 `toy_2d_all_seeds.png` (every seed and α). All randomness comes from `--seed`; the settings are the paper's
 (`jaxmia.analysis.toy.ToySettings`).
 """
-import argparse
 import dataclasses
 import pathlib
 
 import numpy as np
+from absl import flags
 
-from jaxmia import files
+from jaxmia import cli, files
 from jaxmia.analysis import tables, toy
+
+
+def _floats(values) -> bool:
+  try:
+    return all(np.isfinite(float(v)) for v in values) and len(values) > 0
+  except ValueError:
+    return False
+
+
+flags.DEFINE_string("outdir", "runs/toy_2d", "Output directory.")
+flags.DEFINE_integer("seed", 0, "Root seed of data and weights (per repetition s: fold_in(seed, s)).")
+flags.DEFINE_integer("num_seeds", 5, "Independent repetitions.", lower_bound=1)
+flags.DEFINE_list("alphas", ["0", "0.05", "-0.05"], "Label smoothing factors, comma-separated.")
+flags.register_validator("alphas", _floats, "--alphas must be a comma-separated list of numbers")
+flags.DEFINE_integer("train_steps", toy.ToySettings.train_steps, "Training steps of each toy classifier.",
+                     lower_bound=1)
+flags.DEFINE_integer("attack_max_steps", toy.ToySettings.attack_max_steps, "Step limit of the attack.",
+                     lower_bound=1)
+flags.DEFINE_integer("grid_size", 100, "Confidence map resolution.", lower_bound=2)
+FLAGS = flags.FLAGS
 
 CLASS_STYLES = (dict(c="#69c765", marker="o", s=20), dict(c="#5cd0f7", marker="s", s=20),
                 dict(c="#fcc947", marker="p", s=40))
@@ -60,14 +80,14 @@ def plot(result: toy.ToyResult, alphas, xs, outdir):
   plt.close(fig)
 
 
-def markdown(summary: dict, args) -> str:
+def markdown(summary: dict, num_seeds: int, seed: int) -> str:
   rows = []
   for e in summary["per_alpha"]:
     rows.append([f"{e['alpha']:g}", tables.format_mean_sd(e["steps"], 0), e.get("paper_steps", "–"),
                  tables.format_mean_sd(e["distance"]), e.get("paper_distance", "–"),
                  f"{e['num_reached']}/{e['num_seeds']}", tables.format_mean_sd(e["steps_reached"], 0),
                  tables.format_mean_sd(e["distance_reached"])])
-  text = (f"# Toy 2-D experiment (Fig. 1)\n\n{args.num_seeds} seeds from --seed {args.seed}; mean ± sd over "
+  text = (f"# Toy 2-D experiment (Fig. 1)\n\n{num_seeds} seeds from --seed {seed}; mean ± sd over "
           "seeds. 'reached': attacks whose target softmax passed the threshold within the step limit (the others "
           "stall where the model is flat and count with the step limit).\n\n")
   text += tables.markdown_table(
@@ -79,32 +99,22 @@ def markdown(summary: dict, args) -> str:
   return text
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--outdir", default="runs/toy_2d", help="output directory")
-  parser.add_argument("--seed", type=int, default=0, help="root seed of data, weights (per seed: fold_in(seed, s))")
-  parser.add_argument("--num-seeds", type=int, default=5, help="independent repetitions")
-  parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.05, -0.05], help="label smoothing factors")
-  parser.add_argument("--train-steps", type=int, default=toy.ToySettings.train_steps)
-  parser.add_argument("--attack-max-steps", type=int, default=toy.ToySettings.attack_max_steps)
-  parser.add_argument("--grid-size", type=int, default=100, help="confidence map resolution")
-  args = parser.parse_args()
-  if args.num_seeds < 1:
-    parser.error("--num-seeds must be >= 1")
-
-  outdir = pathlib.Path(args.outdir)
+def main(argv):
+  cli.start(argv)
+  alphas = [float(a) for a in FLAGS.alphas]
+  outdir = pathlib.Path(FLAGS.outdir)
   outdir.mkdir(parents=True, exist_ok=True)
-  settings = dataclasses.replace(toy.ToySettings(), train_steps=args.train_steps,
-                                 attack_max_steps=args.attack_max_steps)
-  result = toy.run_toy(args.seed, args.num_seeds, args.alphas, settings, grid_size=args.grid_size)
-  summary = toy.summarize_toy(result, args.alphas, settings.attack_threshold)
-  summary["settings"] = dataclasses.asdict(settings) | {"seed": args.seed, "num_seeds": args.num_seeds}
-  xs, _ = toy.confidence_grid(15.0, args.grid_size)
-  plot(result, args.alphas, xs, outdir)
-  text = markdown(summary, args)
+  settings = dataclasses.replace(toy.ToySettings(), train_steps=FLAGS.train_steps,
+                                 attack_max_steps=FLAGS.attack_max_steps)
+  result = toy.run_toy(FLAGS.seed, FLAGS.num_seeds, alphas, settings, grid_size=FLAGS.grid_size)
+  summary = toy.summarize_toy(result, alphas, settings.attack_threshold)
+  summary["settings"] = dataclasses.asdict(settings) | {"seed": FLAGS.seed, "num_seeds": FLAGS.num_seeds}
+  xs, _ = toy.confidence_grid(15.0, FLAGS.grid_size)
+  plot(result, alphas, xs, outdir)
+  text = markdown(summary, FLAGS.num_seeds, FLAGS.seed)
   tables.write_outputs(outdir, "toy_2d", summary, text)
   print(text)
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -36,13 +36,13 @@ def dataset_and_image_size(model_dir, dataset: str | None = None, data_dir: str 
     dataset_config = config.dataset
   else:
     raise ValueError(f"{model_dir} has no training config.json beside it (it was not exported by jaxmia.train); "
-                     "name its dataset with --dataset (and --image-size).")
+                     "name its dataset with --dataset (and --image_size).")
   if data_dir is not None:
     dataset_config.data_dir = data_dir
   if manual_dir is not None:
     dataset_config.manual_dir = manual_dir
   size = image_size or (config.image_size if config is not None else None)
   if size is None:
-    raise ValueError(f"the input size of {model_dir} is unknown (no training config.json); pass --image-size.")
+    raise ValueError(f"the input size of {model_dir} is unknown (no training config.json); pass --image_size.")
   return dataset_config, int(size)
 
