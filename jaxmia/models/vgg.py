@@ -18,16 +18,16 @@ Two heads (`head=`), both in PyTorch's flattening order (NCHW, so converted head
 Why `"lowres"` is the default: the zoo's VGG targets are there for the paper's low-resolution experiments
 (Appendix C.5: GMI / KED-MI against VGG-16 on 64x64 CelebA), which train and release their targets with that
 head; at 64x64 torchvision's head only replicates each of the 2x2 feature positions into the 7x7 grid and adds
-~120M parameters to the 15M of the stack. Its flattened size depends on the input size (512 * (H/32) * (W/32)),
+~120M parameters to the 15M of the stack. The low-resolution head's flattened size is 512 * (H/32) * (W/32),
 so a `"lowres"` model is tied to the input size it was built for, as in PyTorch; the torchvision head takes any
 input of at least 32x32.
 
 Inputs are `[B, H, W, 3]` in [-1, 1]. The low-resolution code feeds its classifiers [0, 1] images
 (`ToTensor()` without `Normalize`), so with that head the module maps its input with `(x + 1) / 2` first
 (`zero_one_input`, default: True for `"lowres"`, False for `"torchvision"`): their checkpoints see the values
-they were trained on, and a jaxmia-trained model exported with `classifier_to_torch` works in their code. `dtype` is the
-compute dtype of the stack; parameters, BatchNorm statistics, features and the head stay float32. BatchNorm in
-train mode uses the statistics of the whole (global) batch; see `jaxmia.models.resnet`.
+they were trained on, and a jaxmia-trained model exported with `classifier_to_torch` works in their code.
+`dtype` is the compute dtype of the stack; parameters, BatchNorm statistics, features and the head stay
+float32. BatchNorm in train mode uses the statistics of the whole (global) batch; see `jaxmia.models.resnet`.
 
 Not reproduced: the low-resolution code freezes `bn.bias` at 0 during training (`requires_grad_(False)`); here
 it is an ordinary parameter (0 at initialisation).
