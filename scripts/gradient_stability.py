@@ -9,7 +9,8 @@ attack's stage-2 optimisation (the config's `attack` section: steps, Adam, ident
 against each model, and at every step the cosine similarity between the gradients of the attack loss w.r.t.
 the generated image at the previous and the current step is recorded. The same latents, targets and
 augmentation keys serve every model. Writes `gradient_stability.json`/`.md` (mean ± sd per step and over all
-steps) and `gradient_stability.png` (mean ± sd per step, one line per model).
+steps) and `gradient_stability.png` (one line per model: the mean per step with its 95% interval, and the sd
+over latents per step).
 Override any attack setting with `--attack_config.attack.num_steps=70` etc.
 """
 import pathlib
@@ -34,17 +35,27 @@ flags.DEFINE_string("outdir", "runs/gradient_stability", "Output directory.")
 FLAGS = flags.FLAGS
 
 
-def plot(similarities: dict, path: pathlib.Path):
+def plot(per_step: dict, path: pathlib.Path):
+  """Two panels, one line per model: the mean similarity per step with the 95% interval of that mean
+  (± 1.96 sd / √n over latents; where models differ), and the sd over latents per step (their spread, much
+  wider than the differences). `per_step`: `{label: [{'mean', 'sd', 'n'} per step]}` (`files.mean_sd`)."""
   plt = files.pyplot()
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for name, sim in similarities.items():
-    steps = np.arange(1, sim.shape[1] + 1)
-    mean, sd = np.nanmean(sim, 0), np.nanstd(sim, 0, ddof=1) if len(sim) > 1 else np.zeros(sim.shape[1])
-    ax.plot(steps, mean, label=name)
-    ax.fill_between(steps, mean - sd, mean + sd, alpha=0.2)
-  ax.set_xlabel("attack step t")
-  ax.set_ylabel("cos(∇x L at t-1, ∇x L at t)")
-  ax.legend()
+  fig, (mean_ax, sd_ax) = plt.subplots(1, 2, figsize=(10, 4))
+  for name, steps_stats in per_step.items():
+    mean, sd, n = (np.array([s[key] for s in steps_stats], np.float64) for key in ("mean", "sd", "n"))
+    steps = np.arange(1, len(mean) + 1)
+    half = 1.96 * sd / np.sqrt(np.maximum(n, 1))
+    line, = mean_ax.plot(steps, mean, label=name)
+    mean_ax.fill_between(steps, mean - half, mean + half, color=line.get_color(), alpha=0.25, linewidth=0)
+    sd_ax.plot(steps, sd, color=line.get_color(), label=name)
+  mean_ax.set_title("mean over latents (band: 95% interval of the mean)", fontsize=10)
+  mean_ax.set_ylabel("cos(∇x L at t-1, ∇x L at t)")
+  sd_ax.set_title("spread: sd over latents", fontsize=10)
+  sd_ax.set_ylabel("sd of the cosine similarity")
+  for ax in (mean_ax, sd_ax):
+    ax.set_xlabel("attack step t")
+    ax.grid(alpha=0.3)
+  mean_ax.legend(loc="lower center", ncols=len(per_step), fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=150)
   plt.close(fig)
@@ -65,7 +76,7 @@ def main(argv):
   generator, generator_variables = attack_run.load_generator(config)
   seed = config.seed if FLAGS.seed is None else FLAGS.seed
 
-  similarities, numbers, inputs = {}, {"num_latents": FLAGS.num_latents, "seed": seed, "models": []}, None
+  numbers, inputs = {"num_latents": FLAGS.num_latents, "seed": seed, "models": []}, None
   for name, model_dir in zip(labels, FLAGS.model):
     target_model, target_variables = model_store.load_model(model_dir)
     size = int(config.attack.resize)
@@ -82,14 +93,13 @@ def main(argv):
     sim = gradients.similarity_for_latents(*inputs, generator=generator, generator_variables=generator_variables,
                                            target_model=target_model, target_variables=target_variables,
                                            config=config.attack, batch_size=batch_size, mesh=mesh)
-    similarities[name] = sim
     per_step = [files.mean_sd(s[np.isfinite(s)]) for s in sim.T]
     numbers["models"].append({"label": name, "model": model_dir,
                               "overall": files.mean_sd(np.nanmean(sim, 1)),
                               "per_step": per_step})
     print(f"{name}: mean similarity {numbers['models'][-1]['overall']['mean']:.4f}")
 
-  plot(similarities, outdir / "gradient_stability.png")
+  plot({e["label"]: e["per_step"] for e in numbers["models"]}, outdir / "gradient_stability.png")
   table = tables.markdown_table(
       ["model", "mean over steps (± sd over latents)", "first step", "last step"],
       [[e["label"], tables.format_mean_sd(e["overall"], 4), tables.format_mean_sd(e["per_step"][0], 4),
