@@ -337,8 +337,12 @@ def _plot(curves: dict, dtc: dict | None, workdir: pathlib.Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 4))
     finite = [d[np.isfinite(d)] for d in (dtc["members"], dtc["nonmembers"])]
     bins = np.histogram_bin_edges(np.concatenate(finite) if sum(map(len, finite)) else [0, 1], bins=30)
-    for values, name in zip(finite, ("members", "non-members")):
-      ax.hist(values, bins=bins, alpha=0.5, density=True, label=f"{name} (n={len(values)})")
+    for values, name, total in zip(finite, ("members", "non-members"), (dtc["members"], dtc["nonmembers"])):
+      label = f"{name} ({len(values)} of {len(total)} found)"
+      if len(values):
+        ax.hist(values, bins=bins, alpha=0.5, density=True, label=label)
+      else:
+        ax.plot([], [], label=label)
     ax.set_xlabel(f"DtC ({dtc['norm']} distance to confidence >= {dtc['threshold']:g} on another class)")
     ax.set_ylabel("density")
     ax.legend()

@@ -199,15 +199,26 @@ def test_batched_pads_the_last_batch():
 
 @pytest.mark.slow
 def test_program_on_a_digits_smoke_target(tmp_path):
-  """A smoke target (160 digits, 2 epochs), one shadow trained by the program, every attack; then a rerun reuses
-  the shadow."""
+  """A smoke target (160 digits, 2 epochs), one shadow trained by the program, every attack, the files."""
+  from jax.experimental.compilation_cache import compilation_cache  # noqa: PLC0415
   from jaxmia import config as config_lib, train  # noqa: PLC0415
 
-  target_config = config_lib.load_file(REPO / "configs" / "digits.py").get_config("smoke")
-  train.train_and_evaluate(target_config, tmp_path / "target")
-  config = config_lib.load_file(REPO / "configs" / "membership_digits.py").get_config("smoke")
-  config.target_workdir = str(tmp_path / "target")
-  report = membership.evaluate_membership(config, tmp_path / "membership")
+  # The shadow compiles the target's programs again (new jitted closures): share them through the cache.
+  settings = {"jax_compilation_cache_dir": str(tmp_path / "xla_cache"),
+              "jax_persistent_cache_min_compile_time_secs": 0.0}
+  previous = {name: getattr(jax.config, name) for name in settings}
+  try:
+    for name, value in settings.items():
+      jax.config.update(name, value)
+    target_config = config_lib.load_file(REPO / "configs" / "digits.py").get_config("smoke")
+    train.train_and_evaluate(target_config, tmp_path / "target")
+    config = config_lib.load_file(REPO / "configs" / "membership_digits.py").get_config("smoke")
+    config.target_workdir = str(tmp_path / "target")
+    report = membership.evaluate_membership(config, tmp_path / "membership")
+  finally:
+    for name, value in previous.items():
+      jax.config.update(name, value)
+    compilation_cache.reset_cache()
   assert report["num_members"] == 48 and report["num_nonmembers"] == 48
   for name in ("loss_attack", "confidence_attack", "lira_offline", "dtc"):
     assert 0.0 <= report[name]["auc"] <= 1.0 and 0.5 <= report[name]["balanced_accuracy"] <= 1.0
@@ -217,3 +228,19 @@ def test_program_on_a_digits_smoke_target(tmp_path):
   for name in ("roc.png", "dtc.png", "scores.npz"):
     assert (tmp_path / "membership" / name).stat().st_size > 0
   assert (tmp_path / "membership" / "shadows" / "shadow_0" / "model" / "jaxmia.json").exists()
+
+
+def test_dtc_compiles_once_per_model_function():
+  # Model variables passed in a Partial are traced arguments: other weights of the same function reuse the
+  # compiled search, and so do later batches of the same shape.
+  def linear(w, images):
+    return images.reshape(len(images), -1) @ w
+
+  rng = np.random.default_rng(5)
+  x, labels = rng.normal(size=(4, 3)).astype(np.float32), np.zeros(4, np.int32)
+  before = membership._distance_to_confident._cache_size()
+  kwargs = dict(max_radius=4.0, num_bisections=3, num_steps=2)
+  for seed in range(3):
+    w = jnp.asarray(np.random.default_rng(seed).normal(size=(3, 2)), jnp.float32)
+    membership.distance_to_confident(jax.tree_util.Partial(linear, w), x + seed, labels, **kwargs)
+  assert membership._distance_to_confident._cache_size() == before + 1
