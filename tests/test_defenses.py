@@ -207,3 +207,20 @@ def test_calor_train_step_uses_the_adaptation_loss():
   assert -0.25 / (4 * np.e) - 1e-6 <= float(metrics["loss"]) < 0
   with pytest.raises(ValueError, match="either a MID or a CALoR"):
     classifier.model_spec("resnet18", 5, mid_bottleneck_dim=8, calor_rank=4)
+
+
+def test_calor_config_fields():
+  import pathlib  # noqa: PLC0415
+  from jaxmia import train  # noqa: PLC0415
+  from jaxmia.config import load_file  # noqa: PLC0415
+
+  config = load_file(pathlib.Path(__file__).resolve().parents[1] / "configs" / "digits.py").get_config("smoke")
+  config.defense.name = "calor"
+  config.defense.calor.rank = 6
+  assert train.model_spec(config, 10) == ("calor_classifier", {"arch": "resnet18", "num_classes": 10, "rank": 6,
+                                                               "activation": "tanh", "base_channels": 8})
+  train.validate_config(config)
+  config.defense.calor.rank = 0
+  config.defense.calor.gamma = -1.0
+  with pytest.raises(ValueError, match=r"defense\.calor\.rank=0 .*defense\.calor\.gamma=-1\.0"):
+    train.validate_config(config)
