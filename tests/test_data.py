@@ -4,6 +4,8 @@ Every fake image is a solid colour that encodes (class, file index), so a stored
 its file: this checks labels, the PPA split order and the image content at once.
 """
 import hashlib
+import logging
+import os
 import pathlib
 import shutil
 
@@ -98,6 +100,27 @@ def test_facescrub_labels_ppa_split_and_pixels(facescrub_dir, tmp_path):
       assert example['image'].shape == (8, 8, 3)
       assert example['label'] == label and example['label'].dtype == np.int32
       _assert_colour(example['image'], _colour(label, index), tolerance=0 if index % 2 else 2)
+
+
+def test_tfds_noise_is_dropped_and_jaxmia_says_what_it_prepares(facescrub_dir, tmp_path, capfd, caplog):
+  caplog.set_level(logging.INFO)
+  split = data.load_split(_config('facescrub', facescrub_dir, tmp_path), 'train')
+  assert split.source[0]['image'].shape == (8, 8, 3)  # decoded (TFDS's OpenCV note comes here)
+  out, err = capfd.readouterr()
+  assert out == '' and 'Generating' not in err and 'Shuffling' not in err, (out, err)  # banners, progress bars
+  messages = [record.getMessage() for record in caplog.records]
+  assert not [m for m in messages if any(noise in m for noise in builders._TFDS_NOISE)], messages
+  assert any(m.startswith('Preparing dataset jaxmia_facescrub') for m in messages), messages
+  assert any(m.startswith('Prepared dataset jaxmia_facescrub') and 'train 27' in m for m in messages), messages
+  # TFDS's INFO lines and its known notes go; its other warnings and errors, and jaxmia's own lines, stay.
+  tfds_file = os.path.join('site-packages', 'tensorflow_datasets', 'core', 'dataset_builder.py')
+  keep = builders._WithoutTfdsNoise().filter
+  record = lambda path, level, text: logging.LogRecord('absl', level, path, 1, text, (), None)  # noqa: E731
+  assert not keep(record(tfds_file, logging.INFO, 'Generating dataset x'))
+  assert not keep(record(tfds_file, logging.WARNING, 'Using custom data configuration: x'))
+  assert keep(record(tfds_file, logging.WARNING, 'Something else went wrong'))
+  assert keep(record(tfds_file, logging.ERROR, 'Using custom data configuration: x'))
+  assert keep(record(builders.__file__, logging.INFO, 'Preparing dataset x'))
 
 
 def test_facescrub_split_is_a_function_of_the_seed(facescrub_dir, tmp_path):

@@ -34,11 +34,14 @@ the shorter side to `S` then centre-crop `S x S` (PPA's CelebA transform; torchv
 'letterbox' = scale to fit `S x S` keeping the aspect ratio, then zero-pad symmetrically (the numbers).
 """
 import concurrent.futures
+import contextlib
 import dataclasses
 import importlib.util
 import io
+import logging as std_logging
 import os
 import pathlib
+import time
 import xml.etree.ElementTree
 
 import numpy as np
@@ -54,6 +57,7 @@ def _hide_gpus_from_tensorflow():
   TFDS may import it: keep it off the accelerators JAX uses. Nothing to do (and no import) without it."""
   if importlib.util.find_spec('tensorflow') is None:
     return
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # its C++ INFO lines (oneDNN notes) are not ours to show
   import tensorflow as tf  # noqa: PLC0415 (only when installed; importing it takes seconds)
   try:
     tf.config.set_visible_devices([], 'GPU')
@@ -62,6 +66,34 @@ def _hide_gpus_from_tensorflow():
 
 
 _hide_gpus_from_tensorflow()
+
+# TFDS lines that say nothing to a jaxmia user (every builder has a custom configuration; a new variant folder
+# has no dataset_info.json yet; PIL decodes the PNGs, OpenCV is not wanted).
+_TFDS_NOISE = ('Using custom data configuration', 'has no dataset_info.json', 'OpenCV is not installed')
+
+
+class _WithoutTfdsNoise(std_logging.Filter):
+  """Drops TFDS's INFO lines and its `_TFDS_NOISE` warnings; its other warnings and errors, and every line of
+  jaxmia's own, still show."""
+
+  def filter(self, record):
+    if f'{os.sep}tensorflow_datasets{os.sep}' not in record.pathname:
+      return True
+    if record.levelno < std_logging.WARNING:
+      return False
+    return record.levelno > std_logging.WARNING or not any(text in record.getMessage() for text in _TFDS_NOISE)
+
+
+def _quiet_tfds():
+  """TFDS at jaxmia's I/O edge: its progress bars, printed banners and routine log lines are replaced by
+  `prepare`'s own log lines (installed once, when this module is imported)."""
+  tfds.disable_progress_bar()
+  absl_logger = logging.get_absl_logger()
+  if not any(isinstance(f, _WithoutTfdsNoise) for f in absl_logger.filters):
+    absl_logger.addFilter(_WithoutTfdsNoise())
+
+
+_quiet_tfds()
 
 RESIZE_MODES = ('stretch', 'center_crop', 'pad', 'letterbox')
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
@@ -631,9 +663,16 @@ def prepare(builder: tfds.core.DatasetBuilder, manual_dir: str | None) -> None:
     return
   if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
     manual_dir = builder.check_manual_dir(manual_dir)
+  logging.info('Preparing dataset %s (%s) in %s, once for this data dir.', builder.name,
+               builder.builder_config.name, builder.data_dir)
+  start = time.perf_counter()
   try:
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=manual_dir, try_download_gcs=False))
+    # TFDS prints its "Downloading and preparing" / "downloaded and prepared" banners to stdout.
+    with contextlib.redirect_stdout(io.StringIO()):
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          manual_dir=manual_dir, try_download_gcs=False))
   except OSError:
     if not builder.is_prepared():  # else another process sharing data_dir renamed its copy in first
       raise
+  logging.info('Prepared dataset %s in %.0f s: %s.', builder.name, time.perf_counter() - start,
+               ', '.join(f'{name} {split.num_examples:,}' for name, split in sorted(builder.info.splits.items())))
