@@ -1,8 +1,8 @@
 """jaxmia: model inversion attack research in JAX/Flax.
 
 Submodules: `models`, `convert`, `losses`, `data`, `parallel`, `attack`, `metrics`, `defenses`.
-They are imported lazily so that `import jaxmia` stays cheap (TensorFlow is only pulled in by the data
-and logging code that needs it).
+They are imported lazily so that `import jaxmia` stays cheap (TFDS loads only with the data code that reads
+a dataset; TensorFlow is not a dependency).
 """
 import importlib
 

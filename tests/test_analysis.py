@@ -320,7 +320,7 @@ def test_calibration_summary_pools_bins_by_count():
 def test_calibration_of_a_trained_target_equals_the_training_report(tmp_path):
   """The exported model measured by `run_calibration` gives the accuracy, ECE and confidence `jaxmia.train`
   reported at its last epoch (two code paths: training's sharded eval step, the analysis' batched apply)."""
-  from jaxmia import train  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  from jaxmia import train  # pylint: disable=g-import-not-at-top  (orbax, TFDS)
   config = load_file(CONFIGS / "digits.py").get_config("smoke")
   config.label_smoothing, config.seed = 0.1, 3
   _, final = train.train_and_evaluate(config, tmp_path / calibration.run_name(0.1, 3))

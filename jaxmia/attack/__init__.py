@@ -1,7 +1,9 @@
 """Plug & Play Attacks (Struppek et al., ICML 2022) with a StyleGAN2 prior, in three jitted stages.
 
 1. `select_initial_latents`: score random latents with the target model, keep the best per class.
-2. `optimize_latents`: optimise each latent's style vector w against an identity loss on augmented views.
+2. `optimize_latents`: optimise each latent's style vector w against an identity loss on augmented views
+   (`return_telemetry=True` also returns the batch's `Telemetry`, per-step loss and confidence statistics over
+   the latents `counted=` marks).
 3. `select_final_latents`: keep the latents whose images stay convincing under random crops and flips.
 
 `run_attack(config, workdir)` (CLI: `python -m jaxmia.attack`) chains them with resumable outputs.

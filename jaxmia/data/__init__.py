@@ -1,6 +1,6 @@
 """Data: TFDS builders (FaceScrub, CelebA top identities, Stanford Dogs, embedded MNIST) and grain batching.
 
-`import jaxmia.data` is cheap: TensorFlow/TFDS load with the first `load_split`, grain with the first
+`import jaxmia.data` is cheap: TFDS loads with the first `load_split` (TensorFlow is not needed), grain with the first
 `batches`. Image ops and augmentations live in the submodules `jaxmia.data.image_ops` and
 `jaxmia.data.augment` (import them explicitly).
 """

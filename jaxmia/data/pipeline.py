@@ -130,7 +130,7 @@ def load_split(dataset_config: ml_collections.ConfigDict, split: str) -> Split:
   folder and starts over). Raises `builders.ManualDirError` showing the expected layout if the manual
   directory is missing or malformed.
   """
-  from jaxmia.data import builders  # noqa: PLC0415 (imports TensorFlow)
+  from jaxmia.data import builders  # noqa: PLC0415 (imports TFDS, which takes seconds)
   storage = {key: dataset_config[key] for key in _STORAGE_FIELDS if key in dataset_config}
   builder = builders.make_builder(dataset_config.name, dataset_config.get('data_dir'), **storage)
   builders.prepare(builder, dataset_config.get('manual_dir'))
