@@ -46,9 +46,9 @@ BUILDERS = {
 }
 KINDS = tuple(BUILDERS)
 
-_CONVERT_HINT = ("Convert PyTorch weights with `python -m jaxmia.convert classifier --arch ARCH --num-classes N "
-                 "--input FILE.pth --output DIR` or `python -m jaxmia.convert stylegan2 --input FILE.pkl "
-                 "--output DIR`.")
+_CONVERT_HINT = ("Convert PyTorch weights with `python -m jaxmia.convert classifier --arch=ARCH --num_classes=N "
+                 "--input=FILE.pth --output=DIR` or `python -m jaxmia.convert stylegan2 --input=FILE.pkl "
+                 "--output=DIR`.")
 
 
 def _folder(path) -> epath.Path:
