@@ -35,6 +35,12 @@ def small_lowres():
   return load_golden(pathlib.Path(__file__).parent / "golden" / "vgg_golden_vgg16_lowres32.npz")
 
 
+@functools.cache
+def small_lowres_variables():
+  _, num_classes, state, _ = small_lowres()
+  return convert.classifier_from_torch("vgg16", state, num_classes)
+
+
 def assert_close_to_reference(actual, reference, rtol=1e-4):
   np.testing.assert_allclose(np.asarray(actual), reference, rtol=rtol, atol=rtol * np.abs(reference).max())
 
@@ -85,7 +91,7 @@ def test_low_resolution_checkpoint_file_converts_as_saved_by_that_code(tmp_path)
   assert "feature.0.weight" in state and "fc_layer.weight" in state
   save_torch_file(tmp_path / "VGG16_88.26.tar", {"state_dict": {"module." + k: v for k, v in state.items()}})
   from_file = convert.classifier_from_torch("vgg16", tmp_path / "VGG16_88.26.tar", num_classes)
-  assert_trees_equal(from_file, convert.classifier_from_torch("vgg16", state, num_classes))
+  assert_trees_equal(from_file, small_lowres_variables())
   assert set(from_file["params"]) == {f"features_{i}" for i in (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)} | {
       "bn", "fc_layer"}
 
@@ -94,8 +100,19 @@ def test_backbone_only_returns_the_features_and_ignores_the_head():
   spec, num_classes, state, arrays = small_lowres()
   backbone_variables = convert.classifier_from_torch("vgg16", state, None)
   assert "fc_layer" not in backbone_variables["params"]
-  features = models.create_classifier("vgg16", None).apply(backbone_variables, nchw_to_nhwc(arrays["input/x"]))
+  features = jax.jit(models.create_classifier("vgg16", None).apply)(backbone_variables,
+                                                                    nchw_to_nhwc(arrays["input/x"]))
   assert_close_to_reference(features, arrays["output/features"])
+
+
+def test_bfloat16_compute_stays_close_to_float32():
+  _, num_classes, _, arrays = small_lowres()
+  x = nchw_to_nhwc(arrays["input/x"])
+  logits = jax.jit(models.create_classifier("vgg16", num_classes, dtype=jnp.bfloat16).apply)(
+      small_lowres_variables(), x)
+  assert logits.dtype == jnp.float32
+  assert_close_to_reference(logits, arrays["output/logits"], rtol=5e-2)
+  assert np.abs(np.asarray(logits) - arrays["output/logits"]).max() > 1e-5  # bf16 did change the computation
 
 
 def test_wrong_variant_or_class_count_says_what_to_pass():
@@ -112,14 +129,15 @@ def test_wrong_variant_or_class_count_says_what_to_pass():
 def test_train_mode_updates_batch_statistics_and_input_mapping_follows_the_head():
   module = models.create_classifier("vgg16_bn", 3)
   x = jax.random.uniform(jax.random.key(0), (4, 32, 32, 3), minval=-1.0, maxval=1.0)
-  variables = module.init(jax.random.key(1), x)
-  logits, updates = module.apply(variables, x, train=True, mutable=["batch_stats"])
+  variables = jax.jit(module.init)(jax.random.key(1), x)
+  train_step = jax.jit(functools.partial(module.apply, train=True, mutable=["batch_stats"]))
+  logits, updates = train_step(variables, x)
   assert logits.shape == (4, 3)
   assert set(updates["batch_stats"]) == set(variables["batch_stats"])
   assert not np.allclose(updates["batch_stats"]["bn"]["mean"], variables["batch_stats"]["bn"]["mean"])
   # [0, 1] inputs by default with the low-resolution head only; explicit settings win.
-  zero_one = models.create_classifier("vgg16_bn", 3, zero_one_input=False).apply(variables, (x + 1) / 2)
-  np.testing.assert_allclose(zero_one, module.apply(variables, x), rtol=1e-5, atol=1e-5)
+  zero_one = jax.jit(models.create_classifier("vgg16_bn", 3, zero_one_input=False).apply)(variables, (x + 1) / 2)
+  np.testing.assert_allclose(zero_one, jax.jit(module.apply)(variables, x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("size_in", [1, 2, 3, 5, 7, 9, 14])
