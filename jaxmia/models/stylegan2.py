@@ -20,7 +20,7 @@ Modulated convolutions scale the activations (`x * style`, one conv with the sha
 `* demod`) instead of building per-sample kernels for a grouped conv as NVlabs' fused path does. With the
 generator frozen, as in model inversion attacks, the backward pass then needs only input-gradient
 convolutions, and XLA:CPU runs grouped convolutions, their gradients above all, far off its fast path (an
-order of magnitude slower forward + gradient w.r.t. ws; `scripts/bench_generator.py --compare-modconv` times
+order of magnitude slower forward + gradient w.r.t. ws; `scripts/bench_generator.py --compare_modconv` times
 both formulations). Activation scaling is used throughout.
 """
 import math

@@ -14,7 +14,7 @@ functions reproduce to float32 rounding:
   transposed conv is split into its four polyphase components, each an ordinary stride-1 convolution at the
   input resolution, interleaved afterwards, so its gradient is made of ordinary convolutions too; against a
   single `lhs_dilation` convolution (whose input gradient is a stride-2 convolution) it is as fast at B=1 and
-  faster at larger batches, forward and backward (`scripts/bench_generator.py --compare-modconv` times both).
+  faster at larger batches, forward and backward (`scripts/bench_generator.py --compare_modconv` times both).
 * FIR passes have a custom VJP: the adjoint of a FIR pass is another FIR pass (reversed taps, `up` and
   `down` swapped), whereas autodiff through the slices builds one padded cotangent per tap, a much more
   expensive backward pass for the filters after the up-convs.
