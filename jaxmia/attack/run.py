@@ -20,6 +20,11 @@ discriminator weights) is compared with `run.json`: a workdir holding another ru
 fields, unless `config.overwrite` discards it. Randomness comes from the config seed: stage 1 draws
 the search space from `fold_in(seed key, 1)`, and latent i gets `fold_in(fold_in(seed key, 2), i)` in stage 2
 and `fold_in(fold_in(seed key, 3), i)` in stage 3, so a resumed run equals an uninterrupted one.
+
+`config.kind` selects the attack: 'ppa' (the default, also when the field is absent) or 'brep', the label-only
+BREP-MI (`jaxmia.attack.brep`, `run_brep`), which writes the same `run.json`, `latents.npz`, `summary.json` and
+`images/` (so `jaxmia.evaluate` and `jaxmia.report` read it unchanged), with `initial.npz` holding its starting
+points and `brep/batch_00000.npz` the searched latents of each finished batch.
 """
 import ast
 import json
@@ -35,7 +40,7 @@ from absl import logging
 import jaxmia
 from jaxmia import cli, files, model_store, parallel, progress, report, writers
 from jaxmia.cli import interval, number, one_of
-from jaxmia.attack import final_selection, initial_selection, optimize, render
+from jaxmia.attack import brep, final_selection, initial_selection, optimize, render
 from jaxmia.models import stylegan2
 
 # Config fields left out of the resume fingerprint: stage 3 and the grids (recomputed by every run), the weight
@@ -249,8 +254,8 @@ def _write_grids(workdir, w, targets, generator, generator_variables, config, me
 
   render_views = render.cached_jit("render", (generator,), (crop, size), lambda: jax.jit(view))
   gv = generator_variables if mesh is None else parallel.replicate(generator_variables, mesh)
-  images = parallel.map_arrays(lambda w: render_views(w, gv), (w[rows],), int(config.final_selection.batch_size),
-                               mesh=mesh)
+  batch_size = int((config.final_selection if "final_selection" in config else config.attack).batch_size)
+  images = parallel.map_arrays(lambda w: render_views(w, gv), (w[rows],), batch_size, mesh=mesh)
   if jax.process_index() != 0:
     return
   (workdir / "images").mkdir(exist_ok=True)
@@ -260,8 +265,17 @@ def _write_grids(workdir, w, targets, generator, generator_variables, config, me
     files.save_png(grid, workdir / "images" / f"class_{int(cls):04d}.png")
 
 
+KINDS = ("ppa", "brep")
+
+
 def run_attack(config, workdir) -> dict:
-  """Runs (or resumes) the attack described by `config` in `workdir`; returns the summary dict."""
+  """Runs (or resumes) the attack described by `config` in `workdir`; returns the summary dict. `config.kind`
+  ('ppa' when absent, or 'brep') selects the attack."""
+  kind = config.get("kind", "ppa")
+  if kind not in KINDS:
+    raise ValueError(f"config.kind={kind!r} is not an attack; use one of {KINDS}.")
+  if kind == "brep":
+    return run_brep(config, workdir)
   validate_config(config)
   workdir = files.check_workdir(workdir)
   mesh = parallel.make_mesh()
@@ -407,4 +421,197 @@ def run_attack(config, workdir) -> dict:
   _save_json(workdir / "summary.json", summary)
   logging.info("Done: kept %d of %d latents (mean robustness score %.4f); results in %s.", len(kept),
                num_latents, summary["mean_final_score_selected"], workdir)
+  return summary
+
+
+# ------------------------------------------------------------------------------------------------------------
+# BREP-MI (config.kind = 'brep'): label-only boundary repulsion, one resumable file per batch of latents.
+
+_BREP_STATE = ("initial.npz", "brep/*.npz", "latents.npz", "summary.json")
+_BREP_OUTPUTS = _BREP_STATE + ("brep", "images", report.EVALUATION_DIR, "*.tmp")
+_BREP_RESULTS = ("w", "final_w", "radius", "iteration", "accepted", "growths", "rejected", "queries")
+
+BREP_CONFIG_RULES = (
+    ("seed", "an integer", number(integer=True)),
+    ("overwrite", "True or False", _flag),
+    ("candidates.search_space_size", "a positive integer", _positive_int),
+    ("candidates.batch_size", "a positive integer", _positive_int),
+    ("candidates.truncation_psi", "a finite number", number()),
+    ("candidates.truncation_cutoff", "None or an integer >= 0", lambda v: v is None or number(0, integer=True)(v)),
+    *_view_rules("attack"),
+    ("attack.single_w", "True or False", _flag),
+    ("attack.restarts", "a positive integer", _positive_int),
+    ("attack.iterations_per_call", "a positive integer", _positive_int),
+    ("attack.sphere_points", "a positive integer", _positive_int),
+    ("attack.initial_radius", "> 0", number(0, low_open=True)),
+    ("attack.radius_expansion", ">= 1", number(1)),
+    ("attack.expansion_fraction", "in [0, 1)", number(0, 1, high_open=True)),
+    ("attack.step_size_ratio", "> 0", number(0, low_open=True)),
+    ("attack.max_step_size", "> 0", number(0, low_open=True)),
+    ("attack.max_iterations_at_radius", "a positive integer", _positive_int),
+    ("attack.max_iterations", "an integer >= 0", number(0, integer=True)),
+    ("attack.max_queries", "an integer >= 0 (0: no limit)", number(0, integer=True)),
+    ("attack.max_radius", ">= 0 (0: no limit)", number(0)),
+    ("attack.repulsion_only", "True or False", _flag),
+    ("attack.point_clamp", "() or (low, high) with low < high",
+     lambda v: len(v) == 0 or (len(v) == 2 and number()(v[0]) and number()(v[1]) and v[0] < v[1])),
+    ("output.images_per_class", "an integer >= 0 (0: no grids)", number(0, integer=True)),
+    ("output.image_size", "a positive integer", _positive_int),
+)
+
+
+def _search_progress(what: str):
+  """A `brep.attack_latents` progress callback: a log line at most every 30 s."""
+  last = [time.monotonic()]
+
+  def report_state(state) -> None:
+    if time.monotonic() - last[0] >= 30.0:
+      last[0] = time.monotonic()
+      done = np.asarray(parallel.to_host(state.done))
+      logging.info("%s: %d/%d latents done, iteration %d, %.3g queries per latent so far.", what, done.sum(),
+                   len(done), int(np.max(parallel.to_host(state.iteration))),
+                   float(np.mean(parallel.to_host(state.queries))))
+
+  return report_state
+
+
+def run_brep(config, workdir) -> dict:
+  """Runs (or resumes) BREP-MI (`jaxmia.attack.brep`) as `config` (configs/attack_brep_numbers.py) describes.
+
+  Starting points: random latents drawn from `fold_in(seed key, 1)` until each of the `attack.restarts` slots
+  of every target class has one that the target labels as the class (at most `candidates.search_space_size`
+  draws; a class without one is not searched and keeps draw 0, scored 0). The search of the latent of class c,
+  restart k uses the key `fold_in(fold_in(fold_in(seed key, 2), c), k)`. Every latent is kept (selected): the
+  result of the label-only attack is one image per latent, as the official code's.
+  """
+  cli.check_config(config, BREP_CONFIG_RULES)
+  settings = brep.BrepSettings.from_config(config.attack)
+  workdir = files.check_workdir(workdir)
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(int(config.candidates.batch_size), mesh, "candidates.batch_size")
+  parallel.check_batch_size(int(config.attack.batch_size), mesh, "attack.batch_size")
+
+  generator, generator_variables = load_generator(config)
+  target_model, target_variables = _load(config.target, "Target model", "target")
+  try:
+    view = brep.ViewSettings(**render.view_settings(config.attack, generator.img_resolution))
+  except ValueError as e:
+    raise ValueError(f"config.attack.{e}") from e
+  record = fingerprint(config, generator_variables=generator_variables if config.generator else None,
+                       target_variables=target_variables, discriminator_variables=None)
+  generator_variables, target_variables = parallel.replicate((generator_variables, target_variables), mesh)
+  num_classes = jax.eval_shape(lambda v: target_model.apply(v, jnp.zeros((1, view.resize, view.resize, 3))),
+                               target_variables).shape[-1]
+  classes = resolve_targets(config.targets, num_classes)
+  restarts = int(config.attack.restarts)
+  targets = np.repeat(classes, restarts)
+
+  files.check_run_record(workdir, record, program="jaxmia.attack", state=_BREP_STATE, outputs=_BREP_OUTPUTS,
+                         overwrite=bool(config.get("overwrite", False)), primary=jax.process_index() == 0)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("jaxmia_attack_run_record")
+  workdir.mkdir(parents=True, exist_ok=True)
+  seed_key = jax.random.key(config.seed)
+  logging.info("BREP-MI on %d classes (%d latents) on %d device(s); workdir %s.", len(classes), len(targets),
+               mesh.devices.size, workdir)
+  timings = {}
+
+  # Starting points, labelled as their class by the target.
+  t0 = time.monotonic()
+  initial_path = workdir / "initial.npz"
+  cached = None
+  if initial_path.exists():
+    cached = _read_cached(initial_path, {"w": None, "indices": targets.shape, "targets": targets.shape,
+                                         "num_draws": ()})
+  if cached is not None and not np.array_equal(cached["targets"], targets):
+    cached = None
+  if cached is not None:
+    starts = brep.Starts(w=cached["w"], indices=cached["indices"], found=cached["indices"] >= 0,
+                         num_draws=int(cached["num_draws"]))
+  else:
+    max_draws = int(config.candidates.search_space_size)
+    starts = brep.draw_starts(
+        jax.random.fold_in(seed_key, 1), targets, generator=generator, generator_variables=generator_variables,
+        target_model=target_model, target_variables=target_variables, view=view, max_draws=max_draws,
+        batch_size=int(config.candidates.batch_size), truncation_psi=float(config.candidates.truncation_psi),
+        truncation_cutoff=config.candidates.truncation_cutoff, single_w=bool(config.attack.single_w), mesh=mesh,
+        progress=_progress(max_draws, "random latents", "Starting points"))
+    _save_npz(initial_path, w=starts.w, indices=starts.indices, targets=targets, num_draws=starts.num_draws)
+  missing = sorted({int(c) for c in targets[~starts.found]})
+  if missing:
+    logging.warning("No starting point labelled as class(es) %s among %d random latents: not searched (raise "
+                    "candidates.search_space_size).", missing, starts.num_draws)
+  timings["start_seconds"] = time.monotonic() - t0
+
+  # The search, one saved file per finished batch of latents.
+  t0 = time.monotonic()
+  batch_size, num_latents = int(config.attack.batch_size), len(targets)
+  num_batches = -(-num_latents // batch_size)
+  keys = brep.class_keys(jax.random.fold_in(seed_key, 2), classes, restarts)
+  (workdir / "brep").mkdir(exist_ok=True)
+  results = {name: [] for name in _BREP_RESULTS}
+  search_progress = None
+  for batch, start in enumerate(range(0, num_latents, batch_size)):
+    stop = min(start + batch_size, num_latents)
+    path = workdir / "brep" / f"batch_{batch:05d}.npz"
+    shape = (stop - start,)
+    expected = {name: (shape + starts.w.shape[1:] if name.endswith("w") else shape) for name in _BREP_RESULTS}
+    cached = _read_cached(path, expected) if path.exists() else None
+    if cached is None:
+      if search_progress is None:
+        logging.info("BREP-MI: searching latents %d-%d of %d in batches of %d (%d sphere points, at most %d "
+                     "iterations each).", start, num_latents, num_latents, batch_size, settings.sphere_points,
+                     settings.max_iterations)
+        search_progress = _progress(num_latents, "latents", "BREP-MI", done=start)
+      rows = np.minimum(np.arange(start, start + batch_size), num_latents - 1)  # the last batch repeats its end
+      state = brep.attack_latents(
+          starts.w[rows], targets[rows], keys[rows], starts.found[rows], generator=generator,
+          generator_variables=generator_variables, target_model=target_model, target_variables=target_variables,
+          settings=settings, view=view, mesh=mesh, iterations_per_call=int(config.attack.iterations_per_call),
+          progress=_search_progress(f"BREP-MI batch {batch + 1}/{num_batches}"))
+      values = {"w": state.result(), "final_w": state.w, **{name: getattr(state, name) for name in _BREP_RESULTS[2:]}}
+      cached = {name: np.asarray(values[name])[:stop - start] for name in _BREP_RESULTS}
+      _save_npz(path, start=start, stop=stop, **cached)
+      search_progress(stop, f"batch {batch + 1}/{num_batches}: {np.mean(cached['queries']):,.0f} queries per "
+                            f"latent, radius {np.mean(cached['radius']):.3g} (mean)")
+    for name in _BREP_RESULTS:
+      results[name].append(cached[name])
+  results = {name: np.concatenate(parts) for name, parts in results.items()}
+  timings["search_seconds"] = time.monotonic() - t0
+
+  found = starts.found
+  scores = found.astype(np.float32)  # label only: 1 where the target labels the result as its class
+  kept = np.arange(num_latents)
+  _save_npz(workdir / "latents.npz", targets=targets, initial_w=starts.w, initial_indices=starts.indices,
+            initial_scores=scores, initial_found=found, optimized_w=results["w"], final_w=results["final_w"],
+            final_scores=scores, selected_indices=kept, selected_w=results["w"], selected_targets=targets,
+            selected_scores=scores, queries=results["queries"], iterations=results["iteration"],
+            accepted=results["accepted"], growths=results["growths"], rejected=results["rejected"],
+            radius=results["radius"])
+  _write_grids(workdir, results["w"], targets, generator, generator_variables, config, mesh)
+  per_class = {int(c): int(results["queries"][targets == c].sum()) for c in classes}
+  class_queries = np.array(list(per_class.values()))
+  summary = {
+      "kind": "brep",
+      "config": json.loads(config.to_json_best_effort()),
+      "num_classes_attacked": len(classes),
+      "num_latents": num_latents,
+      "num_selected": len(kept),
+      "num_start_draws": starts.num_draws,
+      "classes_without_start": missing,
+      "queries": {"total": int(results["queries"].sum()), "start_draws": starts.num_draws,
+                  "per_class_mean": float(class_queries.mean()), "per_class_min": int(class_queries.min()),
+                  "per_class_max": int(class_queries.max()), "per_class": per_class},
+      "iterations": {"mean": float(results["iteration"].mean()), "max": int(results["iteration"].max()),
+                     "growths_mean": float(results["growths"].mean()),
+                     "rejected_mean": float(results["rejected"].mean())},
+      "final_radius": {"mean": float(results["radius"].mean()), "max": float(results["radius"].max())},
+      "timings": timings,
+      "devices": [str(d) for d in mesh.devices.flat],
+      "versions": {"jaxmia": jaxmia.__version__, "jax": jax.__version__},
+  }
+  _save_json(workdir / "summary.json", summary)
+  logging.info("Done: BREP-MI searched %d latents with %s target queries (%.0f per class; %d for the starting "
+               "points); results in %s.", int(found.sum()), f"{summary['queries']['total']:,}",
+               summary["queries"]["per_class_mean"], starts.num_draws, workdir)
   return summary
