@@ -169,9 +169,16 @@ def weights(tmp_path_factory):
   return folder
 
 
-def test_interrupted_run_resumes_to_the_uninterrupted_result(weights, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def full_run(weights, tmp_path_factory):
+  """The smoke attack run in this process, on the 4 forced devices: (workdir, summary)."""
+  workdir = tmp_path_factory.mktemp("brep_full") / "run"
+  return workdir, attack_run.run_attack(smoke_config(weights), workdir)
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_result(weights, full_run, tmp_path, monkeypatch):
   config = smoke_config(weights)
-  summary = attack_run.run_attack(config, tmp_path / "full")
+  full_dir, summary = full_run
   real, calls = brep.attack_latents, []
 
   def interrupted_after_one_batch(*args, **kwargs):
@@ -189,7 +196,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(weights, tmp_path, 
   resumed = attack_run.run_attack(config, tmp_path / "resumed")
   assert len(calls) == 1  # only the unfinished batch was searched again
 
-  with np.load(tmp_path / "full" / "latents.npz") as full, np.load(tmp_path / "resumed" / "latents.npz") as again:
+  with np.load(full_dir / "latents.npz") as full, np.load(tmp_path / "resumed" / "latents.npz") as again:
     assert sorted(full.files) == sorted(again.files)
     for name in full.files:
       np.testing.assert_array_equal(full[name], again[name], err_msg=name)
@@ -200,7 +207,9 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(weights, tmp_path, 
   assert (latents["queries"][~found] == 0).all() and (latents["queries"][found] > 0).all()
   assert summary["queries"]["total"] == int(latents["queries"].sum())
   assert summary["queries"]["start_draws"] == summary["num_start_draws"]
-  run = load_attack_run(tmp_path / "full")  # what jaxmia.evaluate reads
+  assert summary["kind"] == "brep" and summary["queries"]["per_class"] == {
+      int(c): int(latents["queries"][latents["targets"] == c].sum()) for c in np.unique(latents["targets"])}
+  run = load_attack_run(full_dir)  # what jaxmia.evaluate reads
   np.testing.assert_array_equal(run.selected_w, latents["optimized_w"])
   assert run.initial_w is not None and run.optimized_w.shape == (len(latents["targets"]), 1, 8)
 
@@ -209,13 +218,20 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(weights, tmp_path, 
     attack_run.run_attack(config, tmp_path / "resumed")
 
 
-def test_command_line_runs_the_smoke_config(weights, tmp_path):
+def test_command_line_runs_the_smoke_config_as_on_four_devices(weights, full_run, tmp_path):
   args = ["--config=configs/attack_brep_numbers.py:smoke", f"--workdir={tmp_path / 'run'}",
           f"--config.generator={weights / 'generator'}", f"--config.target={weights / 'target'}",
           "--config.attack.center_crop=16", "--config.attack.resize=16"]
   code, stderr = run_program("jaxmia.attack", *args, timeout=300)
   assert code == 0, stderr[-3000:]
   summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-  assert summary["kind"] == "brep" and summary["queries"]["total"] > 0
-  assert sorted(p.name for p in (tmp_path / "run" / "images").iterdir())
+  assert summary["kind"] == "brep" and len(summary["devices"]) == 1
+  assert summary["queries"] == json.loads(json.dumps(full_run[1]["queries"]))
+  assert sorted(p.name for p in (tmp_path / "run" / "images").iterdir()) == [f"class_000{c}.png" for c in range(3)]
   assert TINY_GENERATOR_KWARGS["w_dim"] == load_attack_run(tmp_path / "run").optimized_w.shape[-1]
+  # One device (the child process) and the 4 forced devices (this process) give the same attack.
+  with np.load(tmp_path / "run" / "latents.npz") as one, np.load(full_run[0] / "latents.npz") as four:
+    for name in ("targets", "initial_indices", "queries", "iterations", "growths", "rejected"):
+      np.testing.assert_array_equal(one[name], four[name], err_msg=name)
+    for name in ("initial_w", "optimized_w", "final_w", "radius"):
+      np.testing.assert_allclose(one[name], four[name], rtol=1e-5, atol=1e-5, err_msg=name)
