@@ -7,6 +7,7 @@
 3. `select_final_latents`: keep the latents whose images stay convincing under random crops and flips.
 
 `run_attack(config, workdir)` (CLI: `python -m jaxmia.attack`) chains them with resumable outputs.
+`jaxmia.attack.brep` is BREP-MI, the label-only attack (`config.kind = 'brep'`), writing the same run layout.
 """
 from jaxmia.attack.final_selection import FinalSelection, robustness_scores, select_final_latents, top_per_class
 from jaxmia.attack.initial_selection import (InitialLatents, candidate_confidences, select_initial_latents,
