@@ -235,3 +235,21 @@ def test_command_line_runs_the_smoke_config_as_on_four_devices(weights, full_run
       np.testing.assert_array_equal(one[name], four[name], err_msg=name)
     for name in ("initial_w", "optimized_w", "final_w", "radius"):
       np.testing.assert_allclose(one[name], four[name], rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("variant", [None, "smoke"])
+def test_config_has_the_official_defaults_and_bad_values_are_named(variant, tmp_path):
+  config = load_file(CONFIGS / "attack_brep_numbers.py").get_config(variant)
+  settings = brep.BrepSettings.from_config(config.attack)
+  official = brep.BrepSettings()
+  for name in ("sphere_points", "initial_radius", "radius_expansion", "expansion_fraction", "step_size_ratio",
+               "max_step_size", "max_iterations_at_radius", "repulsion_only", "max_radius"):
+    assert getattr(settings, name) == getattr(official, name), name
+  assert (official.sphere_points, official.initial_radius, official.radius_expansion) == (32, 2.0, 1.3)
+  config.attack.sphere_points, config.attack.point_clamp = 0, (1.5, -1.5)
+  with pytest.raises(ValueError, match="attack.sphere_points.*attack.point_clamp|attack.point_clamp.*sphere_points"):
+    attack_run.run_attack(config, tmp_path / "bad")
+  config.kind = "gmi"
+  with pytest.raises(ValueError, match="config.kind='gmi' is not an attack"):
+    attack_run.run_attack(config, tmp_path / "bad")
+  assert not (tmp_path / "bad").exists()
