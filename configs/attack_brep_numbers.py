@@ -8,8 +8,12 @@ The attacker sees only the target's predicted labels (`jaxmia.attack.brep`). The
 `converted_weights/numbers2_stylegan2` (two digits of the digit prior side by side); the search moves one w
 `[1, 128]` of it per latent. The search settings are the official BREP-MI defaults (`config2.yaml` of
 m-kahla/Label-Only-Model-Inversion-Attacks-via-Boundary-Repulsion), except the budget `max_iterations`: every
-iteration renders and labels 33 images per latent, ~30 ms each on the shared 2-core host, so 100 classes take
-~100 s per iteration there; the official search (up to 1,000 moves at each radius) would take days.
+iteration renders and labels 33 images per latent, 5-30 ms each on the shared 2-core host (6.5 ms measured on a
+lightly loaded host, ~30 ms beside the study), so 100 classes take ~20-100 s per iteration there, and the 100
+iterations below ~0.6-2.8 h; the official search (up to 1,000 moves at each radius) would take days. Some
+numbers are rarely drawn by the prior: a probe with the pilot target (runs/numbers_pilot, α = 0) found no
+starting point for 2 of 4 classes in 3,000 draws, hence 20,000 here; classes without one are reported
+(`summary.json`: classes_without_start) and count as failures in the evaluation.
 `:smoke` is a seconds-long pipeline check (3 classes, 2 restarts, 4 iterations).
 """
 import ml_collections
