@@ -21,8 +21,9 @@ Everything above `# program` is pure: scores of logits, ROC metrics of scores, a
 `predict_fn(images [B, H, W, 3] in [-1, 1]) -> logits [B, C]` (a pure, differentiable JAX function); nothing there
 imports the trainer. The program at the bottom loads the target and the shadows with `jaxmia.model_store` and
 trains missing shadows with `jaxmia.train.train_and_evaluate` (the target's own `config.json`, other seeds, a
-public subset of the size of the target's training set). It writes `report.json`, `scores.npz`, `roc.png` (linear
-and log-log ROC curves of all attacks) and `dtc.png` (the DtC distributions of members and non-members).
+public subset of the size of the target's training set; or one `shadow_config` a study shares between its
+targets). It writes `report.json`, `scores.npz`, `roc.png` (linear and log-log ROC curves of all attacks) and
+`dtc.png` (the DtC distributions of members and non-members).
 """
 import functools
 import json
@@ -351,8 +352,15 @@ def _plot(curves: dict, dtc: dict | None, workdir: pathlib.Path) -> None:
     plt.close(fig)
 
 
-def evaluate_membership(config: ml_collections.ConfigDict, workdir) -> dict:
-  """Runs the configured attacks on the target of `config.target_workdir`; writes and returns the report."""
+def evaluate_membership(config: ml_collections.ConfigDict, workdir,
+                        shadow_config: ml_collections.ConfigDict | None = None) -> dict:
+  """Runs the configured attacks on the target of `config.target_workdir`; writes and returns the report.
+
+  `shadow_config`: the `jaxmia.train` config the LiRA shadows are trained with (default: the target's own
+  `config.json`; shadow `i` gets its seed + 1000 (i + 1)). A study passes one config for all its targets and one
+  `config.lira.shadow_workdir`, so its shadows are trained once and shared by every target (jaxmia.train refuses
+  a shadow workdir that was trained with another config instead of reusing it).
+  """
   from jaxmia import data  # noqa: PLC0415 (the program's edge)
   from jaxmia.data import augment  # noqa: PLC0415
   cli.check_config(config, CONFIG_RULES)
@@ -402,9 +410,10 @@ def evaluate_membership(config: ml_collections.ConfigDict, workdir) -> dict:
                       public.num_examples, size)
       size = public.num_examples
     shadow_root = pathlib.Path(config.lira.shadow_workdir or workdir / "shadows")
+    shadow_train_config = train_config if shadow_config is None else shadow_config
     shadow_phi = []
     for index in range(config.lira.num_shadows):
-      path = _train_shadow(train_config, public, index, size, config.seed, shadow_root / f"shadow_{index}")
+      path = _train_shadow(shadow_train_config, public, index, size, config.seed, shadow_root / f"shadow_{index}")
       shadow_fn, _ = _predict_fn(path)
       shadow_phi.append(np.asarray(logit_scaled_confidence(logits_of(shadow_fn), labels)))
     global_variance = bool(config.lira.global_variance) or config.lira.num_shadows < 2
@@ -413,7 +422,9 @@ def evaluate_membership(config: ml_collections.ConfigDict, workdir) -> dict:
     curves["lira_offline"] = attack_metrics(scores["lira_offline"][is_member], scores["lira_offline"][~is_member],
                                             fprs)
     report["lira_offline"] = {**curves["lira_offline"][0], "num_shadows": config.lira.num_shadows,
-                              "shadow_train_size": size, "global_variance": global_variance}
+                              "shadow_train_size": size, "global_variance": global_variance,
+                              "shadow_label_smoothing": float(shadow_train_config.label_smoothing),
+                              "shadow_defense": shadow_train_config.defense.name}
 
   dtc = None
   if config.dtc.max_examples:
