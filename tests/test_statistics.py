@@ -51,3 +51,18 @@ def test_coverage_of_a_known_mean():
 def test_rejects_bad_input():
   with pytest.raises(ValueError, match="seeds, classes"):
     statistics.hierarchical_bootstrap(np.zeros(5))
+
+
+def test_seed_interval_is_students_t():
+  # Three seeds: mean 0.6, sd 0.1, t_{0.975, 2} = 4.3027 (tables), half width 4.3027 * 0.1 / sqrt(3).
+  out = statistics.seed_interval([0.5, 0.6, 0.7])
+  assert out["mean"] == pytest.approx(0.6) and out["sd"] == pytest.approx(0.1) and out["n"] == 3
+  assert out["high"] - 0.6 == pytest.approx(4.3027 * 0.1 / np.sqrt(3), rel=1e-4)
+  assert 0.6 - out["low"] == pytest.approx(out["high"] - 0.6)
+  assert statistics.seed_interval([0.5, 0.6, 0.7], confidence=0.5)["high"] < out["high"]
+  # Missing values are left out; one value has no spread, none has no mean.
+  assert statistics.seed_interval([0.4, None, float("nan")]) == {"mean": 0.4, "sd": None, "low": None, "high": None,
+                                                                 "n": 1}
+  assert statistics.seed_interval([])["mean"] is None
+  with pytest.raises(ValueError, match="confidence"):
+    statistics.seed_interval([0.1, 0.2], confidence=1.0)
