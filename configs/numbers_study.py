@@ -6,7 +6,8 @@
 
 `arg` is the number of digits k (default 2; `scripts/class_sweep.py` runs k = 1, 2, 3). With 1,000 classes a
 fixed random subset of 100 classes (seeded, the same for every α and seed) is attacked. The prior of k digits
-is `converted_weights/numbers<k>_stylegan2`; `--config.retrain_prior=True` trains it in the workdir instead.
+is `converted_weights/numbers<k>_stylegan2`; `--config.retrain_prior=True` trains its digit StyleGAN2
+(configs/gan_digits.py) in the workdir instead.
 
 Handwritten two-digit numbers (`numbers_embedded`, 100 classes, no download). For every seed, three slim
 ResNet-18 targets that differ only in α (same seed, same data order; α held for the last quarter of 30
@@ -26,7 +27,7 @@ import numpy as np
 from jaxmia.config import sibling
 
 digits_study = sibling(__file__, "digits_study")
-gan_numbers = sibling(__file__, "gan_numbers")
+gan_digits = sibling(__file__, "gan_digits")
 numbers = sibling(__file__, "numbers")
 
 # Pilot (scripts/attack_pilot.py --seed=100, α = 0 only; commit 5684af1, 2-core AMD EPYC, shared with other
@@ -61,7 +62,8 @@ def get_config(arg=None):
   config = digits_study.get_config()
   config.seeds = (0, 1, 2)
   config.prior = f"converted_weights/numbers{k}_stylegan2"
-  config.gan = gan_numbers.get_config(k)
+  config.gan = gan_digits.get_config()  # retrain_prior: the digit prior, written k digits at a time
+  config.prior_num_digits = int(k)
   config.target = numbers.get_config(k)
 
   evaluation_model = numbers.get_config(k)  # another architecture, all stored private training images
@@ -96,7 +98,7 @@ def get_config(arg=None):
 
   quick = config.quick_settings
   quick.retrain_prior = True  # a seconds-long prior in the workdir: the quick run needs no shipped weights
-  quick.gan = gan_numbers.get_config("smoke")
+  quick.gan = gan_digits.get_config("smoke")
   quick.target = numbers.get_config("smoke")
   quick.evaluation_model = ConfigDict(dict(num_epochs=1, dataset=dict(samples_per_class=4), batch_size=32))
   quick.attack.targets = "3"

@@ -10,7 +10,8 @@ For every seed and every label-smoothing factor α of the config, one cell
 after the shared stages (the prior: shipped, or retrained with `jaxmia.gan`; the evaluation model, another
 architecture trained once). Workdir layout:
 
-    prior/                       only with retrain_prior=True (a jaxmia.gan workdir)
+    prior/                       only with retrain_prior=True (a jaxmia.gan workdir; numbers/: the number prior
+                                 of its digit generator when prior_num_digits > 0)
     evaluation_model/            jaxmia.train workdir; model/ is the exported classifier
     seed_<s>/alpha_<α>/target/   jaxmia.train workdir of the target
     seed_<s>/alpha_<α>/attack/   jaxmia.attack workdir; evaluation/report.json from jaxmia.evaluate
@@ -89,7 +90,11 @@ def cells(config: ConfigDict, workdir: pathlib.Path) -> list[Cell]:
 
 
 def prior_path(config: ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
-  return workdir / "prior" / "generator" if config.retrain_prior else pathlib.Path(config.prior)
+  """The attack's generator: `config.prior`, or with `retrain_prior` the GAN trained in the workdir (written k
+  digits at a time, `workdir/prior/numbers`, when `config.prior_num_digits` = k > 0)."""
+  if not config.retrain_prior:
+    return pathlib.Path(config.prior)
+  return workdir / "prior" / ("numbers" if config.get("prior_num_digits") else "generator")
 
 
 def stages(config: ConfigDict, workdir: pathlib.Path) -> list[chain.Stage]:
@@ -98,8 +103,12 @@ def stages(config: ConfigDict, workdir: pathlib.Path) -> list[chain.Stage]:
   evaluation_model = workdir / "evaluation_model" / "model"
   out = []
   if config.retrain_prior:
-    out.append(chain.Stage("prior (jaxmia.gan)", chain.exported_model_info(prior),
+    generator = workdir / "prior" / "generator"
+    out.append(chain.Stage("prior (jaxmia.gan)", chain.exported_model_info(generator),
                            lambda: gan.train(config.gan, workdir / "prior")))
+    if config.get("prior_num_digits"):
+      out.append(chain.Stage("number prior", chain.exported_model_info(prior), lambda: model_store.save_number_prior(
+          generator, prior, num_digits=config.prior_num_digits, image_size=config.target.dataset.image_size)))
   elif not chain.exported_model_info(prior).exists():
     raise FileNotFoundError(f"No StyleGAN2 prior at {prior} (config.prior). Point config.prior at one "
                             "(converted_weights/README.md lists the shipped priors) or train it in the workdir "

@@ -29,7 +29,7 @@ from etils import epath
 import jaxmia
 from jaxmia import files, models
 from jaxmia.defenses import calor, mid
-from jaxmia.models import number_generator
+from jaxmia.models import dcgan, kedmi_discriminator, number_generator
 from jaxmia.models import stylegan2
 
 INFO_FILE = "jaxmia.json"
@@ -43,6 +43,8 @@ BUILDERS = {
     "mid_classifier": mid.create_mid_classifier,
     "calor_classifier": calor.create_calor_classifier,
     "number_generator": number_generator.NumberGenerator,
+    "dcgan_generator": dcgan.Generator,
+    "kedmi_discriminator": kedmi_discriminator.MinibatchDiscriminator,
 }
 KINDS = tuple(BUILDERS)
 
@@ -173,6 +175,20 @@ def save_model(path, variables, *, kind: str, module_kwargs: Mapping[str, Any], 
       _remove(replaced)
   _barrier(f"jaxmia_save_model_end:{folder}")
   return folder
+
+
+def save_number_prior(digit_prior, path, *, num_digits: int, image_size: int = 32,
+                      overwrite: bool = False) -> epath.Path:
+  """Writes the prior of `num_digits`-digit numbers (`number_generator.NumberGenerator`, `image_size` pixels)
+  drawn by the digit StyleGAN2 of the weights folder `digit_prior`; returns the folder (as `save_model`)."""
+  info = read_info(digit_prior)
+  if info["kind"] != "stylegan2_generator":
+    raise ValueError(f"{digit_prior} holds a {info['kind']}, not the StyleGAN2 generator of digits a number prior "
+                     "is made from.")
+  kwargs = dict(num_digits=num_digits, digit_generator=info["module_kwargs"], img_resolution=image_size)
+  number_generator.NumberGenerator(**kwargs)  # checks that the layout fits before anything is written
+  variables = number_generator.number_variables(load_variables(digit_prior))
+  return save_model(path, variables, kind="number_generator", module_kwargs=kwargs, overwrite=overwrite)
 
 
 def read_info(path) -> dict:

@@ -4,9 +4,10 @@
 
 Runs `python -m jaxmia.experiment --config=configs/numbers_study.py:<k>` for every k in --digits (each in
 `--workdir/k<k>`, resuming), with the same protocol (the settings the α = 0 pilot fixed) and, for a k whose
-prior is not shipped, `retrain_prior=True` (configs/gan_numbers.py:<k> trained in the study's workdir). Writes
-`class_sweep.json`/`.md` (Δ Acc@1 of each α to α = 0 with its hierarchical bootstrap interval, per number of
-classes) and `class_sweep.png` (the same as points with interval bars against the number of classes).
+prior is not shipped, `retrain_prior=True` (the digit StyleGAN2 of configs/gan_digits.py trained in the
+study's workdir, written k digits at a time). Writes `class_sweep.json`/`.md` (Δ Acc@1 of each α to α = 0 with
+its hierarchical bootstrap interval, per number of classes) and `class_sweep.png` (the same as points with
+interval bars against the number of classes).
 --quick runs every study's quick form (a pipeline check).
 """
 import json

@@ -9,7 +9,6 @@ evaluation and `scripts/prior_coverage.py` load it as any other generator.
 from absl import flags
 
 from jaxmia import cli, model_store
-from jaxmia.models import number_generator
 
 flags.DEFINE_string("digit_prior", "converted_weights/mnist32_stylegan2", "Weights folder of the digit StyleGAN2.")
 flags.DEFINE_integer("num_digits", 2, "Digits per number (10**num_digits classes).")
@@ -21,14 +20,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   cli.start(argv)
-  info = model_store.read_info(FLAGS.digit_prior)
-  if info["kind"] != "stylegan2_generator":
-    raise ValueError(f"{FLAGS.digit_prior} holds a {info['kind']}, not a StyleGAN2 generator of digits.")
-  kwargs = dict(num_digits=FLAGS.num_digits, digit_generator=info["module_kwargs"], img_resolution=FLAGS.image_size)
-  number_generator.NumberGenerator(**kwargs)  # checks the layout fits before anything is written
-  variables = number_generator.number_variables(model_store.load_variables(FLAGS.digit_prior))
-  folder = model_store.save_model(FLAGS.output, variables, kind="number_generator", module_kwargs=kwargs,
-                                  overwrite=FLAGS.overwrite)
+  folder = model_store.save_number_prior(FLAGS.digit_prior, FLAGS.output, num_digits=FLAGS.num_digits,
+                                         image_size=FLAGS.image_size, overwrite=FLAGS.overwrite)
   print(f"wrote {folder}")
 
 

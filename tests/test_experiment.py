@@ -8,7 +8,7 @@ from PIL import Image
 import pytest
 
 from conftest import REPO
-from jaxmia import chain, experiment, report
+from jaxmia import chain, experiment, model_store, report
 from jaxmia.config import load_file
 
 digits_study = load_file(REPO / "configs" / "digits_study.py")
@@ -114,8 +114,10 @@ def _quick_numbers_config():
 def test_quick_study_writes_a_complete_report(tmp_path):
   study = experiment.run_study(_quick_numbers_config(), tmp_path)
   config = experiment.resolve(_quick_numbers_config())
-  # (retrained prior,) evaluation model, then 3 stages per cell
-  assert len(study["timings"]) == int(config.retrain_prior) + 1 + 3 * len(config.seeds) * len(config.alphas)
+  # retrained digit prior and the number prior written from it, evaluation model, then 3 stages per cell
+  assert config.retrain_prior and config.prior_num_digits == 2
+  assert len(study["timings"]) == 2 + 1 + 3 * len(config.seeds) * len(config.alphas)
+  assert model_store.read_info(tmp_path / "prior" / "numbers")["kind"] == "number_generator"
 
   text = (tmp_path / "report.md").read_text()
   header = "| Run | " + " | ".join(c.header for c in report.COLUMNS) + " |"
