@@ -1,0 +1,84 @@
+"""jaxmia.models.dcgan: GMI's generator and WGAN-GP critic (shapes, the transposed conv against its definition,
+per-image independence of the critic)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmia.models import dcgan
+
+
+def _conv_transpose_reference(x, weight, bias, stride, padding, output_padding):
+  """PyTorch's ConvTranspose2d by its definition: every input pixel scatters `x[b, i, j, :] @ weight[:, :, h, w]`
+  to output (stride * i + h - padding, stride * j + w - padding). `weight` `[in, out, k, k]`, x `[B, H, W, in]`."""
+  batch, height, width, _ = x.shape
+  _, out_channels, k, _ = weight.shape
+  side_h = (height - 1) * stride - 2 * padding + k + output_padding
+  side_w = (width - 1) * stride - 2 * padding + k + output_padding
+  full = np.zeros((batch, side_h + 2 * padding + k, side_w + 2 * padding + k, out_channels))
+  for i in range(height):
+    for j in range(width):
+      for h in range(k):
+        for w in range(k):
+          full[:, stride * i + h, stride * j + w] += x[:, i, j] @ weight[:, :, h, w]
+  return full[:, padding:padding + side_h, padding:padding + side_w] + bias
+
+
+def test_conv_transpose_matches_definition():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)
+  module = dcgan.ConvTranspose(6)
+  variables = module.init(jax.random.key(0), x)
+  kernel = np.asarray(variables["params"]["kernel"])            # [k, k, in, out]
+  bias = np.asarray(variables["params"]["bias"])
+  assert kernel.shape == (5, 5, 5, 6)
+  assert np.abs(kernel).max() <= 1 / np.sqrt(6 * 25)            # PyTorch's bound from the output channels
+  expected = _conv_transpose_reference(x, kernel.transpose(2, 3, 0, 1), bias, 2, 2, 1)
+  got = np.asarray(module.apply(variables, x))
+  assert got.shape == (2, 6, 8, 6)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("image_size", [32, 64])
+def test_shapes_and_ranges(image_size):
+  generator = dcgan.Generator(dim=8, image_size=image_size)
+  critic = dcgan.Discriminator(dim=8, image_size=image_size)
+  z = jax.random.normal(jax.random.key(1), (3, dcgan.LATENT_DIM))
+  g_vars = generator.init(jax.random.key(2), z)
+  images = generator.apply(g_vars, z)
+  assert images.shape == (3, image_size, image_size, 3)
+  assert float(images.min()) >= -1 and float(images.max()) <= 1
+  d_vars = critic.init(jax.random.key(3), images)
+  assert critic.apply(d_vars, images).shape == (3,)
+  # Official layer widths: Linear 100 -> 8 dim * (size / 16)^2, critic's last kernel size / 16.
+  assert g_vars["params"]["l1_0"]["kernel"].shape == (100, 64 * (image_size // 16) ** 2)
+  assert d_vars["params"]["ls_5"]["kernel"].shape == (image_size // 16,) * 2 + (64, 1)
+  # Train mode uses batch statistics and updates the running ones.
+  _, updates = generator.apply(g_vars, z, train=True, mutable=["batch_stats"])
+  assert not np.allclose(updates["batch_stats"]["l1_1"]["mean"], 0)
+
+
+def test_official_defaults_at_64():
+  generator, critic = dcgan.Generator(), dcgan.Discriminator()
+  z = jnp.zeros((1, 100))
+  shapes = jax.tree.map(jnp.shape, jax.eval_shape(generator.init, jax.random.key(0), z))
+  assert shapes["params"]["l1_0"]["kernel"] == (100, 512 * 4 * 4)
+  assert shapes["params"]["l2_5_0_0"]["kernel"] == (5, 5, 512, 256)
+  assert shapes["params"]["l2_5_3"]["kernel"] == (5, 5, 64, 3)
+  d_shapes = jax.tree.map(jnp.shape, jax.eval_shape(critic.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+  assert d_shapes["params"]["ls_4_0"]["kernel"] == (5, 5, 256, 512)
+  assert d_shapes["params"]["ls_5"]["kernel"] == (4, 4, 512, 1)
+
+
+def test_critic_scores_are_per_image():
+  critic = dcgan.Discriminator(dim=4, image_size=32)
+  images = jax.random.uniform(jax.random.key(0), (4, 32, 32, 3), minval=-1, maxval=1)
+  variables = critic.init(jax.random.key(1), images)
+  together = critic.apply(variables, images)
+  alone = jnp.concatenate([critic.apply(variables, images[i:i + 1]) for i in range(4)])
+  np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_image_size():
+  with pytest.raises(ValueError, match="multiple of 16"):
+    dcgan.Generator(image_size=40).init(jax.random.key(0), jnp.zeros((1, 100)))
