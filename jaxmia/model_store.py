@@ -29,7 +29,7 @@ from etils import epath
 import jaxmia
 from jaxmia import files, models
 from jaxmia.defenses import calor, mid
-from jaxmia.models import dcgan, number_generator
+from jaxmia.models import dcgan, kedmi_discriminator, number_generator
 from jaxmia.models import stylegan2
 
 INFO_FILE = "jaxmia.json"
@@ -44,6 +44,7 @@ BUILDERS = {
     "calor_classifier": calor.create_calor_classifier,
     "number_generator": number_generator.NumberGenerator,
     "dcgan_generator": dcgan.Generator,
+    "kedmi_discriminator": kedmi_discriminator.MinibatchDiscriminator,
 }
 KINDS = tuple(BUILDERS)
 
