@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxmia.attack import render
 from jaxmia.models import dcgan
 
 
@@ -82,3 +83,14 @@ def test_critic_scores_are_per_image():
 def test_bad_image_size():
   with pytest.raises(ValueError, match="multiple of 16"):
     dcgan.Generator(image_size=40).init(jax.random.key(0), jnp.zeros((1, 100)))
+  with pytest.raises(ValueError, match="at least 32"):
+    dcgan.Discriminator(image_size=16).init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+
+
+def test_stylegan2_rendering_interface():
+  """Attack runs store z as [N, 1, latent_dim]; render.synthesize draws them as the generator does z."""
+  generator = dcgan.Generator(latent_dim=6, dim=4, image_size=32)
+  z = jax.random.normal(jax.random.key(0), (2, 6))
+  variables = generator.init(jax.random.key(1), z)
+  assert (generator.img_resolution, generator.num_ws, generator.z_dim, generator.c_dim) == (32, 1, 6, 0)
+  np.testing.assert_array_equal(render.synthesize(generator, variables, z[:, None]), generator.apply(variables, z))

@@ -14,14 +14,15 @@ the official code, reused by KED-MI and the MIA toolboxes):
 Image size: the official networks are 64x64 only. Here `image_size` may be any multiple of 16: the generator
 starts from an `image_size / 16` square (4 at 64) and the critic's last conv has an `image_size / 16` kernel (4
 at 64), so both are the official networks at 64 and keep their shape (four doublings / halvings, one score
-per image) at other sizes (32 for the embedded data sets, 128).
+per image) at other sizes (32 for the embedded data sets, 128). The critic needs at least 32: at 16 its last
+InstanceNorm would see a 1x1 map and output a constant.
 
 Pixel range: the official networks work in [0, 1] (the generator ends in a sigmoid, the critic is trained on
 `ToTensor()` images). jaxmia's images are `[B, H, W, C]` in [-1, 1], so the generator returns
 `2 * sigmoid(x) - 1` and the critic maps its input with `(x + 1) / 2` first: both networks compute exactly the
 official functions in the official pixel space, so the same weights behave as in PyTorch, and a low-resolution
 VGG target (which maps [-1, 1] to [0, 1] itself) sees what the official attack feeds it. Gradient penalties on
-the critic are taken in that [0, 1] space (`jaxmia.gan_lowres.gradient_penalty`).
+the critic are taken in that [0, 1] space (`jaxmia.gan_gmi.gradient_penalty`).
 
 Submodules are named after the PyTorch module paths (`l2_5.0.0` -> `l2_5_0_0`) and transposed-conv kernels are
 PyTorch's `[in, out, kh, kw]` weights transposed to `[kh, kw, in, out]`, so state dicts convert mechanically.
@@ -129,6 +130,34 @@ class Generator(nn.Module):
     x = ConvTranspose(self.channels, dtype=self.dtype, name="l2_5_3")(x)
     return 2.0 * jax.nn.sigmoid(x.astype(jnp.float32)) - 1.0
 
+  # The rendering interface of jaxmia's StyleGAN2 generator (`jaxmia.attack.render.synthesize`, the attack
+  # grids and `jaxmia.evaluate`): an attack's latents are stored as `[N, 1, latent_dim]` "single w" rows, so
+  # runs of GMI-style attacks are evaluated, reported and drawn like any other run.
+  @property
+  def img_resolution(self) -> int:
+    return self.image_size
+
+  @property
+  def img_channels(self) -> int:
+    return self.channels
+
+  @property
+  def z_dim(self) -> int:
+    return self.latent_dim
+
+  @property
+  def num_ws(self) -> int:
+    return 1
+
+  c_dim = 0
+
+  def synthesis(self, ws, noise_mode: str = "const"):
+    """Images `[B, R, R, C]` in [-1, 1] from latents `ws` `[B, k, latent_dim]` (the first row of each; k = 1 in
+    attack runs), BatchNorm with its running statistics. `noise_mode` is accepted for the StyleGAN2 interface
+    (this generator has no noise inputs)."""
+    del noise_mode
+    return self(ws[:, 0])
+
 
 class Discriminator(nn.Module):
   """GMI's WGAN-GP critic `DGWGAN`: images `[B, H, W, C]` in [-1, 1] -> scores `[B]` (float32).
@@ -147,6 +176,9 @@ class Discriminator(nn.Module):
   @nn.compact
   def __call__(self, x):
     last_kernel = check_image_size(self.image_size)
+    if self.image_size < 32:
+      raise ValueError(f"Discriminator(image_size={self.image_size}): at least 32, so that the last InstanceNorm "
+                       "normalises a 2x2 map or larger (on 1x1 it outputs its bias whatever the image).")
     if x.shape[1:3] != (self.image_size, self.image_size):
       raise ValueError(f"Discriminator(image_size={self.image_size}) got images of shape {x.shape}.")
     x = (jnp.asarray(x, self.dtype) + 1) / 2
