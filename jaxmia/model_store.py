@@ -44,6 +44,7 @@ BUILDERS = {
     "calor_classifier": calor.create_calor_classifier,
     "number_generator": number_generator.NumberGenerator,
     "dcgan_generator": dcgan.Generator,
+    "dcgan_discriminator": dcgan.Discriminator,
     "kedmi_discriminator": kedmi_discriminator.MinibatchDiscriminator,
 }
 KINDS = tuple(BUILDERS)
