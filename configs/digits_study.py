@@ -18,6 +18,7 @@ attack_digits = sibling(__file__, "attack_digits")
 digits = sibling(__file__, "digits")
 evaluate_digits = sibling(__file__, "evaluate_digits")
 gan_digits = sibling(__file__, "gan_digits")
+membership_digits = sibling(__file__, "membership_digits")
 
 
 def _student_settings(evaluate: ConfigDict) -> None:
@@ -35,6 +36,9 @@ def get_config(arg=None):
   config.seeds = (0, 1, 2)              # one full repetition (targets, attacks, evaluations) per seed
   config.alphas = (0.1, 0.0, -0.05)     # label-smoothing factors of the targets
   config.baseline_alpha = 0.0           # differences in report.md are taken to this α
+  # Defense cells per seed, trained at baseline_alpha with the settings of target.defense: 'mid', 'bido', 'calor'.
+  config.defenses = ()
+  config.run_membership = False         # a membership-inference stage per cell (the `membership` section)
   # Intervals of the paired per-class differences to the baseline (jaxmia.analysis.statistics).
   config.bootstrap = ConfigDict(dict(num_resamples=10000, seed=0, confidence=0.95))
   config.quick = False                  # apply quick_settings: a few-minute run of the whole pipeline
@@ -57,6 +61,10 @@ def get_config(arg=None):
 
   config.evaluate = evaluate_digits.get_config()  # evaluation_model, FID network and caches are set by the study
   _student_settings(config.evaluate)
+
+  # jaxmia.membership (run_membership=True): target_workdir and lira.shadow_workdir are set by the study, whose
+  # shadows are trained once, like the baseline-α target without a defense, and shared by every cell.
+  config.membership = membership_digits.get_config()
 
   config.figure = ConfigDict()
   config.figure.samples_per_class = 5   # attack samples (and real images) per class in samples.png

@@ -11,6 +11,7 @@ from conftest import REPO
 from jaxmia import chain, experiment, model_store, report
 from jaxmia.config import load_file
 
+defense_study = load_file(REPO / "configs" / "defense_study.py")
 digits_study = load_file(REPO / "configs" / "digits_study.py")
 numbers_study = load_file(REPO / "configs" / "numbers_study.py")
 
@@ -91,17 +92,128 @@ def test_paired_differences_pair_seed_and_class(tmp_path):
     (out / "per_class.csv").write_text("\n".join(lines) + "\n")
   matrices = experiment.per_class_matrices(config, tmp_path)
   paired = experiment.paired_differences(config, matrices)
-  assert set(paired) == {0.1, -0.05}
-  assert paired[0.1]["classes"] == list(range(1, 8)) and paired[-0.05]["num_classes"] == 8
-  for alpha, diff in paired.items():
-    np.testing.assert_allclose(diff["mean"], shift[alpha], atol=1e-5)
-    np.testing.assert_allclose(diff["per_class"], shift[alpha], atol=1e-5)
-    assert diff["low"] == pytest.approx(shift[alpha], abs=1e-5)
-    assert diff["high"] == pytest.approx(shift[alpha], abs=1e-5)
+  p010, m005 = experiment.Variant(0.1), experiment.Variant(-0.05)
+  assert set(paired) == {p010, m005}
+  assert paired[p010]["classes"] == list(range(1, 8)) and paired[m005]["num_classes"] == 8
+  for variant, diff in paired.items():
+    np.testing.assert_allclose(diff["mean"], shift[variant.alpha], atol=1e-5)
+    np.testing.assert_allclose(diff["per_class"], shift[variant.alpha], atol=1e-5)
+    assert diff["low"] == pytest.approx(shift[variant.alpha], abs=1e-5)
+    assert diff["high"] == pytest.approx(shift[variant.alpha], abs=1e-5)
   lines, rows = experiment.per_class_section(paired, config, matrices)
   assert len(rows) == 8 and np.isnan(rows[0]["delta_alpha0.1"])
   assert rows[1]["delta_alpha-0.05"] == pytest.approx(-0.3, abs=1e-5)
   assert "α = -0.05: higher in 0, equal in 0, lower in 8 of 8 classes" in lines[2]
+
+
+def _quick_defense_config():
+  config = defense_study.get_config()
+  config.quick = True
+  return config
+
+
+def test_defense_cells_train_their_defense_at_the_baseline_alpha(tmp_path):
+  config = experiment.resolve(_quick_defense_config())
+  alpha_study = experiment.resolve(_quick_numbers_config())
+  assert tuple(config.defenses) == ("mid", "bido", "calor") and config.run_membership
+  assert config.attack.to_dict() == alpha_study.attack.to_dict()  # the α study's protocol, unchanged
+  runs = experiment.cells(config, tmp_path)
+  assert [c.root.relative_to(tmp_path).as_posix() for c in runs] == [
+      "seed_0/alpha_+0.100", "seed_0/alpha_+0.000", "seed_0/alpha_-0.050",
+      "seed_0/defense_mid", "seed_0/defense_bido", "seed_0/defense_calor"]
+  # The α cells are the α study's, config for config and path for path (a defense study reuses them) ...
+  assert [c.root for c in experiment.cells(alpha_study, tmp_path)] == [c.root for c in runs[:3]]
+  for cell in runs[:3]:
+    assert experiment.target_config(config, cell).to_dict() == experiment.target_config(alpha_study, cell).to_dict()
+  # ... and a defense's target is the baseline's with its defense switched on, its settings from target.defense.
+  baseline = experiment.target_config(config, runs[1]).to_dict()
+  for cell, name in zip(runs[3:], config.defenses):
+    target = experiment.target_config(config, cell).to_dict()
+    assert target["defense"]["name"] == name and target["label_smoothing"] == config.baseline_alpha == 0.0
+    assert target["defense"][name] == config.target.defense[name].to_dict()
+    target["defense"]["name"] = "none"
+    assert target == baseline
+  # One membership stage per cell, each on its own target, all with the same shadows: the baseline recipe.
+  names = [stage.name for stage in experiment.stages(config, tmp_path)]
+  assert [n for n in names if n.startswith("membership")] == [
+      f"membership (seed 0, {label})" for label in ("α = 0.1", "α = 0", "α = -0.05", "MID", "BiDO", "CALoR")]
+  for cell in runs:
+    membership = experiment.membership_config(config, cell, tmp_path)
+    assert membership.target_workdir == str(cell.target_dir)
+    assert membership.lira.shadow_workdir == str(tmp_path / "shadows")
+  shadow = experiment.shadow_config(config, tmp_path).to_dict()
+  assert shadow["defense"]["name"] == "none" and shadow["label_smoothing"] == 0.0
+  assert shadow["seed"] == config.membership.seed
+  config.defenses = ("mid", "dp")
+  with pytest.raises(ValueError, match="config.defenses"):
+    experiment.resolve(config)
+
+
+def _write_cell(cell, per_class: dict, metrics: dict, membership: dict | None = None):
+  """A cell's evaluation (report.json, per_class.csv) and membership report as the programs write them."""
+  out = cell.attack_dir / report.EVALUATION_DIR
+  out.mkdir(parents=True)
+  (out / report.REPORT_FILE).write_text(json.dumps({"name": "x", "metrics": metrics, "unavailable": {}}))
+  lines = ["class,acc_top1"] + [f"{c},{v!r}" for c, v in per_class.items()]
+  (out / "per_class.csv").write_text("\n".join(lines) + "\n")
+  if membership is not None:
+    cell.membership_dir.mkdir(parents=True)
+    (cell.membership_dir / "report.json").write_text(json.dumps(membership))
+
+
+def test_defense_delta_and_membership_columns_from_the_cells(tmp_path):
+  """Δ of a defense is the mean of its same-seed, same-class differences to α = 0 (hand computation on random
+  per-class values); the membership columns are the cells' membership reports, with a t interval over seeds."""
+  config = experiment.resolve(_quick_defense_config())
+  config.seeds = (0, 1, 2)
+  config.bootstrap = dict(num_resamples=200, seed=0, confidence=0.95)
+  rng = np.random.default_rng(3)
+  acc = {}  # (seed, variant) -> [8] per-class Acc@1; class 5 never attacked in the CALoR runs
+  lira = {}
+  for cell in experiment.cells(config, tmp_path):
+    acc[cell.seed, cell.variant] = rng.uniform(0, 1, 8)
+    lira[cell.seed, cell.variant] = (float(rng.uniform(0.5, 0.7)), float(rng.uniform(0, 0.1)))
+    classes = [c for c in range(8) if not (cell.variant.defense == "calor" and c == 5)]
+    metrics = {key: float(rng.uniform()) for key in report.COLUMN_KEYS}
+    membership = {"lira_offline": {"auc": lira[cell.seed, cell.variant][0],
+                                   "tpr_at_0.01_fpr": lira[cell.seed, cell.variant][1]},
+                  "loss_attack": {"auc": 0.55}}
+    _write_cell(cell, {c: float(acc[cell.seed, cell.variant][c]) for c in classes}, metrics, membership)
+  matrices = experiment.per_class_matrices(config, tmp_path)
+  paired = experiment.paired_differences(config, matrices)
+  base = experiment.Variant(0.0)
+  assert set(paired) == {v for v in experiment.variants(config) if v != base}
+  for name in config.defenses:
+    variant = experiment.Variant(0.0, name)
+    kept = [c for c in range(8) if not (name == "calor" and c == 5)]
+    by_hand = [acc[s, variant][c] - acc[s, base][c] for s in config.seeds for c in kept]
+    assert paired[variant]["mean"] == pytest.approx(sum(by_hand) / len(by_hand), abs=1e-12)
+    assert paired[variant]["num_classes"] == len(kept) and paired[variant]["classes"] == kept
+    assert paired[variant]["low"] <= paired[variant]["mean"] <= paired[variant]["high"]
+  lines, rows = experiment.per_class_section(paired, config, matrices)
+  assert np.isnan(rows[5]["delta_calor"]) and np.isnan(rows[5]["acc_top1_calor"])
+  assert rows[0]["delta_mid"] == pytest.approx(np.mean([acc[s, experiment.Variant(0.0, "mid")][0] -
+                                                        acc[s, base][0] for s in config.seeds]))
+  assert "CALoR: higher in" in lines[2] and lines[4].startswith("| class | Acc@1 α=0.1 (%) |")
+
+  rows = experiment.aggregate(config, tmp_path)
+  assert [row["variant"].short for row in rows] == ["0.1", "0", "-0.05", "MID", "BiDO", "CALoR"]
+  for row in rows:
+    per_seed = np.array([lira[s, row["variant"]][0] for s in config.seeds])
+    auc = row["membership"]["lira_offline.auc"]
+    assert auc["per_seed"] == per_seed.tolist() and auc["mean"] == pytest.approx(per_seed.mean())
+    half = 4.302653 * per_seed.std(ddof=1) / np.sqrt(3)  # t_{0.975, 2}
+    assert auc["high"] == pytest.approx(per_seed.mean() + half, rel=1e-5)
+    assert row["membership"]["loss_attack.auc"]["mean"] == pytest.approx(0.55)
+  assert experiment.tradeoff_x(rows) == "lira_offline.auc"
+  section = experiment.tradeoff_section(config, rows, paired)
+  mid_row = next(line for line in "\n".join(section).splitlines() if line.startswith("| MID |"))
+  mid = rows[3]["membership"]["lira_offline.auc"]
+  assert f"{mid['mean']:.3f} ± {mid['sd']:.3f} [{mid['low']:.3f}, {mid['high']:.3f}]" in mid_row
+  assert f"{100 * paired[experiment.Variant(0.0, 'mid')]['mean']:+.1f} [" in mid_row
+  experiment.tradeoff_figure(rows, tmp_path / "tradeoff.png")
+  with Image.open(tmp_path / "tradeoff.png") as image:
+    assert image.width > 400 and image.height > 300
 
 
 def _quick_numbers_config():
@@ -152,3 +264,4 @@ def test_quick_study_writes_a_complete_report(tmp_path):
   again = experiment.run_study(_quick_numbers_config(), tmp_path)  # every stage is done: only the report is rebuilt
   assert again["timings"] == {} and again["mean"] == study["mean"]
   assert json.loads((tmp_path / "study.json").read_text())["mean"] == study["mean"]
+
