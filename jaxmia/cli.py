@@ -41,9 +41,11 @@ class _WithoutOrbaxInfo(std_logging.Filter):
 
 
 def start(argv) -> None:
-  """Call first in an absl `main(argv)`."""
+  """Call first in an absl `main(argv)`. Arguments that are not flags are a `flags.ValidationError` (the one
+  `error: bad command line: ...` line, exit code 2)."""
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    raise flags.ValidationError(f"unexpected arguments {' '.join(argv[1:])!r}; this program takes only --flags "
+                                "(see --help).")
   logging.get_absl_handler().addFilter(_WithoutOrbaxInfo())
   parallel.initialize_distributed()
   logging.info("JAX process %d/%d, %d local / %d global devices.", jax.process_index(), jax.process_count(),

@@ -29,7 +29,7 @@ import tokenize
 import types
 
 import ml_collections
-from absl import app
+from absl import flags
 
 from jaxmia import cli
 
@@ -205,7 +205,8 @@ def format_fields(fields: list[Field]) -> str:
 
 def main(argv):
   if len(argv) != 3 or argv[1] != "show":
-    raise app.UsageError("usage: python -m jaxmia.config show CONFIG_FILE[:ARG]")
+    given = " ".join(argv[1:]) or "nothing"
+    raise flags.ValidationError(f"got {given!r}; usage: python -m jaxmia.config show CONFIG_FILE[:ARG]")
   print(format_fields(documented_fields(argv[2])))
 
 

@@ -27,7 +27,7 @@ import pathlib
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from jaxmia import cli, files, model_store, parallel
 from jaxmia.attack import render
@@ -128,12 +128,14 @@ def _define_flags():
 
 def main(argv):
   if len(argv) < 2 or argv[1] not in _COMMANDS:
-    raise app.UsageError(f"usage: python -m jaxmia.export {'|'.join(_COMMANDS)} --flags (see --help)")
+    given = f"unknown command {argv[1]!r}" if len(argv) > 1 else "no command"
+    raise flags.ValidationError(f"{given}; usage: python -m jaxmia.export {'|'.join(_COMMANDS)} --flags "
+                                "(see --help)")
   command = argv[1]
   cli.start([argv[0], *argv[2:]])
   missing = [f"--{name}" for name in _COMMANDS[command] if not flags.FLAGS[name].value]
   if missing:
-    raise app.UsageError(f"python -m jaxmia.export {command} needs {' and '.join(missing)}.")
+    raise flags.ValidationError(f"python -m jaxmia.export {command} needs {' and '.join(missing)}.")
   if command == "attack":
     written = export_attack(flags.FLAGS.run_dir, flags.FLAGS.out_dir, image_size=flags.FLAGS.image_size,
                             batch_size=flags.FLAGS.batch_size, generator=flags.FLAGS.generator)

@@ -16,7 +16,7 @@ import pathlib
 import shutil
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from jaxmia import cli, evaluate, experiment, train
@@ -46,7 +46,7 @@ def main(argv):
   cli.start(argv)
   config = experiment.resolve(FLAGS.study_config)
   if FLAGS.seed in tuple(config.seeds):
-    raise app.UsageError(f"--seed={FLAGS.seed} is one of the study's seeds {tuple(config.seeds)}; the pilot "
+    raise flags.ValidationError(f"--seed={FLAGS.seed} is one of the study's seeds {tuple(config.seeds)}; the pilot "
                          "must use a target the study does not report.")
   outdir, study_dir = pathlib.Path(FLAGS.outdir), pathlib.Path(FLAGS.study_dir)
   cell = experiment.Cell(FLAGS.seed, 0.0, outdir)
@@ -97,4 +97,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["study_config", "study_dir"])
-  app.run(main)
+  cli.run(main)

@@ -17,10 +17,10 @@ import pathlib
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from jaxmia import files, model_store, parallel
+from jaxmia import cli, files, model_store, parallel
 from jaxmia.analysis import gradients, tables
 from jaxmia.attack import run as attack_run
 
@@ -62,11 +62,10 @@ def plot(per_step: dict, path: pathlib.Path):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  cli.start(argv)
   labels = FLAGS.label or FLAGS.model
   if len(labels) != len(FLAGS.model):
-    raise app.UsageError(f"give one --label per --model ({len(FLAGS.model)} models, {len(labels)} labels).")
+    raise flags.ValidationError(f"give one --label per --model ({len(FLAGS.model)} models, {len(labels)} labels).")
   config = FLAGS.attack_config
   outdir = pathlib.Path(FLAGS.outdir)
   outdir.mkdir(parents=True, exist_ok=True)
@@ -113,4 +112,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["attack_config", "model"])
-  app.run(main)
+  cli.run(main)

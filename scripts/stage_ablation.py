@@ -14,7 +14,7 @@ columns = the model of the swapped stage (the diagonal is the plain attack). Ove
 """
 import pathlib
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from jaxmia import cli, evaluate, parallel, report
@@ -57,10 +57,10 @@ def main(argv):
   cli.start(argv)
   labels = FLAGS.label or [f"m{i}" for i in range(len(FLAGS.model))]
   if len(labels) != len(FLAGS.model):
-    raise app.UsageError(f"give one --label per --model ({len(FLAGS.model)} models, {len(labels)} labels).")
+    raise flags.ValidationError(f"give one --label per --model ({len(FLAGS.model)} models, {len(labels)} labels).")
   unknown = set(FLAGS.metrics) - {c.key for c in report.COLUMNS}
   if unknown:
-    raise app.UsageError(f"unknown --metrics {sorted(unknown)}; choose from {[c.key for c in report.COLUMNS]}.")
+    raise flags.ValidationError(f"unknown --metrics {sorted(unknown)}; choose from {[c.key for c in report.COLUMNS]}.")
   stages = [int(s) for s in FLAGS.stages]
   mesh = parallel.make_mesh()
   outdir = pathlib.Path(FLAGS.outdir)
@@ -84,4 +84,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["attack_config", "eval_config", "model"])
-  app.run(main)
+  cli.run(main)

@@ -13,7 +13,7 @@ per α). Override settings with `--train_config.num_epochs=...`, `--attack_confi
 import math
 import pathlib
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from jaxmia import cli, files
@@ -66,10 +66,14 @@ def plot(records, sizes, path: pathlib.Path):
 
 def main(argv):
   cli.start(argv)
-  alphas = [float(a) for a in FLAGS.alphas]
+  try:
+    alphas = [float(a) for a in FLAGS.alphas]
+    sizes = [None if s == "all" else int(s) for s in FLAGS.samples_per_class]
+  except ValueError as e:
+    raise flags.ValidationError(f"--alphas takes numbers and --samples_per_class whole numbers or 'all' ({e}).") \
+        from e
   if 0.0 not in alphas:
-    raise app.UsageError("--alphas must include 0, the reference of the advantages.")
-  sizes = [None if s == "all" else int(s) for s in FLAGS.samples_per_class]
+    raise flags.ValidationError("--alphas must include 0, the reference of the advantages.")
   outdir = pathlib.Path(FLAGS.outdir)
   records = sweep.run_sweep(FLAGS.train_config, FLAGS.attack_config, FLAGS.eval_config, alphas, sizes, outdir)
   plot(records, sizes, outdir / "sweep.png")
@@ -90,4 +94,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["train_config", "attack_config", "eval_config"])
-  app.run(main)
+  cli.run(main)

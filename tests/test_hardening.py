@@ -428,6 +428,34 @@ def test_cli_user_errors_are_one_line_with_exit_code_2(args, message, tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+_DIGITS_CONFIGS = ["--attack_config=configs/attack_digits.py:smoke", "--eval_config=configs/evaluate_digits.py"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-m", "jaxmia.export"], "no command; usage: python -m jaxmia.export attack|classifier --flags (see --help)"),
+    (["-m", "jaxmia.export", "attack"], "python -m jaxmia.export attack needs --run_dir."),
+    (["-m", "jaxmia.config", "shwo", "configs/digits.py"],
+     "got 'shwo configs/digits.py'; usage: python -m jaxmia.config show CONFIG_FILE[:ARG]"),
+    (["scripts/stage_ablation.py", *_DIGITS_CONFIGS, "--model={dir}/a", "--model={dir}/b", "--label=a"],
+     "give one --label per --model (2 models, 1 labels)."),
+    (["scripts/sweep.py", "--train_config=configs/digits.py:smoke", *_DIGITS_CONFIGS, "--alphas=0.1,-0.05"],
+     "--alphas must include 0, the reference of the advantages."),
+    (["scripts/gradient_stability.py", _DIGITS_CONFIGS[0], "--model={dir}/a", "{dir}/b"],
+     "unexpected arguments '{dir}/b'; this program takes only --flags (see --help)."),
+])
+def test_programs_and_scripts_report_bad_command_lines_in_one_line(args, message, tmp_path):
+  """The programs and scripts that check their command line after parsing it say what is wrong in the one
+  `error: bad command line: ...` line (exit code 2, nothing written), as jaxmia.train and jaxmia.convert do, not
+  with absl's full usage text."""
+  with start_program(*[a.format(dir=tmp_path) for a in args], stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE) as proc:
+    out, err = proc.communicate(timeout=600)
+  assert proc.returncode == 2 and out == "" and "Traceback" not in err, err[-2000:]
+  hint = f" (--verbose or {cli.TRACEBACK_ENV}=1 shows the traceback)"
+  assert err.splitlines()[-1] == "error: bad command line: " + message.format(dir=tmp_path) + hint
+  assert "USAGE" not in err and list(tmp_path.iterdir()) == []
+
+
 def test_cli_traceback_on_request_and_programs_still_on_app_run(tmp_path):
   # jaxmia.attack is started with absl's app.run: the handler cli installs gives it the same error path.
   args = ["--config=configs/attack_digits.py:smoke", f"--workdir={tmp_path / 'attack'}",
