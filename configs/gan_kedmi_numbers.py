@@ -1,0 +1,72 @@
+"""KED-MI's inversion-specific GAN on the embedded numbers (public split = the attacker's data), 32x32.
+
+    python -m jaxmia.train --config=configs/numbers.py --workdir=runs/numbers
+    python -m jaxmia.gan_kedmi --config=configs/gan_kedmi_numbers.py --workdir=runs/gan_kedmi_numbers \
+        --config.target=runs/numbers/model
+
+The GAN is trained against one target (its discriminator learns the target's soft labels of the public images),
+so each attacked target gets its own GAN. Everything is the official `k+1_gan.py` / `config/celeba.json`
+(batch 64, Adam lr 2e-4 betas (0.5, 0.999), a generator step every 5th iteration, entropy weight 1e-4,
+120 epochs) except the image side: the embedded numbers are stored and the numbers target reads them at 32x32,
+so the networks are GMI's at 32 (`jaxmia.models.dcgan`: the same layers, from a 2x2 instead of a 4x4 start;
+the discriminator's features are 256 x 2 x 2), as GMI's numbers prior, rather than 64x64 networks trained on
+upsampled 32x32 images and downsampled again for the target. Real 64x64 CelebA: configs/gan_kedmi_celeba64.py.
+`:smoke` is a seconds-long pipeline check (narrow networks, a few iterations).
+"""
+import ml_collections
+
+from jaxmia import data
+
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+  """`arg`: None for the numbers GAN, 'smoke' for a few-second check."""
+  if arg not in (None, "smoke"):
+    raise ValueError(f"Unknown KED-MI GAN config variant {arg!r}; use no variant or ':smoke'.")
+  config = ml_collections.ConfigDict()
+  config.seed = 0                 # networks' initialisation, latents, and the three data orders (seed, +1, +2)
+  config.dataset = data.get_dataset_config("numbers_embedded")  # 100 classes, 100 public images each
+  config.split = "public"         # the attacker's data (disjoint digit images from the target's)
+  config.target = "runs/numbers/model"  # the attacked classifier (weights folder); its soft labels teach D
+  config.target_resize = 32       # the target's input side (public images are resized to it for the target)
+  config.image_size = 32          # side of the generated images (a multiple of 16; official 64)
+
+  config.generator = ml_collections.ConfigDict()
+  config.generator.latent_dim = 100  # official z dimension
+  config.generator.dim = 64          # official width (8 * dim channels at the start)
+  config.discriminator = ml_collections.ConfigDict()
+  config.discriminator.dim = 64      # official width of the first conv
+  config.discriminator.minibatch_kernels = 64     # official
+  config.discriminator.minibatch_kernel_dim = 50  # official
+
+  config.batch_size = 64          # official (global; divisible by the device count)
+  config.num_epochs = 120.0       # official; one epoch is len(public) // batch_size iterations
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.lr = 2e-4      # official, both networks
+  config.optimizer.betas = (0.5, 0.999)  # official
+  config.optimizer.eps = 1e-8     # PyTorch's Adam default
+  config.n_critic = 5             # a generator step every n_critic iterations (official 5)
+  config.entropy_weight = 1e-4    # weight of the summed entropy of D's predictions on fakes (official)
+  config.compute_dtype = "float32"  # 'float32' or 'bfloat16' (convolutions; losses stay float32)
+
+  config.num_samples = 64         # images in each sample grid (fixed latents)
+  config.sample_every_steps = 1000
+  config.checkpoint_every_steps = 500
+  config.log_every_steps = 100
+  config.progress_every_secs = 60.0
+  config.max_steps = 0            # stop after this many iterations in this call (0: run to the end)
+  config.overwrite = False        # True: delete another run's outputs in the workdir and start fresh
+
+  if arg == "smoke":
+    config.dataset.samples_per_class = None
+    config.generator.dim = 4
+    config.discriminator.dim = 4
+    config.discriminator.minibatch_kernels = 8
+    config.discriminator.minibatch_kernel_dim = 5
+    config.batch_size = 8
+    config.num_epochs = 6 * 8 / 10000  # 6 iterations of the 10,000 public images
+    config.n_critic = 2
+    config.num_samples = 8
+    config.sample_every_steps = 3
+    config.checkpoint_every_steps = 3
+    config.log_every_steps = 2
+  return config
