@@ -265,7 +265,7 @@ def _write_grids(workdir, w, targets, generator, generator_variables, config, me
     files.save_png(grid, workdir / "images" / f"class_{int(cls):04d}.png")
 
 
-KINDS = ("ppa", "brep")
+KINDS = ("ppa", "brep", "gmi")
 
 
 def run_attack(config, workdir) -> dict:
@@ -276,6 +276,9 @@ def run_attack(config, workdir) -> dict:
     raise ValueError(f"config.kind={kind!r} is not an attack; use one of {KINDS}.")
   if kind == "brep":
     return run_brep(config, workdir)
+  if kind == "gmi":
+    from jaxmia.attack import gmi  # noqa: PLC0415 (gmi imports this module's run-layout helpers)
+    return gmi.run_gmi(config, workdir)
   validate_config(config)
   workdir = files.check_workdir(workdir)
   mesh = parallel.make_mesh()
