@@ -1,9 +1,10 @@
 """Writes small StyleGAN2 golden files (`tests/golden/stylegan2_*.npz`) from NVlabs' PyTorch networks.
 
-Development tool, run with a Python that has torch and numpy (never needed by jaxmia or its tests):
+Development tool, run with a Python that has torch, numpy and absl-py (never needed by jaxmia or its tests), e.g.
+the reference environment of `scripts/setup_reference.sh` (`set -a; . DIR/reference.env`):
 
-    /tmp/torchvenv/bin/python scripts/make_stylegan2_goldens.py --sg2_dir /tmp/ref/NVlabs+stylegan2-ada-pytorch \\
-        --recipe ../shared/fixtures/recipe.py --out tests/golden
+    $JAXMIA_TORCH_PYTHON scripts/make_stylegan2_goldens.py --sg2_dir=$JAXMIA_SG2_DIR \\
+        --recipe=../shared/fixtures/recipe.py --out=tests/golden
 
 It imports `training.networks` from `--sg2_dir` at run time (nothing of NVlabs is stored), builds each
 configuration in `CONFIGS` (settings the shared fixtures do not cover: conditional generators, other
@@ -11,13 +12,19 @@ resolutions and channel counts, custom filters and activations, skip / orig disc
 made by the fixtures' `recipe.py` rules and stores only the manifest, the seed, inputs and outputs in the
 fixtures' format, so `recipe.load_fixture` rebuilds the weights in the tests.
 """
-import argparse
 import importlib.util
 import json
 import os
 import sys
 
 import numpy as np
+from absl import app, flags
+
+flags.DEFINE_string("sg2_dir", None, "Checkout of NVlabs/stylegan2-ada-pytorch (its training.networks is imported).")
+flags.DEFINE_string("recipe", None, "Path of the shared fixtures' recipe.py.")
+flags.DEFINE_string("out", None, "Folder of the golden files (tests/golden).")
+flags.mark_flags_as_required(["sg2_dir", "recipe", "out"])
+FLAGS = flags.FLAGS
 
 SEED = 20240611
 
@@ -125,21 +132,18 @@ def training_terms(torch, G, D, z, reals):
   return out
 
 
-def main():
-  # argparse, not absl: this runs under the reference torch interpreter, which has no jaxmia dependencies.
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--sg2_dir", required=True)
-  parser.add_argument("--recipe", required=True, help="path of the shared fixtures' recipe.py")
-  parser.add_argument("--out", required=True)
-  args = parser.parse_args()
+def main(argv):
+  # absl only (not jaxmia.cli): this runs under the reference torch interpreter, without jaxmia's dependencies.
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {' '.join(argv[1:])!r}; only --sg2_dir, --recipe and --out.")
   import torch  # noqa: PLC0415 (only in the reference environment that runs this script)
-  sys.path.insert(0, os.path.abspath(args.sg2_dir))
+  sys.path.insert(0, os.path.abspath(FLAGS.sg2_dir))
   from training import networks  # noqa: PLC0415 (NVlabs' code, on sys.path from --sg2_dir)
-  spec = importlib.util.spec_from_file_location("recipe", args.recipe)
+  spec = importlib.util.spec_from_file_location("recipe", FLAGS.recipe)
   recipe = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(recipe)
   torch.set_num_threads(1)
-  os.makedirs(args.out, exist_ok=True)
+  os.makedirs(FLAGS.out, exist_ok=True)
 
   def build(cls, kwargs, prefix=""):
     """(network with recipe weights, its manifest tensors, its fixed tensors); keys carry `prefix`."""
@@ -174,7 +178,7 @@ def main():
       reals = recipe.make_input((b, ch, res, res), SEED, "img")
       arrays = {"input/z": z, "input/img": reals,
                 **training_terms(torch, G, D, torch.from_numpy(z), torch.from_numpy(reals))}
-      path = os.path.join(args.out, name + ".npz")
+      path = os.path.join(FLAGS.out, name + ".npz")
       np.savez_compressed(path, manifest=json.dumps(manifest), seed=np.int64(SEED), meta=json.dumps(
           {"torch": torch.__version__}), **{"fixed/" + k: v for k, v in fixed.items()}, **arrays)
       print(f"{path}: {os.path.getsize(path) / 1024:.0f} kB")
@@ -216,11 +220,11 @@ def main():
           arrays["input/c"] = c
           c = torch.from_numpy(c)
         arrays["output/logits"] = net(torch.from_numpy(img), c, force_fp32=True).numpy()
-    path = os.path.join(args.out, name + ".npz")
+    path = os.path.join(FLAGS.out, name + ".npz")
     np.savez_compressed(path, manifest=json.dumps(manifest), seed=np.int64(SEED), meta=json.dumps(
         {"torch": torch.__version__}), **{"fixed/" + k: v for k, v in fixed.items()}, **arrays)
     print(f"{path}: {os.path.getsize(path) / 1024:.0f} kB, outputs {[k for k in arrays if k.startswith('output')]}")
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

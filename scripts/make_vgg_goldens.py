@@ -1,8 +1,9 @@
 """Writes the VGG golden files (`tests/golden/vgg_golden_*.npz`) from torchvision's VGG-16 / VGG-16-BN.
 
-Development tool, run with a Python that has torch, torchvision and numpy (never needed by jaxmia or its tests):
+Development tool, run with a Python that has torch, torchvision, numpy and absl-py (never needed by jaxmia or its
+tests), e.g. the reference environment of `scripts/setup_reference.sh` (`set -a; . DIR/reference.env`):
 
-    /work/ref/tvenv/bin/python scripts/make_vgg_goldens.py --recipe ../shared/fixtures/recipe.py --out tests/golden
+    $JAXMIA_TORCH_PYTHON scripts/make_vgg_goldens.py --recipe=../shared/fixtures/recipe.py --out=tests/golden
 
 Each configuration in `CONFIGS` builds torchvision's `vgg16` or `vgg16_bn` with either torchvision's head or the
 low-resolution MIA head (GMI / KED-MI's `VGG16`: the `features` stack as `feature`, then BatchNorm1d `bn` and
@@ -11,13 +12,18 @@ stores only the manifest, the seed, the input and the outputs in the fixtures' f
 torchvision head alone has 120M parameters), so `recipe.load_fixture` rebuilds the weights in the tests.
 The low-resolution head's model is run on `(x + 1) / 2`, the [0, 1] images that code feeds it.
 """
-import argparse
 import importlib.util
 import json
 import math
 import os
 
 import numpy as np
+from absl import app, flags
+
+flags.DEFINE_string("recipe", None, "Path of the shared fixtures' recipe.py.")
+flags.DEFINE_string("out", None, "Folder of the golden files (tests/golden).")
+flags.mark_flags_as_required(["recipe", "out"])
+FLAGS = flags.FLAGS
 
 SEED = 20261202
 
@@ -51,18 +57,16 @@ def weight_rule(key: str, shape) -> tuple[str, dict]:
   return "uniform", {"low": -bound, "high": bound}
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--recipe", required=True, help="path of the shared fixtures' recipe.py")
-  parser.add_argument("--out", required=True)
-  args = parser.parse_args()
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {' '.join(argv[1:])!r}; only --recipe and --out.")
   import torch  # noqa: PLC0415 (only in the reference environment that runs this script)
   import torchvision  # noqa: PLC0415
-  spec = importlib.util.spec_from_file_location("recipe", args.recipe)
+  spec = importlib.util.spec_from_file_location("recipe", FLAGS.recipe)
   recipe = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(recipe)
   torch.set_num_threads(1)
-  os.makedirs(args.out, exist_ok=True)
+  os.makedirs(FLAGS.out, exist_ok=True)
 
   class LowResVGG(torch.nn.Module):
     """The low-resolution MIA head on a torchvision VGG stack: features -> flatten -> bn -> fc_layer."""
@@ -112,11 +116,11 @@ def main():
     meta = {"torch": torch.__version__, "torchvision": torchvision.__version__,
             "logits_std": float(logits.std()), "features_std": float(features.std()),
             "argmax": logits.argmax(-1).tolist()}
-    path = os.path.join(args.out, name + ".npz")
+    path = os.path.join(FLAGS.out, name + ".npz")
     np.savez_compressed(path, manifest=json.dumps(manifest), seed=np.int64(SEED), meta=json.dumps(meta),
                         **{"input/x": x, "output/logits": logits, "output/features": features})
     print(f"{path}: {os.path.getsize(path) / 1024:.0f} kB, {meta}")
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

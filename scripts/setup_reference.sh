@@ -78,7 +78,7 @@ if [[ ! -x "$dir/venv/bin/python" ]]; then
   "$python" -m venv "$dir/venv"
 fi
 pip=("$dir/venv/bin/python" -m pip install --disable-pip-version-check -q)
-"${pip[@]}" "torch==$torch_version" numpy pillow requests tqdm
+"${pip[@]}" "torch==$torch_version" numpy pillow requests tqdm absl-py  # absl-py: the golden scripts' flags
 "${pip[@]}" --no-deps "torchvision==$torchvision_version"
 
 env_file=$dir/reference.env
