@@ -23,10 +23,35 @@ from jaxmia.models import vgg
 GOLDENS = sorted((pathlib.Path(__file__).parent / "golden").glob("vgg_golden_*.npz"))
 
 
-def load_golden(path: pathlib.Path):
-  """(spec, num_classes, state, arrays) of a golden, the state rebuilt by `recipe.py`."""
-  manifest, _, state, arrays = recipe.load_fixture(str(path))
-  return manifest["spec"], manifest["kwargs"]["num_classes"], state, arrays
+def load_golden(path: pathlib.Path, tensors: dict | None = None):
+  """(spec, num_classes, state, arrays) of a golden, the state rebuilt by `recipe.py`.
+
+  `tensors`: a cache of `recipe.make_tensor`'s results by (seed, manifest entry), so goldens that share a tensor
+  (the two torchvision heads' 25088x4096 and 4096x4096 linears: same key, shape, rule and seed) build it once."""
+  if tensors is None:
+    manifest, _, state, arrays = recipe.load_fixture(str(path))
+    return manifest["spec"], manifest["kwargs"]["num_classes"], state, arrays
+  make_tensor = recipe.make_tensor
+
+  def cached(entry, seed, fixed=None):
+    if entry["rule"] == "fixed":  # stored in the golden itself: nothing to share
+      return make_tensor(entry, seed, fixed)
+    key = (seed, json.dumps(entry, sort_keys=True))
+    if key not in tensors:
+      tensors[key] = make_tensor(entry, seed, fixed)
+    return tensors[key]
+
+  recipe.make_tensor = cached  # make_state looks it up at each call
+  try:
+    return load_golden(path)
+  finally:
+    recipe.make_tensor = make_tensor
+
+
+@pytest.fixture(scope="module")
+def shared_tensors():
+  """The tensor cache of `load_golden`, kept while this module's tests run."""
+  return {}
 
 
 @functools.cache
@@ -45,9 +70,18 @@ def assert_close_to_reference(actual, reference, rtol=1e-4):
   np.testing.assert_allclose(np.asarray(actual), reference, rtol=rtol, atol=rtol * np.abs(reference).max())
 
 
+def assert_arrays_equal(actual, expected, err_msg=""):
+  """Exactly equal: the same shape and the same values (NaN nowhere). One `np.array_equal` pass over the 120M values
+  of the torchvision head instead of np.testing's slower element-wise report, which runs only on a mismatch."""
+  actual, expected = np.asarray(actual), np.asarray(expected)
+  if actual.shape != expected.shape or not np.array_equal(actual, expected):
+    np.testing.assert_array_equal(actual, expected, err_msg=err_msg, strict=True)
+    raise AssertionError(f"{err_msg}: arrays differ")  # unreachable unless np.testing disagrees (e.g. NaN == NaN)
+
+
 def assert_trees_equal(a, b):
   assert jax.tree.structure(a) == jax.tree.structure(b)
-  jax.tree.map(np.testing.assert_array_equal, a, b)
+  jax.tree.map(assert_arrays_equal, a, b)
 
 
 def test_goldens_cover_both_architectures_heads_sizes_and_class_counts():
@@ -61,8 +95,8 @@ def test_goldens_cover_both_architectures_heads_sizes_and_class_counts():
 
 
 @pytest.mark.parametrize("path", GOLDENS, ids=lambda p: p.stem.removeprefix("vgg_golden_"))
-def test_matches_torchvision_and_converts_back(path):
-  spec, num_classes, state, arrays = load_golden(path)
+def test_matches_torchvision_and_converts_back(path, shared_tensors):
+  spec, num_classes, state, arrays = load_golden(path, shared_tensors)
   arch, head = spec["arch"], spec["head"]
   kwargs = classifiers.classifier_module_kwargs(arch, state, num_classes)
   assert kwargs == {"head": head}  # the head is read off the checkpoint
@@ -80,7 +114,7 @@ def test_matches_torchvision_and_converts_back(path):
   back = convert.classifier_to_torch(arch, variables)
   assert sorted(back) == sorted(state)
   for key, value in state.items():
-    np.testing.assert_array_equal(back[key], value, err_msg=key)
+    assert_arrays_equal(back[key], value, err_msg=key)
   assert_trees_equal(convert.classifier_from_torch(arch, back, num_classes), variables)
 
 
@@ -130,14 +164,19 @@ def test_train_mode_updates_batch_statistics_and_input_mapping_follows_the_head(
   module = models.create_classifier("vgg16_bn", 3)
   x = jax.random.uniform(jax.random.key(0), (4, 32, 32, 3), minval=-1.0, maxval=1.0)
   variables = jax.jit(module.init)(jax.random.key(1), x)
-  train_step = jax.jit(functools.partial(module.apply, train=True, mutable=["batch_stats"]))
-  logits, updates = train_step(variables, x)
+
+  @jax.jit  # one compilation for the three applications
+  def train_step_and_inference(variables, x):
+    logits, updates = module.apply(variables, x, train=True, mutable=["batch_stats"])
+    explicit = models.create_classifier("vgg16_bn", 3, zero_one_input=False).apply(variables, (x + 1) / 2)
+    return logits, updates, explicit, module.apply(variables, x)
+
+  logits, updates, zero_one, default = train_step_and_inference(variables, x)
   assert logits.shape == (4, 3)
   assert set(updates["batch_stats"]) == set(variables["batch_stats"])
   assert not np.allclose(updates["batch_stats"]["bn"]["mean"], variables["batch_stats"]["bn"]["mean"])
   # [0, 1] inputs by default with the low-resolution head only; explicit settings win.
-  zero_one = jax.jit(models.create_classifier("vgg16_bn", 3, zero_one_input=False).apply)(variables, (x + 1) / 2)
-  np.testing.assert_allclose(zero_one, jax.jit(module.apply)(variables, x), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(zero_one, default, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("size_in", [1, 2, 3, 5, 7, 9, 14])
