@@ -265,7 +265,7 @@ def _write_grids(workdir, w, targets, generator, generator_variables, config, me
     files.save_png(grid, workdir / "images" / f"class_{int(cls):04d}.png")
 
 
-KINDS = ("ppa", "brep", "kedmi")
+KINDS = ("ppa", "brep", "rlb", "gmi", "kedmi")
 
 
 def run_attack(config, workdir) -> dict:
@@ -279,6 +279,12 @@ def run_attack(config, workdir) -> dict:
   if kind == "kedmi":
     from jaxmia.attack import kedmi  # noqa: PLC0415 (kedmi imports this module)
     return kedmi.run_kedmi(config, workdir)
+  if kind == "gmi":
+    from jaxmia.attack import gmi  # noqa: PLC0415 (gmi imports this module's run-layout helpers)
+    return gmi.run_gmi(config, workdir)
+  if kind == "rlb":
+    from jaxmia.attack import rlb  # noqa: PLC0415 (rlb imports this module's run-layout helpers)
+    return rlb.run_rlb(config, workdir)
   validate_config(config)
   workdir = files.check_workdir(workdir)
   mesh = parallel.make_mesh()
