@@ -1,0 +1,32 @@
+"""VGG-16 target of the low-resolution protocol (GMI / KED-MI; the paper's Appendix C.5) on CelebA, 64x64.
+
+    python -m jaxmia.train --config=configs/celeba64_vgg16.py --workdir=runs/celeba64_vgg16 \
+        --config.dataset.manual_dir=/data/celeba --config.label_smoothing=0.1
+
+The model is GMI's `VGG16`: torchvision's VGG-16-BN stack with the low-resolution head (flattened 512x2x2 map ->
+BatchNorm1d -> Linear; `jaxmia.models.vgg`, head 'lowres', [0, 1] inputs), on the 1,000 CelebA identities with
+most images stored at 64x64. `--config.label_smoothing=α` (negative allowed, with `ls_schedule`) trains the
+smoothed targets the paper compares. Everything else is configs/faces.py's recipe (Adam, 100 epochs, PPA's
+augmentation at 64 pixels), the recipe of jaxmia's other targets; GMI's own training code is not reproduced
+(its SGD recipe and its crop, a 128x128 box at (25, 45) of the aligned 178x218 images, where jaxmia's CelebA
+builder takes the centred 178x178 square), nor its ImageNet start: `init_weights` is '' (random init).
+The attack: configs/attack_gmi_celeba64.py.
+"""
+from jaxmia.config import sibling
+
+celeba = sibling(__file__, "celeba")
+
+
+def get_config(arg=None):
+  """`arg`: unused (override fields on the command line, e.g. --config.label_smoothing=0.1)."""
+  del arg
+  config = celeba.get_config()
+  config.dataset.image_size = 64        # stored side (the low-resolution protocol's 64x64 faces)
+  config.image_size = 64                # model input side; the lowres head is built for it (512 x 2 x 2)
+  config.model.arch = "vgg16_bn"        # GMI's VGG16 is torchvision's vgg16_bn stack
+  config.model.builder_kwargs.head = "lowres"  # flattened map -> BatchNorm1d `bn` -> Linear `fc_layer`
+  config.init_weights = ""              # random initialisation (no converted ImageNet VGG-16-BN is shipped)
+  config.batch_size = 64                # GMI / KED-MI's batch
+  config.eval_batch_size = 128
+  config.label_smoothing = 0.0          # α: the smoothing factor of the cross-entropy target (negative allowed)
+  return config
