@@ -5,6 +5,7 @@ an interruption, one device = four) and the command line on the smoke config.
 """
 import json
 import pathlib
+import random
 
 import flax.linen as nn
 import jax
@@ -14,10 +15,12 @@ import pytest
 from jax.scipy.stats import norm
 
 from conftest import run_program, save_random_classifier, save_tiny_generator
+from jaxmia import model_store
 from jaxmia.attack import rlb
 from jaxmia.attack import run as attack_run
 from jaxmia.config import load_file
 from jaxmia.evaluate.attack_run import load_attack_run
+from jaxmia.models import dcgan
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -301,3 +304,47 @@ def test_latent_renderer_takes_a_generator_without_mapping():
   probs = rlb.black_box_probabilities(render_fn, target, view)((variables, target_variables), z)
   expected = jax.nn.softmax(target.apply(target_variables, module.apply(variables, z)), axis=-1)
   np.testing.assert_allclose(probs, expected, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_smoke_config_on_the_shipped_numbers_prior_through_the_command_line(tmp_path):
+  """The embedded task: the shipped numbers prior (z [128] of two digits) against a 100-class 32x32 target."""
+  save_random_classifier(tmp_path / "target", seed=1, size=32, arch="resnet18", num_classes=100, base_channels=4)
+  args = ["--config=configs/attack_rlb_numbers.py:smoke", f"--workdir={tmp_path / 'run'}",
+          f"--config.target={tmp_path / 'target'}", "--config.attack.max_episodes=10"]
+  code, stderr = run_program("jaxmia.attack", *args, timeout=300)
+  assert code == 0, stderr[-3000:]
+  summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+  assert summary["config"]["generator"] == "converted_weights/numbers2_stylegan2"
+  assert summary["queries"]["total"] == 6 * 10 * 2
+  run = load_attack_run(tmp_path / "run")
+  with np.load(tmp_path / "run" / "latents.npz") as latents:
+    assert latents["z"].shape == (6, 128) and (np.abs(latents["z"]) <= 1).all()   # actions: tanh-squashed
+  # The result latents are stored as the prior's w (mapping of z), what the evaluation renders.
+  assert run.optimized_w.shape[0] == 6 and run.optimized_w.shape[-1] == 128
+
+
+@pytest.mark.slow
+def test_celeba64_config_runs_with_gmi_generator(tmp_path):
+  """configs/attack_rlb_celeba64.py with a (tiny) GMI DCGAN: a z -> image generator without a mapping network."""
+  module = load_file(CONFIGS / "attack_rlb_celeba64.py")
+  config = module.get_config()
+  assert config.attack.max_episodes == 40_000 and rlb.RlbSettings.from_config(config.attack).sac == rlb.SacSettings()
+  assert module.OFFICIAL_TARGETS == random.Random(42).sample(range(1000), 100)
+  assert len(attack_run.resolve_targets(config.targets, 1000)) == 100
+  g_kwargs = dict(latent_dim=100, dim=4, image_size=64, channels=3)
+  generator = dcgan.Generator(**g_kwargs)
+  model_store.save_model(tmp_path / "generator", jax.jit(generator.init)(jax.random.key(0), jnp.zeros((1, 100))),
+                         kind="dcgan_generator", module_kwargs=g_kwargs)
+  save_random_classifier(tmp_path / "target", seed=2, size=64, arch="resnet18", num_classes=1000, base_channels=4)
+  config.generator, config.target = str(tmp_path / "generator"), str(tmp_path / "target")
+  config.targets = str(module.OFFICIAL_TARGETS[:4])
+  config.attack.batch_size, config.attack.max_episodes, config.attack.episodes_per_call = 4, 10, 10
+  config.attack.hidden_size, config.attack.replay_batch_size = 16, 8
+  summary = attack_run.run_attack(config, tmp_path / "run")
+  assert summary["queries"]["per_class"] == 10 * 2
+  run = load_attack_run(tmp_path / "run")
+  with np.load(tmp_path / "run" / "latents.npz") as latents:
+    np.testing.assert_array_equal(run.optimized_w[:, 0], latents["z"])   # z itself, as [N, 1, 100] rows
+  np.testing.assert_array_equal(run.selected_targets, module.OFFICIAL_TARGETS[:4])
+  assert len(list((tmp_path / "run" / "images").iterdir())) == 4
