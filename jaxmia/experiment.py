@@ -19,15 +19,17 @@ baseline target without a defense, and shared by every cell). Workdir layout:
     evaluation_model/            jaxmia.train workdir; model/ is the exported classifier
     seed_<s>/alpha_<α>/target/   jaxmia.train workdir of the target
     seed_<s>/alpha_<α>/attack/   jaxmia.attack workdir; evaluation/report.json from jaxmia.evaluate
-    seed_<s>/alpha_<α>/membership/  jaxmia.membership report (run_membership=True)
-    seed_<s>/defense_<name>/     the same three (four) folders for a defense's cell
+    seed_<s>/alpha_<α>/membership/
+                                 jaxmia.membership workdir (run_membership=True)
+    seed_<s>/defense_<name>/     the same folders for a defense's cell
     shadows/                     the LiRA shadows shared by every cell (run_membership=True)
-    report.md, study.json        Table-1 columns per α (mean ± sd over seeds, differences to the baseline α);
-                                 Acc@1 of the starting, optimised and selected latents; paired per-class
-                                 differences of Acc@1 to the baseline α with hierarchical bootstrap intervals
-    per_class.csv                Acc@1 per class and α (mean over seeds) and its difference to the baseline
-    samples.png                  real training images and selected attack samples per class for each α
-    metrics.png                  Acc@1, δ_eval, ξ_train and ξ_test per α (mean ± sd, seeds as dots)
+    report.md, study.json        Table-1 columns per variant (mean ± sd over seeds, differences to the baseline
+                                 α); Acc@1 of the starting, optimised and selected latents; paired per-class
+                                 differences of Acc@1 to the baseline α with hierarchical bootstrap intervals;
+                                 membership AUC and TPR@1 %FPR with t intervals over seeds (run_membership=True)
+    per_class.csv                Acc@1 per class and variant (mean over seeds) and its difference to the baseline
+    samples.png                  real training images and selected attack samples per class for each variant
+    metrics.png                  Acc@1, δ_eval, ξ_train and ξ_test per variant (mean ± sd, seeds as dots)
     tradeoff.png                 model-inversion Acc@1 against membership AUC per variant, coloured by test
                                  accuracy (run_membership=True)
 
