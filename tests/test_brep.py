@@ -2,6 +2,7 @@
 its budgets and query counts, per-latent independence and seeds; the attack run through the generator
 (resume after an interruption) and the command line on the smoke config.
 """
+import functools
 import json
 import pathlib
 
@@ -29,13 +30,20 @@ def toy_settings(**overrides):
   return brep.BrepSettings(**{"max_iterations": 60, **overrides})
 
 
+@functools.partial(jax.jit, static_argnames="settings")
+def toy_search(state, targets, keys, settings, max_iterations):
+  """`brep.search` on the toy target, compiled once per (settings, batch size): the iteration limit is traced."""
+  return brep.search(state, targets, keys, half_space_labels, settings, max_iterations)
+
+
 def run_toy(w, targets, keys, settings, active=None, chunk=None):
+  """The search to its end, `chunk` iterations per call (None: one call)."""
   w = jnp.asarray(w, jnp.float32)
   active = np.ones(len(w), bool) if active is None else active
   state = brep.init_state(w, active, settings)
-  run = jax.jit(lambda s: brep.search(s, jnp.asarray(targets), keys, half_space_labels, settings, chunk))
+  limit = jnp.int32(jnp.iinfo(jnp.int32).max if chunk is None else chunk)
   while bool(jnp.any(~state.done)):
-    state = run(state)
+    state = toy_search(state, jnp.asarray(targets), keys, settings, limit)
   return state
 
 
@@ -130,6 +138,7 @@ def test_a_latent_does_not_depend_on_its_batch_and_seeds_decide():
   w = start_points([0.3, 0.1, 1.0, 0.05, 2.0], seed=3)
   targets = np.ones(5, np.int32)
   keys = brep.class_keys(jax.random.key(7), [3, 5, 8, 9, 11], 1)
+  compiled = toy_search._cache_size()
   together = run_toy(w, targets, keys, settings, chunk=11)
   alone = run_toy(w[2:3], targets[2:3], keys[2:3], settings)
   pair = run_toy(w[[4, 2]], targets[[4, 2]], keys[jnp.array([4, 2])], settings, chunk=5)
@@ -140,6 +149,7 @@ def test_a_latent_does_not_depend_on_its_batch_and_seeds_decide():
   np.testing.assert_array_equal(together.result(), again.result())
   other = run_toy(w, targets, brep.class_keys(jax.random.key(8), [3, 5, 8, 9, 11], 1), settings)
   assert not np.array_equal(together.result(), other.result())
+  assert toy_search._cache_size() == compiled + 3  # one search per batch size (5, 1, 2), whatever the chunk
   # Keys: one per (class, restart), the same whichever other classes are attacked.
   np.testing.assert_array_equal(jax.random.key_data(brep.class_keys(jax.random.key(7), [2, 9], 2))[2:],
                                 jax.random.key_data(brep.class_keys(jax.random.key(7), [9], 2)))
