@@ -297,6 +297,10 @@ def test_interrupted_attack_resumes_to_the_uninterrupted_result(gan_runs, full_a
   config.attack.learning_rate = 0.01
   with pytest.raises(ValueError, match="different settings"):
     attack_run.run_attack(config, tmp_path / "resumed")
+  config.discriminator = str(gan_runs[0] / "target")  # a classifier, not the GAN's discriminator
+  with pytest.raises(ValueError, match="not a KED-MI discriminator"):
+    attack_run.run_attack(config, tmp_path / "wrong")
+  assert not (tmp_path / "wrong").exists()
 
 
 @pytest.mark.slow

@@ -55,7 +55,7 @@ from jaxmia import cli, files, parallel, report
 from jaxmia.attack import render
 from jaxmia.attack import run as attack_run
 from jaxmia.cli import number, one_of
-from jaxmia.models.kedmi_discriminator import realness_logit
+from jaxmia.models.kedmi_discriminator import MinibatchDiscriminator, realness_logit
 
 IDENTITY_LOSSES = ("ce", "max_margin")
 
@@ -315,6 +315,9 @@ def run_kedmi(config, workdir) -> dict:
   if not hasattr(generator, "latent_dim"):
     raise ValueError(f"{config.generator} is not a GMI/KED-MI generator (jaxmia.gan_kedmi's export, kind "
                      "'dcgan_generator'); KED-MI learns distributions over its latent z.")
+  if not isinstance(discriminator, MinibatchDiscriminator):
+    raise ValueError(f"{config.discriminator} is not a KED-MI discriminator (jaxmia.gan_kedmi's export, kind "
+                     "'kedmi_discriminator'); its logits over the target's classes give the prior loss.")
   try:
     view = ViewSettings(**render.view_settings(config.attack, generator.image_size))
   except ValueError as e:
@@ -328,6 +331,10 @@ def run_kedmi(config, workdir) -> dict:
   variables = parallel.replicate((generator_variables, discriminator_variables, target_variables), mesh)
   num_classes = jax.eval_shape(lambda v: target_model.apply(v, jnp.zeros((1, view.resize, view.resize, 3))),
                                target_variables).shape[-1]
+  if discriminator.num_classes != num_classes:
+    raise ValueError(f"The discriminator {config.discriminator} classifies {discriminator.num_classes} classes but the "
+                     f"target has {num_classes}: KED-MI's GAN is trained against the attacked target (jaxmia.gan_kedmi "
+                     "--config.target=...).")
   classes = attack_run.resolve_targets(config.targets, num_classes)
   latent_dim, num_samples = int(generator.latent_dim), int(config.attack.num_samples)
 
