@@ -150,11 +150,13 @@ def test_agents_learn_the_toy_task_independently_of_their_batch():
   # The result is the best test latent: its confidence is the best of all episodes, and it is that latent's.
   np.testing.assert_allclose(state.best_score, scores.max(1))
   np.testing.assert_allclose(toy_probs(state.best_z)[np.arange(3), np.arange(3)], state.best_score, rtol=1e-5)
-  # A class's agent does not depend on the batch it runs in, and the seed decides.
-  alone = run_toy([1], seed=0, settings=settings, episodes=60)
+  # A class's agent does not depend on the batch it runs in (other neighbours, another row), and the seed
+  # decides.
+  moved = run_toy([1, 2, 2], seed=0, settings=settings, episodes=60)
   again = run_toy([0, 1, 2], seed=0, settings=settings, episodes=60)
-  np.testing.assert_allclose(alone.rewards[0, :60], again.rewards[1, :60], rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(alone.best_z[0], again.best_z[1], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(moved.rewards[0, :60], again.rewards[1, :60], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(moved.best_z[0], again.best_z[1], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(moved.best_z[1:], np.asarray(again.best_z)[[2, 2]], rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(again.rewards[:, :60], state.rewards[:, :60])   # deterministic
   other = run_toy([0, 1, 2], seed=1, settings=settings, episodes=60)
   assert not np.allclose(other.rewards[:, :60], again.rewards[:, :60])
