@@ -8,6 +8,7 @@
 
 `run_attack(config, workdir)` (CLI: `python -m jaxmia.attack`) chains them with resumable outputs.
 `jaxmia.attack.brep` is BREP-MI, the label-only attack (`config.kind = 'brep'`), writing the same run layout.
+`jaxmia.attack.rlb` is RLB-MI, the black-box attack by soft actor-critic agents (`config.kind = 'rlb'`), likewise.
 """
 from jaxmia.attack.final_selection import FinalSelection, robustness_scores, select_final_latents, top_per_class
 from jaxmia.attack.initial_selection import (InitialLatents, candidate_confidences, select_initial_latents,
