@@ -43,7 +43,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.attack.center_crop = 64        # GMI's 64x64 faces are the target's input as they are
   config.attack.resize = 64
   config.attack.batch_size = 20         # agents run together (each holds 40,000 transitions of z [100])
-  config.attack.episodes_per_call = 1000
+  config.attack.episodes_per_call = 1000  # episodes per jitted call
   config.attack.max_episodes = 40_000   # official
   config.output.image_size = 64
   return config

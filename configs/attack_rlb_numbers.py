@@ -45,8 +45,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.attack.resize = 32             # the target's input size
   config.attack.clamp = True            # clamp images to [-1, 1] (a black-box attacker submits valid images)
   config.attack.dtype = "float32"       # compute dtype of generator and target: 'float32' or 'bfloat16'
-  config.attack.batch_size = 20         # agents (classes) run together (one resume unit; divisible by the devices;
-  #                                       each holds a replay buffer of min(buffer_size, episodes) transitions)
+  # Agents (classes) run together: one resume unit, divisible by the devices; each holds a replay buffer of
+  # min(buffer_size, max_episodes * max_step) transitions.
+  config.attack.batch_size = 20         # agents per batch
   config.attack.episodes_per_call = 500  # episodes per jitted call (a progress line at most every 30 s)
   # Episodes (jaxmia.attack.rlb.RlbSettings); official values unless noted.
   config.attack.max_episodes = 4000     # episodes per class (not official: 40,000; see the module docstring)
@@ -60,13 +61,13 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.attack.tau = 0.01              # Polyak factor of the target critics
   config.attack.buffer_size = 1_000_000  # replay capacity (transitions)
   config.attack.replay_batch_size = 256  # transitions per update; updates start once more are stored
-  config.attack.actor_learning_rate = 5e-4
-  config.attack.critic_learning_rate = 5e-4
+  config.attack.actor_learning_rate = 5e-4   # Adam
+  config.attack.critic_learning_rate = 5e-4  # Adam (both critics)
   config.attack.temperature_learning_rate = 5e-4  # Adam on the log of the entropy temperature
-  config.attack.initial_temperature = 1.0
+  config.attack.initial_temperature = 1.0  # the entropy temperature T at the start (log T = 0)
   config.attack.target_entropy = config_dict.placeholder(float)  # None: -(latent dimension)
-  config.attack.log_std_min = -20.0     # clamp of the actor's log standard deviation
-  config.attack.log_std_max = 2.0
+  config.attack.log_std_min = -20.0     # lower clamp of the actor's log standard deviation
+  config.attack.log_std_max = 2.0       # upper clamp of the actor's log standard deviation
   config.attack.log_prob_reduction = "mean"  # 'mean' over the action's coordinates (official) or 'sum'
 
   config.output = ml_collections.ConfigDict()
