@@ -54,6 +54,7 @@ import orbax.checkpoint as ocp
 from jaxmia import cli, data, files, model_store, parallel, progress, train as train_lib, writers
 from jaxmia.cli import number, one_of
 from jaxmia.data import image_ops
+from jaxmia.gan_gmi import to_float_images  # uint8 -> [-1, 1] at the generator's side (GMI's trainer)
 from jaxmia.generate import image_grid, save_png
 from jaxmia.models import dcgan
 from jaxmia.models.kedmi_discriminator import MinibatchDiscriminator, realness_logit
@@ -162,12 +163,6 @@ def create_state(config, num_classes: int, key) -> KedmiGanState:
 # ----------------------------------------------------------------------------------------------- the step
 
 
-def to_float_images(images, size: int):
-  """uint8 `[B, S, S, 3]` -> float32 in [-1, 1] at `size` x `size` (antialiased resize when S differs)."""
-  images = jnp.asarray(images, jnp.float32) / 127.5 - 1.0
-  return images if images.shape[1] == size else image_ops.resize(images, size, antialias=True)
-
-
 def make_train_step(config, num_classes: int, target_model, target_resize: int):
   """The pure `(state, labelled, unlabelled, unlabelled2, target_variables, key) -> (state, metrics)`.
 
@@ -187,9 +182,13 @@ def make_train_step(config, num_classes: int, target_model, target_resize: int):
 
   def d_loss_fn(d_params, fakes, labelled, unlabelled, target_logits):
     logits = lambda x: discriminator.apply({"params": d_params}, x)[1]
-    total, supervised, unsupervised = discriminator_loss(logits(labelled), target_logits, logits(unlabelled),
+    labelled_logits = logits(labelled)
+    total, supervised, unsupervised = discriminator_loss(labelled_logits, target_logits, logits(unlabelled),
                                                          logits(fakes))
-    return total, {"loss_d": total, "loss_d_supervised": supervised, "loss_d_unsupervised": unsupervised}
+    # How often D's class (before this step's update) is the target's, on the labelled batch (official `acc`).
+    accuracy = jnp.mean(jnp.argmax(labelled_logits, -1) == jnp.argmax(target_logits, -1))
+    return total, {"loss_d": total, "loss_d_supervised": supervised, "loss_d_unsupervised": unsupervised,
+                   "d_accuracy": accuracy}
 
   def g_loss_fn(g_params, batch_stats, d_params, z, unlabelled2):
     fakes, batch_stats = generate(g_params, batch_stats, z)
@@ -211,8 +210,6 @@ def make_train_step(config, num_classes: int, target_model, target_resize: int):
     grads, metrics = jax.grad(d_loss_fn, has_aux=True)(state.d_params, jax.lax.stop_gradient(fakes), labelled,
                                                        unlabelled, target_logits)
     d_params, d_opt_state = update(grads, state.d_opt_state, state.d_params)
-    metrics["d_accuracy"] = jnp.mean(jnp.argmax(discriminator.apply({"params": state.d_params}, labelled)[1], -1)
-                                     == jnp.argmax(target_logits, -1))
     state = state.replace(d_params=d_params, d_opt_state=d_opt_state, g_batch_stats=batch_stats)
 
     def g_step(state):
