@@ -12,14 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import run_program, save_random_classifier
+from conftest import recipe, run_program, save_random_classifier
 from jaxmia import gan_kedmi, model_store
 from jaxmia.attack import kedmi
 from jaxmia.attack import run as attack_run
 from jaxmia.config import load_file
 from jaxmia.evaluate.attack_run import load_attack_run
 from jaxmia.models import dcgan
-from jaxmia.models.kedmi_discriminator import MinibatchDiscriminator, minibatch_similarity
+from jaxmia.models.kedmi_discriminator import MinibatchDiscriminator, minibatch_similarity, variables_from_torch
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 RNG = np.random.default_rng(0)
@@ -74,6 +74,18 @@ def test_discriminator_outputs_and_batch_coupling():
   np.testing.assert_allclose(alone_logits, expected, rtol=1e-4, atol=1e-5)
   with pytest.raises(ValueError, match="divisible by 16"):
     d.apply(variables, images[:, :24, :24])
+
+
+def test_discriminator_matches_the_official_pytorch_network():
+  """The golden of scripts/make_kedmi_goldens.py: the official MinibatchDiscriminator (dim 8, 7 classes, 64x64) on
+  recipe-rebuilt weights, converted with `variables_from_torch` (a DataParallel checkpoint's layout)."""
+  manifest, _, state, arrays = recipe.load_fixture(str(pathlib.Path(__file__).parent / "golden" /
+                                                       "kedmi_golden_discriminator64.npz"))
+  variables = variables_from_torch({"state_dict": {f"module.{k}": v for k, v in state.items()}})
+  d = MinibatchDiscriminator(num_classes=manifest["kwargs"]["n_classes"], dim=manifest["kwargs"]["dim"])
+  features, logits = jax.jit(d.apply)(variables, jnp.asarray(np.transpose(arrays["input/x"], (0, 2, 3, 1))))
+  np.testing.assert_allclose(features, arrays["output/features"], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(logits, arrays["output/logits"], rtol=1e-4, atol=1e-5)
 
 
 def test_discriminator_loss_is_the_official_semi_supervised_loss():

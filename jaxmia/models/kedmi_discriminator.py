@@ -34,6 +34,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from jaxmia.models.conv import conv_general_dilated
@@ -104,3 +105,24 @@ class MinibatchDiscriminator(nn.Module):
 def realness_logit(logits):
   """`log sum_k exp(logit_k)` `[B]`: the logit of "real" against the implicit fake class (logit 0)."""
   return jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
+
+
+def variables_from_torch(state_dict) -> dict:
+  """Flax variables of a `MinibatchDiscriminator` from the official PyTorch state dict (numpy arrays by PyTorch
+  names, e.g. `jaxmia.convert.torch_reader.load_torch_file` of `improved_celeba_D.tar`; a `{'state_dict': ...}`
+  container and DataParallel's `module.` prefix are unwrapped): conv weights OIHW -> HWIO, InstanceNorm
+  weight/bias -> scale/bias, `T [A, K, C]` -> `[A, K * C]`, the Linear's weight transposed. Build the module with
+  `num_classes`, `dim`, `minibatch_kernels` and `minibatch_kernel_dim` read off the shapes (`fc_layer.weight`
+  rows, `layer1.0.weight` rows, `mbd1.T`'s last two axes)."""
+  if "state_dict" in state_dict and not hasattr(state_dict["state_dict"], "shape"):
+    state_dict = state_dict["state_dict"]
+  state = {k.removeprefix("module."): np.asarray(v, np.float32) for k, v in state_dict.items()}
+  params = {}
+  for index in range(1, len(LAYERS) + 1):
+    params[f"layer{index}_conv"] = {"kernel": np.transpose(state[f"layer{index}.0.weight"], (2, 3, 1, 0)),
+                                    "bias": state[f"layer{index}.0.bias"]}
+    params[f"layer{index}_norm"] = {"scale": state[f"layer{index}.1.weight"], "bias": state[f"layer{index}.1.bias"]}
+  tensor = state["mbd1.T"]
+  params["mbd1"] = {"T": tensor.reshape(tensor.shape[0], -1)}
+  params["fc_layer"] = {"kernel": state["fc_layer.weight"].T, "bias": state["fc_layer.bias"]}
+  return {"params": params}
