@@ -49,6 +49,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   # min(buffer_size, max_episodes * max_step) transitions.
   config.attack.batch_size = 20         # agents per batch
   config.attack.episodes_per_call = 500  # episodes per jitted call (a progress line at most every 30 s)
+  config.attack.checkpoint_minutes = 10.0  # save the unfinished batch (agents, replay) this often; 0: every call
   # Episodes (jaxmia.attack.rlb.RlbSettings); official values unless noted.
   config.attack.max_episodes = 4000     # episodes per class (not official: 40,000; see the module docstring)
   config.attack.max_step = 1            # steps per episode

@@ -248,6 +248,30 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(weights, full_run, 
     attack_run.run_attack(config, tmp_path / "resumed")
 
 
+def test_a_batch_interrupted_midway_resumes_from_its_checkpoint(weights, full_run, tmp_path, monkeypatch):
+  config = smoke_config(weights)
+  config.attack.checkpoint_minutes = 0.0   # the batch's state after every call (of 5 episodes)
+
+  def stop_after_the_first_call(*args):
+    def report(state):
+      raise KeyboardInterrupt
+    return report
+
+  monkeypatch.setattr(rlb, "_episode_progress", stop_after_the_first_call)
+  with pytest.raises(KeyboardInterrupt):
+    attack_run.run_attack(config, tmp_path / "run")
+  partial = tmp_path / "run" / "rlb" / "batch_00000.partial.npz"
+  assert partial.exists()
+  episodes = []
+  monkeypatch.setattr(rlb, "_episode_progress", lambda *args: lambda state: episodes.append(int(state.episode)))
+  attack_run.run_attack(config, tmp_path / "run")
+  assert episodes[:3] == [10, 12, 5]   # batch 0 went on from episode 5; batch 1 started afresh
+  assert not partial.exists()
+  with np.load(full_run[0] / "latents.npz") as full, np.load(tmp_path / "run" / "latents.npz") as again:
+    for name in full.files:
+      np.testing.assert_array_equal(full[name], again[name], err_msg=name)
+
+
 def test_command_line_runs_the_smoke_config_as_on_four_devices(weights, full_run, tmp_path):
   args = ["--config=configs/attack_rlb_numbers.py:smoke", f"--workdir={tmp_path / 'run'}",
           f"--config.generator={weights / 'generator'}", f"--config.target={weights / 'target'}",

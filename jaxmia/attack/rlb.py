@@ -53,12 +53,14 @@ rows that its `synthesis` renders (the DCGAN's interface), or as the StyleGAN2's
 `run_rlb(config, workdir)` is the resumable runner behind `python -m jaxmia.attack` for `config.kind = 'rlb'`
 (configs/attack_rlb_numbers.py, configs/attack_rlb_celeba64.py); it writes the PPA run layout (`latents.npz`
 with the result latents as the generator's `w`, `summary.json` with the query counts, `images/`) and one
-`rlb/batch_00000.npz` per finished batch of classes. It reuses `jaxmia.attack.run`'s run-layout helpers
+`rlb/batch_00000.npz` per finished batch of classes (and the unfinished batch's state, `attack_classes`'s
+checkpoint, so an interrupted batch resumes where it was). It reuses `jaxmia.attack.run`'s run-layout helpers
 (`run_attack` imports this module when it dispatches to it, so the imports go one way at load time).
 """
 import dataclasses
 import json
 import math
+import pathlib
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -535,7 +537,8 @@ def _compiled(probs_fn: Callable, cache, settings: RlbSettings, latent_dim: int,
 
 def attack_classes(targets, keys, *, probs_fn: Callable, variables, latent_dim: int, settings: RlbSettings,
                    init_key, mesh=None, episodes_per_call: int = 1000, cache=None,
-                   progress: Callable[[BatchState], None] | None = None) -> BatchState:
+                   progress: Callable[[BatchState], None] | None = None, checkpoint=None,
+                   checkpoint_seconds: float = 600.0) -> BatchState:
   """RLB-MI agents of one batch of classes, run to `settings.max_episodes`; returns the final state on the host.
 
   Args:
@@ -547,6 +550,10 @@ def attack_classes(targets, keys, *, probs_fn: Callable, variables, latent_dim: 
     episodes_per_call: episodes per jitted call (`progress(state)` is called after each).
     cache: `(modules, settings)` that determine `probs_fn`, to reuse its compiled loop across calls
       (`render.cached_jit`); None compiles afresh.
+    checkpoint: a `.npz` path for the whole state (agents, replay buffers, episode count), written after a call
+      when `checkpoint_seconds` have passed since the last write (0: after every call); a state found there
+      (of this batch's shapes) is resumed from. The state is exact and every episode's keys come from its index,
+      so a resumed batch ends as an uninterrupted one.
   """
   targets = jnp.asarray(targets, jnp.int32)
   if mesh is not None:
@@ -554,11 +561,43 @@ def attack_classes(targets, keys, *, probs_fn: Callable, variables, latent_dim: 
     targets, keys = jax.device_put((targets, keys), parallel.data_sharding(mesh))
   init, episodes = _compiled(probs_fn, cache, settings, latent_dim, mesh)
   state = init(init_key, len(targets))
+  if checkpoint is not None and pathlib.Path(checkpoint).exists():
+    state = _read_state(pathlib.Path(checkpoint), state)
+  last_write = time.monotonic()
   while int(state.episode) < settings.max_episodes:
     state = episodes(state, targets, keys, variables, jnp.int32(episodes_per_call))
+    if (checkpoint is not None and int(state.episode) < settings.max_episodes
+        and time.monotonic() - last_write >= checkpoint_seconds):
+      _write_state(pathlib.Path(checkpoint), state)
+      last_write = time.monotonic()
     if progress is not None:
       progress(state)
   return BatchState(*parallel.to_host(tuple(state)))
+
+
+def _write_state(path: pathlib.Path, state: BatchState) -> None:
+  leaves = parallel.to_host(jax.tree_util.tree_leaves(state))
+  if jax.process_index() == 0:
+    files.atomic_write(path, lambda f: np.savez(f, *leaves))
+
+
+def _read_state(path: pathlib.Path, template: BatchState) -> BatchState:
+  """The state saved at `path`, placed as `template`'s leaves are; `template` (after a warning) when the file
+  does not read or holds another state's shapes."""
+  leaves, treedef = jax.tree_util.tree_flatten(template)
+  try:
+    with np.load(path) as f:
+      arrays = [f[f"arr_{i}"] for i in range(len(leaves))]
+  except Exception as e:  # zipfile, zlib, numpy and OS errors all mean "unreadable"
+    logging.warning("%s is unreadable (%s: %s); starting the batch afresh.", path, type(e).__name__, e)
+    return template
+  if any(a.shape != x.shape or a.dtype != x.dtype for a, x in zip(arrays, leaves)):
+    logging.warning("%s holds another batch's state; starting the batch afresh.", path)
+    return template
+  put = lambda a, x: jax.make_array_from_callback(a.shape, x.sharding, lambda index: a[index])
+  state = jax.tree_util.tree_unflatten(treedef, [put(a, x) for a, x in zip(arrays, leaves)])
+  logging.info("Resuming the batch at episode %d from %s.", int(state.episode), path)
+  return state
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -577,6 +616,7 @@ CONFIG_RULES = (
     ("latent.truncation_cutoff", "None or an integer >= 0", lambda v: v is None or number(0, integer=True)(v)),
     ("attack.batch_size", "a positive integer", _positive_int),
     ("attack.episodes_per_call", "a positive integer", _positive_int),
+    ("attack.checkpoint_minutes", ">= 0", number(0)),
     ("attack.max_episodes", "a positive integer", _positive_int),
     ("attack.max_step", "a positive integer", _positive_int),
     ("attack.alpha", "in [0, 1]", number(0, 1)),
@@ -618,7 +658,8 @@ def run_rlb(config, workdir) -> dict:
   Keys: the agents' initial weights come from `fold_in(seed key, 1)` (shared by all classes), the episodes of
   class c from `fold_in(fold_in(seed key, 2), c)`. One agent per target class; the classes run in batches of
   `attack.batch_size` agents (the last batch repeats its last class), each saved to `rlb/batch_NNNNN.npz` when
-  its episodes are done, so a rerun resumes at the first unfinished batch. The result of a class is its best
+  its episodes are done; the unfinished batch's whole state is saved to `rlb/batch_NNNNN.partial.npz` every
+  `attack.checkpoint_minutes`, so a rerun resumes within it. The result of a class is its best
   test latent, written to `latents.npz` as the generator's w (what `jaxmia.evaluate` renders), its z beside.
   """
   cli.check_config(config, CONFIG_RULES + tuple(attack_run._view_rules("attack")))  # noqa: SLF001 (run.py's run-layout helper)
@@ -667,6 +708,7 @@ def run_rlb(config, workdir) -> dict:
   for batch, start in enumerate(range(0, num_agents, batch_size)):
     stop = min(start + batch_size, num_agents)
     path = workdir / "rlb" / f"batch_{batch:05d}.npz"
+    partial = workdir / "rlb" / f"batch_{batch:05d}.partial.npz"  # the unfinished batch's state
     n = stop - start
     expected = {"z": (n, latent_dim), "score": (n,), "rewards": (n, settings.max_episodes),
                 "test_scores": (n, settings.max_episodes), "classes": (n,)}
@@ -684,10 +726,13 @@ def run_rlb(config, workdir) -> dict:
           classes[rows], keys[rows], probs_fn=probs_fn, variables=variables, latent_dim=latent_dim,
           settings=settings, init_key=init_key, mesh=mesh, episodes_per_call=int(config.attack.episodes_per_call),
           cache=((generator_c, target_c), (view, truncation)),
-          progress=_episode_progress(report_progress, batch, num_batches, settings.max_episodes))
+          progress=_episode_progress(report_progress, batch, num_batches, settings.max_episodes),
+          checkpoint=partial, checkpoint_seconds=60.0 * float(config.attack.get("checkpoint_minutes", 10.0)))
       cached = {"z": state.best_z[:n], "score": state.best_score[:n], "rewards": state.rewards[:n],
                 "test_scores": state.test_scores[:n], "classes": classes[start:stop]}
       attack_run._save_npz(path, start=start, stop=stop, **cached)  # noqa: SLF001 (run.py's run-layout helper)
+      if jax.process_index() == 0:
+        partial.unlink(missing_ok=True)
     for name in _RESULTS:
       results[name].append(cached[name])
   results = {name: np.concatenate(parts) for name, parts in results.items()}
