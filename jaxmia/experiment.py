@@ -579,6 +579,7 @@ def tradeoff_figure(rows: list[dict], path: pathlib.Path) -> None:
   ax.set_title(f"Leakage trade-off: mean ± sd over {len(rows[0]['reports'])} seed(s); squares: defenses",
                fontsize=10)
   ax.grid(alpha=0.3)
+  ax.margins(x=0.2, y=0.15)  # room for the labels right of the points
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

@@ -265,3 +265,41 @@ def test_quick_study_writes_a_complete_report(tmp_path):
   assert again["timings"] == {} and again["mean"] == study["mean"]
   assert json.loads((tmp_path / "study.json").read_text())["mean"] == study["mean"]
 
+
+@pytest.mark.slow
+def test_quick_defense_study_runs_end_to_end(tmp_path):
+  """The quick defense study: six cells (three α, MID, BiDO, CALoR), a membership stage in each on one shared
+  shadow, the defense and membership columns in report.md and study.json, tradeoff.png; a rerun redoes nothing."""
+  study = experiment.run_study(_quick_defense_config(), tmp_path)
+  config = experiment.resolve(_quick_defense_config())
+  # digit prior and number prior, evaluation model, then target, attack, evaluation and membership per cell
+  assert len(study["timings"]) == 2 + 1 + 4 * 6
+  assert model_store.read_info(tmp_path / "seed_0" / "defense_calor" / "target" / "model")["kind"] == \
+      "calor_classifier"
+  assert model_store.read_info(tmp_path / "seed_0" / "defense_mid" / "target" / "model")["kind"] == "mid_classifier"
+  assert sorted(p.name for p in (tmp_path / "shadows").iterdir()) == ["shadow_0"]  # trained once, shared
+
+  keys = ["0.1", "0", "-0.05", "mid", "bido", "calor"]
+  assert list(study["mean"]) == keys and study["defenses"] == ["mid", "bido", "calor"]
+  assert set(study["paired_differences"]) == set(keys) - {"0"}
+  for key in keys:
+    assert 0.0 <= study["mean"][key]["acc_top1"] <= 1.0 and 0.0 <= study["mean"][key]["test_accuracy"] <= 1.0
+    for column in ("lira_offline.auc", "lira_offline.tpr_at_0.01_fpr", "loss_attack.auc"):
+      assert 0.0 <= study["membership"][key][column]["mean"] <= 1.0, (key, column)
+  for cell in experiment.cells(config, tmp_path):
+    cell_report = json.loads((cell.membership_dir / "report.json").read_text())
+    assert cell_report["target_workdir"] == str(cell.target_dir)
+    assert cell_report["lira_offline"]["shadow_defense"] == "none"
+    assert cell_report["lira_offline"]["shadow_label_smoothing"] == 0.0
+    assert study["membership"][cell.variant.key]["lira_offline.auc"]["per_seed"] == [cell_report["lira_offline"]["auc"]]
+
+  text = (tmp_path / "report.md").read_text()
+  assert "## Model inversion and membership inference" in text and "defenses at α = 0: MID (bottleneck" in text
+  for label in ("MID", "BiDO", "CALoR"):  # a row in the paired, membership, mean and per-seed tables
+    assert sum(line.startswith(f"| {label} |") for line in text.splitlines()) == 3 + len(config.seeds), label
+  with Image.open(tmp_path / "tradeoff.png") as image:
+    assert image.width > 400 and image.height > 300
+  assert (tmp_path / "per_class.csv").read_text().splitlines()[0].endswith(",delta_mid,delta_bido,delta_calor")
+
+  again = experiment.run_study(_quick_defense_config(), tmp_path)
+  assert again["timings"] == {} and again["membership"] == study["membership"]
