@@ -29,13 +29,13 @@ def test_conv_transpose_matches_definition():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)
   module = dcgan.ConvTranspose(6)
-  variables = module.init(jax.random.key(0), x)
+  variables = jax.jit(module.init)(jax.random.key(0), x)
   kernel = np.asarray(variables["params"]["kernel"])            # [k, k, in, out]
   bias = np.asarray(variables["params"]["bias"])
   assert kernel.shape == (5, 5, 5, 6)
   assert np.abs(kernel).max() <= 1 / np.sqrt(6 * 25)            # PyTorch's bound from the output channels
   expected = _conv_transpose_reference(x, kernel.transpose(2, 3, 0, 1), bias, 2, 2, 1)
-  got = np.asarray(module.apply(variables, x))
+  got = np.asarray(jax.jit(module.apply)(variables, x))
   assert got.shape == (2, 6, 8, 6)
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -45,17 +45,17 @@ def test_shapes_and_ranges(image_size):
   generator = dcgan.Generator(dim=8, image_size=image_size)
   critic = dcgan.Discriminator(dim=8, image_size=image_size)
   z = jax.random.normal(jax.random.key(1), (3, dcgan.LATENT_DIM))
-  g_vars = generator.init(jax.random.key(2), z)
-  images = generator.apply(g_vars, z)
+  g_vars = jax.jit(generator.init)(jax.random.key(2), z)
+  images = jax.jit(generator.apply)(g_vars, z)
   assert images.shape == (3, image_size, image_size, 3)
   assert float(images.min()) >= -1 and float(images.max()) <= 1
-  d_vars = critic.init(jax.random.key(3), images)
-  assert critic.apply(d_vars, images).shape == (3,)
+  d_vars = jax.jit(critic.init)(jax.random.key(3), images)
+  assert jax.jit(critic.apply)(d_vars, images).shape == (3,)
   # Official layer widths: Linear 100 -> 8 dim * (size / 16)^2, critic's last kernel size / 16.
   assert g_vars["params"]["l1_0"]["kernel"].shape == (100, 64 * (image_size // 16) ** 2)
   assert d_vars["params"]["ls_5"]["kernel"].shape == (image_size // 16,) * 2 + (64, 1)
   # Train mode uses batch statistics and updates the running ones.
-  _, updates = generator.apply(g_vars, z, train=True, mutable=["batch_stats"])
+  _, updates = jax.jit(lambda v, z: generator.apply(v, z, train=True, mutable=["batch_stats"]))(g_vars, z)
   assert not np.allclose(updates["batch_stats"]["l1_1"]["mean"], 0)
 
 
@@ -74,9 +74,10 @@ def test_official_defaults_at_64():
 def test_critic_scores_are_per_image():
   critic = dcgan.Discriminator(dim=4, image_size=32)
   images = jax.random.uniform(jax.random.key(0), (4, 32, 32, 3), minval=-1, maxval=1)
-  variables = critic.init(jax.random.key(1), images)
-  together = critic.apply(variables, images)
-  alone = jnp.concatenate([critic.apply(variables, images[i:i + 1]) for i in range(4)])
+  variables = jax.jit(critic.init)(jax.random.key(1), images)
+  apply = jax.jit(critic.apply)
+  together = apply(variables, images)
+  alone = jnp.concatenate([apply(variables, images[i:i + 1]) for i in range(4)])
   np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
 
 
@@ -91,6 +92,8 @@ def test_stylegan2_rendering_interface():
   """Attack runs store z as [N, 1, latent_dim]; render.synthesize draws them as the generator does z."""
   generator = dcgan.Generator(latent_dim=6, dim=4, image_size=32)
   z = jax.random.normal(jax.random.key(0), (2, 6))
-  variables = generator.init(jax.random.key(1), z)
+  variables = jax.jit(generator.init)(jax.random.key(1), z)
   assert (generator.img_resolution, generator.num_ws, generator.z_dim, generator.c_dim) == (32, 1, 6, 0)
-  np.testing.assert_array_equal(render.synthesize(generator, variables, z[:, None]), generator.apply(variables, z))
+  synthesize = jax.jit(lambda v, w: render.synthesize(generator, v, w))
+  np.testing.assert_allclose(synthesize(variables, z[:, None]), jax.jit(generator.apply)(variables, z),
+                             rtol=1e-6, atol=1e-7)

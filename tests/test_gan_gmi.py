@@ -40,8 +40,8 @@ def test_gradient_penalty_of_the_critic_matches_finite_differences():
   image's own gradient direction (the directional derivative along the unit gradient is the gradient norm)."""
   critic = dcgan.Discriminator(dim=4, image_size=32)
   x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1, maxval=1)
-  variables = critic.init(jax.random.key(1), x)
-  score = lambda x: critic.apply(variables, x)
+  variables = jax.jit(critic.init)(jax.random.key(1), x)
+  score = jax.jit(lambda x: critic.apply(variables, x))
   grads = jax.grad(lambda x: jnp.sum(score(x)))(x)
   norms = np.linalg.norm(np.asarray(grads).reshape(2, -1), axis=1)
   unit = grads / norms[:, None, None, None]
@@ -51,7 +51,7 @@ def test_gradient_penalty_of_the_critic_matches_finite_differences():
             - np.asarray(score(jnp.asarray(x64 - eps * unit, jnp.float32)), np.float64)) / (2 * eps)
   assert (norms > 0).all()
   np.testing.assert_allclose(slopes, norms, rtol=2e-2)
-  penalty = gan_gmi.gradient_penalty(score, x, x, jnp.zeros(2))  # alpha = 0: the penalty at x itself
+  penalty = jax.jit(gan_gmi.gradient_penalty, static_argnums=0)(score, x, x, jnp.zeros(2))  # alpha 0: at x itself
   np.testing.assert_allclose(penalty, np.mean((norms - 1) ** 2), rtol=1e-4)
 
 
@@ -65,8 +65,8 @@ def test_critic_steps_lower_the_critic_loss_on_a_toy_set():
   generator, discriminator = gan_gmi.create_networks(config)
   state = gan_gmi.create_state(config, jax.random.key(0))
   reals = jnp.concatenate([jnp.full((4, 32, 32, 3), 0.8), jnp.full((4, 32, 32, 3), -0.6)])
-  fakes, _ = generator.apply(gan_gmi.generator_variables(state), jax.random.normal(jax.random.key(1), (8, 100)),
-                             train=True, mutable=["batch_stats"])
+  fakes, _ = jax.jit(lambda v, z: generator.apply(v, z, train=True, mutable=["batch_stats"]))(
+      gan_gmi.generator_variables(state), jax.random.normal(jax.random.key(1), (8, 100)))
   alpha = jax.random.uniform(jax.random.key(2), (8,))
 
   @jax.jit
@@ -124,7 +124,7 @@ def test_exported_networks_load(smoke_runs):
   assert (generator, discriminator) == gan_gmi.create_networks(config)
   for a, b in zip(jax.tree.leaves(g_vars), jax.tree.leaves(jax.device_get(gan_gmi.generator_variables(full)))):
     np.testing.assert_array_equal(a, b)
-  images = generator.apply(g_vars, jnp.zeros((2, 100)))
-  assert images.shape == (2, 32, 32, 3) and discriminator.apply(d_vars, images).shape == (2,)
+  images = gan_gmi.compiled_sampler(gan_gmi.step_config(config))(g_vars, jnp.zeros((2, 100)))  # compiled by training
+  assert images.shape == (2, 32, 32, 3) and jax.jit(discriminator.apply)(d_vars, images).shape == (2,)
   samples = sorted(p.name for p in (full_dir / "samples").iterdir())
   assert samples == ["fakes_0000000.png", "fakes_0000003.png", "fakes_0000006.png", "reals.png"]
