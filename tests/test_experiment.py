@@ -2,6 +2,7 @@
 metrics in range, figures, a rerun that redoes nothing) and the report's statistics on constructed cells."""
 import json
 import math
+import shutil
 
 import numpy as np
 from PIL import Image
@@ -222,9 +223,17 @@ def _quick_numbers_config():
   return config
 
 
+@pytest.fixture(scope="module")
+def quick_numbers_study(tmp_path_factory):
+  """The quick α study's workdir and result, run once: the defense study's test continues from a copy of it
+  (its α cells are the same cells)."""
+  workdir = tmp_path_factory.mktemp("quick_numbers_study")
+  return workdir, experiment.run_study(_quick_numbers_config(), workdir)
+
+
 @pytest.mark.slow
-def test_quick_study_writes_a_complete_report(tmp_path):
-  study = experiment.run_study(_quick_numbers_config(), tmp_path)
+def test_quick_study_writes_a_complete_report(quick_numbers_study):
+  tmp_path, study = quick_numbers_study
   config = experiment.resolve(_quick_numbers_config())
   # retrained digit prior and the number prior written from it, evaluation model, then 3 stages per cell
   assert config.retrain_prior and config.prior_num_digits == 2
@@ -267,13 +276,17 @@ def test_quick_study_writes_a_complete_report(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_defense_study_runs_end_to_end(tmp_path):
-  """The quick defense study: six cells (three α, MID, BiDO, CALoR), a membership stage in each on one shared
+def test_quick_defense_study_runs_end_to_end(quick_numbers_study, tmp_path):
+  """The quick defense study, continued in a copy of the quick α study's workdir: its α cells are reused (only
+  their membership stage runs), MID, BiDO and CALoR cells are added, a membership stage in each on one shared
   shadow, the defense and membership columns in report.md and study.json, tradeoff.png; a rerun redoes nothing."""
+  shutil.copytree(quick_numbers_study[0], tmp_path, dirs_exist_ok=True)
   study = experiment.run_study(_quick_defense_config(), tmp_path)
   config = experiment.resolve(_quick_defense_config())
-  # digit prior and number prior, evaluation model, then target, attack, evaluation and membership per cell
-  assert len(study["timings"]) == 2 + 1 + 4 * 6
+  # membership of the three α cells; target, attack, evaluation and membership of the three defense cells
+  assert len(study["timings"]) == 3 + 4 * 3
+  for alpha in ("0.1", "0", "-0.05"):  # the reused α cells: the α study's numbers
+    assert study["mean"][alpha] == quick_numbers_study[1]["mean"][alpha]
   assert model_store.read_info(tmp_path / "seed_0" / "defense_calor" / "target" / "model")["kind"] == \
       "calor_classifier"
   assert model_store.read_info(tmp_path / "seed_0" / "defense_mid" / "target" / "model")["kind"] == "mid_classifier"
