@@ -35,15 +35,21 @@ depend on the other latents of its batch, the batch size or the device count (up
 the same image computed in batches of other sizes).
 """
 import dataclasses
+import json
 import math
+import time
 from typing import Callable, NamedTuple
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmia import parallel
-from jaxmia.attack import render
+import jaxmia
+from jaxmia import cli, files, parallel, report
+from jaxmia.attack import layout, render
+from jaxmia.attack.render import ViewSettings
+from jaxmia.cli import number
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,15 +235,6 @@ def class_keys(key, classes, restarts):
 # ------------------------------------------------------------------------------------------------------------
 # The target's labels of generated images, and the searches of a batch of latents on the devices.
 
-@dataclasses.dataclass(frozen=True)
-class ViewSettings:
-  """How a point becomes the target's input (the BREP config's `attack` section): render.view_settings."""
-  clamp: bool
-  center_crop: int
-  resize: int
-  dtype: str
-
-
 def image_labels(w, generator_variables, target_variables, *, generator, target_model, view: ViewSettings):
   """The target's predicted label `[K]` of the image of each latent `w` `[K, 1 or num_ws, w_dim]`."""
   images = render.synthesize(generator, generator_variables, w)
@@ -363,3 +360,187 @@ def draw_starts(key, targets, *, generator, generator_variables, target_model, t
   w = parallel.map_arrays(lambda i: to_w(i, key, variables[0]), (np.maximum(indices, 0).astype(np.uint32),),
                           batch_size, mesh=mesh)
   return Starts(w=w, indices=indices, found=found, num_draws=len(all_labels))
+
+
+# BREP-MI (config.kind = 'brep'): label-only boundary repulsion, one resumable file per batch of latents.
+
+_STATE = ("initial.npz", "brep/*.npz", "latents.npz", "summary.json")
+_OUTPUTS = _STATE + ("brep", "images", report.EVALUATION_DIR, "*.tmp")
+_RESULTS = ("w", "final_w", "radius", "iteration", "accepted", "growths", "rejected", "queries")
+
+CONFIG_RULES = (
+    ("seed", "an integer", number(integer=True)),
+    ("overwrite", "True or False", layout.flag),
+    ("candidates.search_space_size", "a positive integer", layout.positive_int),
+    ("candidates.batch_size", "a positive integer", layout.positive_int),
+    ("candidates.truncation_psi", "a finite number", number()),
+    ("candidates.truncation_cutoff", "None or an integer >= 0", lambda v: v is None or number(0, integer=True)(v)),
+    *layout.view_rules("attack"),
+    ("attack.single_w", "True or False", layout.flag),
+    ("attack.restarts", "a positive integer", layout.positive_int),
+    ("attack.iterations_per_call", "a positive integer", layout.positive_int),
+    ("attack.sphere_points", "a positive integer", layout.positive_int),
+    ("attack.initial_radius", "> 0", number(0, low_open=True)),
+    ("attack.radius_expansion", ">= 1", number(1)),
+    ("attack.expansion_fraction", "in [0, 1)", number(0, 1, high_open=True)),
+    ("attack.step_size_ratio", "> 0", number(0, low_open=True)),
+    ("attack.max_step_size", "> 0", number(0, low_open=True)),
+    ("attack.max_iterations_at_radius", "a positive integer", layout.positive_int),
+    ("attack.max_iterations", "an integer >= 0", number(0, integer=True)),
+    ("attack.max_queries", "an integer >= 0 (0: no limit)", number(0, integer=True)),
+    ("attack.max_radius", ">= 0 (0: no limit)", number(0)),
+    ("attack.repulsion_only", "True or False", layout.flag),
+    ("attack.point_clamp", "() or (low, high) with low < high",
+     lambda v: len(v) == 0 or (len(v) == 2 and number()(v[0]) and number()(v[1]) and v[0] < v[1])),
+    ("output.images_per_class", "an integer >= 0 (0: no grids)", number(0, integer=True)),
+    ("output.image_size", "a positive integer", layout.positive_int),
+)
+
+
+def _search_progress(what: str):
+  """A `attack_latents` progress callback: a log line at most every 30 s."""
+  last = [time.monotonic()]
+
+  def report_state(state) -> None:
+    if time.monotonic() - last[0] >= 30.0:
+      last[0] = time.monotonic()
+      done = np.asarray(parallel.to_host(state.done))
+      logging.info("%s: %d/%d latents done, iteration %d, %.3g queries per latent so far.", what, done.sum(),
+                   len(done), int(np.max(parallel.to_host(state.iteration))),
+                   float(np.mean(parallel.to_host(state.queries))))
+
+  return report_state
+
+
+def run_brep(config, workdir) -> dict:
+  """Runs (or resumes) BREP-MI (`jaxmia.attack.brep`) as `config` (configs/attack_brep_numbers.py) describes.
+
+  Starting points: random latents drawn from `fold_in(seed key, 1)` until each of the `attack.restarts` slots
+  of every target class has one that the target labels as the class (at most `candidates.search_space_size`
+  draws; a class without one is not searched and keeps draw 0, scored 0). The search of the latent of class c,
+  restart k uses the key `fold_in(fold_in(fold_in(seed key, 2), c), k)`. Every latent is kept (selected): the
+  result of the label-only attack is one image per latent, as the official code's.
+  """
+  cli.check_config(config, CONFIG_RULES)
+  settings = BrepSettings.from_config(config.attack)
+  workdir = files.check_workdir(workdir)
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(int(config.candidates.batch_size), mesh, "candidates.batch_size")
+  parallel.check_batch_size(int(config.attack.batch_size), mesh, "attack.batch_size")
+
+  generator, generator_variables = layout.load_generator(config)
+  target_model, target_variables = layout.load_weights(config.target, "Target model", "target")
+  view = layout.view_of(config, "attack", generator.img_resolution)
+  record = layout.fingerprint(config, generator_variables=generator_variables if config.generator else None,
+                       target_variables=target_variables, discriminator_variables=None)
+  generator_variables, target_variables = parallel.replicate((generator_variables, target_variables), mesh)
+  num_classes = layout.count_classes(target_model, target_variables, view.resize)
+  classes = layout.resolve_targets(config.targets, num_classes)
+  restarts = int(config.attack.restarts)
+  targets = np.repeat(classes, restarts)
+
+  layout.claim_workdir(workdir, record, state=_STATE, outputs=_OUTPUTS, overwrite=bool(config.get("overwrite", False)))
+  seed_key = jax.random.key(config.seed)
+  logging.info("BREP-MI on %d classes (%d latents) on %d device(s); workdir %s.", len(classes), len(targets),
+               mesh.devices.size, workdir)
+  timings = {}
+
+  # Starting points, labelled as their class by the target.
+  t0 = time.monotonic()
+  initial_path = workdir / "initial.npz"
+  cached = None
+  if initial_path.exists():
+    cached = layout.read_cached(initial_path, {"w": None, "indices": targets.shape, "targets": targets.shape,
+                                         "num_draws": ()})
+  if cached is not None and not np.array_equal(cached["targets"], targets):
+    cached = None
+  if cached is not None:
+    starts = Starts(w=cached["w"], indices=cached["indices"], found=cached["indices"] >= 0,
+                         num_draws=int(cached["num_draws"]))
+  else:
+    max_draws = int(config.candidates.search_space_size)
+    starts = draw_starts(
+        jax.random.fold_in(seed_key, 1), targets, generator=generator, generator_variables=generator_variables,
+        target_model=target_model, target_variables=target_variables, view=view, max_draws=max_draws,
+        batch_size=int(config.candidates.batch_size), truncation_psi=float(config.candidates.truncation_psi),
+        truncation_cutoff=config.candidates.truncation_cutoff, single_w=bool(config.attack.single_w), mesh=mesh,
+        progress=layout.progress_bar(max_draws, "random latents", "Starting points"))
+    layout.save_npz(initial_path, w=starts.w, indices=starts.indices, targets=targets, num_draws=starts.num_draws)
+  missing = sorted({int(c) for c in targets[~starts.found]})
+  if missing:
+    logging.warning("No starting point labelled as class(es) %s among %d random latents: not searched (raise "
+                    "candidates.search_space_size).", missing, starts.num_draws)
+  timings["start_seconds"] = time.monotonic() - t0
+
+  # The search, one saved file per finished batch of latents.
+  t0 = time.monotonic()
+  batch_size, num_latents = int(config.attack.batch_size), len(targets)
+  num_batches = -(-num_latents // batch_size)
+  keys = class_keys(jax.random.fold_in(seed_key, 2), classes, restarts)
+  (workdir / "brep").mkdir(exist_ok=True)
+  results = {name: [] for name in _RESULTS}
+  search_progress = None
+  for batch, start in enumerate(range(0, num_latents, batch_size)):
+    stop = min(start + batch_size, num_latents)
+    path = workdir / "brep" / f"batch_{batch:05d}.npz"
+    shape = (stop - start,)
+    expected = {name: (shape + starts.w.shape[1:] if name.endswith("w") else shape) for name in _RESULTS}
+    cached = layout.read_cached(path, expected) if path.exists() else None
+    if cached is None:
+      if search_progress is None:
+        logging.info("BREP-MI: searching latents %d-%d of %d in batches of %d (%d sphere points, at most %d "
+                     "iterations each).", start, num_latents, num_latents, batch_size, settings.sphere_points,
+                     settings.max_iterations)
+        search_progress = layout.progress_bar(num_latents, "latents", "BREP-MI", done=start)
+      rows = np.minimum(np.arange(start, start + batch_size), num_latents - 1)  # the last batch repeats its end
+      state = attack_latents(
+          starts.w[rows], targets[rows], keys[rows], starts.found[rows], generator=generator,
+          generator_variables=generator_variables, target_model=target_model, target_variables=target_variables,
+          settings=settings, view=view, mesh=mesh, iterations_per_call=int(config.attack.iterations_per_call),
+          progress=_search_progress(f"BREP-MI batch {batch + 1}/{num_batches}"))
+      values = {"w": state.result(), "final_w": state.w, **{name: getattr(state, name) for name in _RESULTS[2:]}}
+      cached = {name: np.asarray(values[name])[:stop - start] for name in _RESULTS}
+      layout.save_npz(path, start=start, stop=stop, **cached)
+      search_progress(stop, f"batch {batch + 1}/{num_batches}: {np.mean(cached['queries']):,.0f} queries per "
+                            f"latent, radius {np.mean(cached['radius']):.3g} (mean)")
+    for name in _RESULTS:
+      results[name].append(cached[name])
+  results = {name: np.concatenate(parts) for name, parts in results.items()}
+  timings["search_seconds"] = time.monotonic() - t0
+
+  found = starts.found
+  scores = found.astype(np.float32)  # label only: 1 where the target labels the result as its class
+  kept = np.arange(num_latents)
+  layout.save_npz(workdir / "latents.npz", targets=targets, initial_w=starts.w, initial_indices=starts.indices,
+            initial_scores=scores, initial_found=found, optimized_w=results["w"], final_w=results["final_w"],
+            final_scores=scores, selected_indices=kept, selected_w=results["w"], selected_targets=targets,
+            selected_scores=scores, queries=results["queries"], iterations=results["iteration"],
+            accepted=results["accepted"], growths=results["growths"], rejected=results["rejected"],
+            radius=results["radius"])
+  layout.write_grids(workdir, results["w"], targets, generator, generator_variables, config, mesh)
+  per_class = {int(c): int(results["queries"][targets == c].sum()) for c in classes}
+  class_queries = np.array(list(per_class.values()))
+  summary = {
+      "kind": "brep",
+      "config": json.loads(config.to_json_best_effort()),
+      "num_classes_attacked": len(classes),
+      "num_latents": num_latents,
+      "num_selected": len(kept),
+      "num_start_draws": starts.num_draws,
+      "classes_without_start": missing,
+      "queries": {"total": int(results["queries"].sum()), "start_draws": starts.num_draws,
+                  "per_class_mean": float(class_queries.mean()), "per_class_min": int(class_queries.min()),
+                  "per_class_max": int(class_queries.max()), "per_class": per_class},
+      "iterations": {"mean": float(results["iteration"].mean()), "max": int(results["iteration"].max()),
+                     "growths_mean": float(results["growths"].mean()),
+                     "rejected_mean": float(results["rejected"].mean())},
+      "final_radius": {"mean": float(results["radius"].mean()), "max": float(results["radius"].max())},
+      "timings": timings,
+      "devices": [str(d) for d in mesh.devices.flat],
+      "versions": {"jaxmia": jaxmia.__version__, "jax": jax.__version__},
+  }
+  layout.save_json(workdir / "summary.json", summary)
+  logging.info("Done: BREP-MI searched %d latents with %s target queries (%.0f per class; %d for the starting "
+               "points); results in %s.", int(found.sum()), f"{summary['queries']['total']:,}",
+               summary["queries"]["per_class_mean"], starts.num_draws, workdir)
+  return summary

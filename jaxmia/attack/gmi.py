@@ -36,15 +36,14 @@ import time
 from typing import Callable, NamedTuple
 
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 import jaxmia
 from jaxmia import cli, files, parallel, report
-from jaxmia.attack import brep, render
-from jaxmia.attack import run as attack_run
+from jaxmia.attack import brep, layout, render
+from jaxmia.attack.render import ViewSettings
 from jaxmia.cli import number, one_of
 
 
@@ -130,15 +129,6 @@ def initial_latents(keys, latent_dim: int) -> jax.Array:
 
 # ------------------------------------------------------------------------------------------------------------
 # The networks, compiled once per (networks, view, settings, chunk).
-
-@dataclasses.dataclass(frozen=True)
-class ViewSettings:
-  """How G's image becomes the target's input (the config's `attack` section: `render.view_settings`)."""
-  clamp: bool
-  center_crop: int
-  resize: int
-  dtype: str
-
 
 def network_losses(generator, discriminator, target_model, view: ViewSettings, settings: GmiSettings):
   """`(z, targets, variables) -> Losses` with `variables = (G, D, T variables)`."""
@@ -228,7 +218,7 @@ CONFIG_RULES = (
 def validate_config(config) -> None:
   """Every range-limited field of a GMI config (`CONFIG_RULES` and run.py's view fields of the `attack` section,
   batch_size among them), checked before any work: one `ValueError` naming them all."""
-  cli.check_config(config, CONFIG_RULES + tuple(attack_run._view_rules("attack")))  # noqa: SLF001 (run.py's helper)
+  cli.check_config(config, CONFIG_RULES + tuple(layout.view_rules("attack")))
   if int(config.attack.samples_per_target) > int(config.attack.restarts):
     raise ValueError(f"config.attack.samples_per_target={config.attack.samples_per_target} exceeds the "
                      f"{config.attack.restarts} restarts per class (config.attack.restarts).")
@@ -251,28 +241,20 @@ def run_gmi(config, workdir) -> dict:
   batch_size = int(config.attack.batch_size)
   parallel.check_batch_size(batch_size, mesh, "attack.batch_size")
 
-  generator, generator_variables = attack_run._load(config.generator, "GMI generator", "generator")  # noqa: SLF001
-  discriminator, discriminator_variables = attack_run._load(config.discriminator, "GMI discriminator",  # noqa: SLF001
+  generator, generator_variables = layout.load_weights(config.generator, "GMI generator", "generator")
+  discriminator, discriminator_variables = layout.load_weights(config.discriminator, "GMI discriminator",
                                                             "discriminator")
-  target_model, target_variables = attack_run._load(config.target, "Target model", "target")  # noqa: SLF001
-  try:
-    view = ViewSettings(**render.view_settings(config.attack, generator.img_resolution))
-  except ValueError as e:
-    raise ValueError(f"config.attack.{e}") from e
-  record = attack_run.fingerprint(config, generator_variables=generator_variables,
+  target_model, target_variables = layout.load_weights(config.target, "Target model", "target")
+  view = layout.view_of(config, "attack", generator.img_resolution)
+  record = layout.fingerprint(config, generator_variables=generator_variables,
                                   target_variables=target_variables, discriminator_variables=discriminator_variables)
-  num_classes = jax.eval_shape(lambda v: target_model.apply(v, jnp.zeros((1, view.resize, view.resize, 3))),
-                               target_variables).shape[-1]
-  classes = attack_run.resolve_targets(config.targets, num_classes)
+  num_classes = layout.count_classes(target_model, target_variables, view.resize)
+  classes = layout.resolve_targets(config.targets, num_classes)
   restarts = int(config.attack.restarts)
   targets = np.repeat(classes, restarts)
   num_latents = len(targets)
 
-  files.check_run_record(workdir, record, program="jaxmia.attack", state=_STATE, outputs=_OUTPUTS,
-                         overwrite=bool(config.get("overwrite", False)), primary=jax.process_index() == 0)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("jaxmia_attack_run_record")
-  workdir.mkdir(parents=True, exist_ok=True)
+  layout.claim_workdir(workdir, record, state=_STATE, outputs=_OUTPUTS, overwrite=bool(config.get("overwrite", False)))
   (workdir / "gmi").mkdir(exist_ok=True)
   seed_key = jax.random.key(config.seed)
   keys = brep.class_keys(jax.random.fold_in(seed_key, 2), classes, restarts)
@@ -288,10 +270,10 @@ def run_gmi(config, workdir) -> dict:
     path = workdir / "gmi" / f"batch_{batch:05d}.npz"
     latent_shape = (stop - start, generator.z_dim)
     expected = {name: (latent_shape if name.endswith("w") else latent_shape[:1]) for name in _RESULTS}
-    cached = attack_run._read_cached(path, expected) if path.exists() else None  # noqa: SLF001
+    cached = layout.read_cached(path, expected) if path.exists() else None
     if cached is None:
       if report_progress is None:
-        report_progress = attack_run._progress(num_batches * settings.iterations, "iterations", "GMI",  # noqa: SLF001
+        report_progress = layout.progress_bar(num_batches * settings.iterations, "iterations", "GMI",
                                                done=batch * settings.iterations)
       rows = np.minimum(np.arange(start, start + batch_size), num_latents - 1)  # the last batch repeats its end
       z_init = np.asarray(initial_latents(keys[rows], generator.z_dim))
@@ -305,7 +287,7 @@ def run_gmi(config, workdir) -> dict:
       count = stop - start
       cached = {"initial_w": z_init[:count], "w": np.asarray(z)[:count],
                 **{name: np.asarray(getattr(losses, name))[:count] for name in _RESULTS[2:]}}
-      attack_run._save_npz(path, start=start, stop=stop, **cached)  # noqa: SLF001
+      layout.save_npz(path, start=start, stop=stop, **cached)
       report_progress(done + settings.iterations,
                       f"batch {batch + 1}/{num_batches}: identity loss {np.mean(cached['identity']):.4g}, prior "
                       f"loss {np.mean(cached['prior']):.4g} (means)")
@@ -317,12 +299,12 @@ def run_gmi(config, workdir) -> dict:
   initial_w, optimized_w = results["initial_w"][:, None], results["w"][:, None]
   scores = results["target_logit"]
   kept = select_best(targets, scores, int(config.attack.samples_per_target))
-  attack_run._save_npz(  # noqa: SLF001
+  layout.save_npz(
       workdir / "latents.npz", targets=targets, initial_w=initial_w, optimized_w=optimized_w, final_scores=scores,
       selected_indices=kept, selected_w=optimized_w[kept], selected_targets=targets[kept],
       selected_scores=scores[kept], prior_loss=results["prior"], identity_loss=results["identity"],
       total_loss=results["total"])
-  attack_run._write_grids(workdir, optimized_w[kept], targets[kept], generator, generator_variables, config,  # noqa: SLF001
+  layout.write_grids(workdir, optimized_w[kept], targets[kept], generator, generator_variables, config,
                           mesh)
   summary = {
       "kind": "gmi",
@@ -338,7 +320,7 @@ def run_gmi(config, workdir) -> dict:
       "devices": [str(d) for d in mesh.devices.flat],
       "versions": {"jaxmia": jaxmia.__version__, "jax": jax.__version__},
   }
-  attack_run._save_json(workdir / "summary.json", summary)  # noqa: SLF001
+  layout.save_json(workdir / "summary.json", summary)
   final = summary["final_losses"]
   logging.info("Done: GMI optimised %d latents (identity loss %.4g, prior loss %.4g, means); kept %d; results in "
                "%s.", num_latents, final["identity"]["mean"], final["prior"]["mean"], len(kept), workdir)

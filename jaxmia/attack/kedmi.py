@@ -48,12 +48,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from jax.experimental import multihost_utils
 
 import jaxmia
 from jaxmia import cli, files, parallel, report
-from jaxmia.attack import render
-from jaxmia.attack import run as attack_run
+from jaxmia.attack import layout, render
+from jaxmia.attack.render import ViewSettings
 from jaxmia.cli import number, one_of
 from jaxmia.models.kedmi_discriminator import MinibatchDiscriminator, realness_logit
 
@@ -83,15 +82,6 @@ class KedmiSettings:
 
   def optimizer(self) -> optax.GradientTransformation:
     return optax.adam(self.learning_rate, b1=self.b1, b2=self.b2, eps=self.eps)
-
-
-@dataclasses.dataclass(frozen=True)
-class ViewSettings:
-  """How a generated image becomes the target's input (`render.view_settings` of the `attack` section)."""
-  clamp: bool
-  center_crop: int
-  resize: int
-  dtype: str
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -302,47 +292,39 @@ def run_kedmi(config, workdir) -> dict:
   `kedmi/batch_NNNNN.npz` (its distributions, final samples, their target scores and the loss curves) when done,
   so a rerun resumes at the first unfinished batch.
   """
-  cli.check_config(config, CONFIG_RULES + tuple(attack_run._view_rules("attack")))  # noqa: SLF001 (run.py's run-layout helper)
+  cli.check_config(config, CONFIG_RULES + tuple(layout.view_rules("attack")))
   settings = KedmiSettings.from_config(config.attack)
   workdir = files.check_workdir(workdir)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(int(config.attack.batch_size), mesh, "attack.batch_size")
 
-  generator, generator_variables = attack_run._load(config.generator, "KED-MI generator", "generator")  # noqa: SLF001
-  discriminator, discriminator_variables = attack_run._load(config.discriminator, "KED-MI discriminator",  # noqa: SLF001
+  generator, generator_variables = layout.load_weights(config.generator, "KED-MI generator", "generator")
+  discriminator, discriminator_variables = layout.load_weights(config.discriminator, "KED-MI discriminator",
                                                             "discriminator")
-  target_model, target_variables = attack_run._load(config.target, "Target model", "target")  # noqa: SLF001
+  target_model, target_variables = layout.load_weights(config.target, "Target model", "target")
   if not hasattr(generator, "latent_dim"):
     raise ValueError(f"{config.generator} is not a GMI/KED-MI generator (jaxmia.gan_kedmi's export, kind "
                      "'dcgan_generator'); KED-MI learns distributions over its latent z.")
   if not isinstance(discriminator, MinibatchDiscriminator):
     raise ValueError(f"{config.discriminator} is not a KED-MI discriminator (jaxmia.gan_kedmi's export, kind "
                      "'kedmi_discriminator'); its logits over the target's classes give the prior loss.")
-  try:
-    view = ViewSettings(**render.view_settings(config.attack, generator.image_size))
-  except ValueError as e:
-    raise ValueError(f"config.attack.{e}") from e
-  record = attack_run.fingerprint(config, generator_variables=generator_variables, target_variables=target_variables,
+  view = layout.view_of(config, "attack", generator.image_size)
+  record = layout.fingerprint(config, generator_variables=generator_variables, target_variables=target_variables,
                                   discriminator_variables=discriminator_variables)
   generator_c = render.with_compute_dtype(generator, view.dtype)
   discriminator_c = render.with_compute_dtype(discriminator, view.dtype)
   target_c = render.with_compute_dtype(target_model, view.dtype)
   fns = score_fns(generator_c, discriminator_c, target_c, view)
   variables = parallel.replicate((generator_variables, discriminator_variables, target_variables), mesh)
-  num_classes = jax.eval_shape(lambda v: target_model.apply(v, jnp.zeros((1, view.resize, view.resize, 3))),
-                               target_variables).shape[-1]
+  num_classes = layout.count_classes(target_model, target_variables, view.resize)
   if discriminator.num_classes != num_classes:
     raise ValueError(f"The discriminator {config.discriminator} classifies {discriminator.num_classes} classes but the "
                      f"target has {num_classes}: KED-MI's GAN is trained against the attacked target (jaxmia.gan_kedmi "
                      "--config.target=...).")
-  classes = attack_run.resolve_targets(config.targets, num_classes)
+  classes = layout.resolve_targets(config.targets, num_classes)
   latent_dim, num_samples = int(generator.latent_dim), int(config.attack.num_samples)
 
-  files.check_run_record(workdir, record, program="jaxmia.attack", state=_STATE, outputs=_OUTPUTS,
-                         overwrite=bool(config.get("overwrite", False)), primary=jax.process_index() == 0)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("jaxmia_attack_run_record")
-  workdir.mkdir(parents=True, exist_ok=True)
+  layout.claim_workdir(workdir, record, state=_STATE, outputs=_OUTPUTS, overwrite=bool(config.get("overwrite", False)))
   seed_key = jax.random.key(config.seed)
   keys = class_keys(jax.random.fold_in(seed_key, 2), classes)
   sample_keys = class_keys(jax.random.fold_in(seed_key, 3), classes)
@@ -363,13 +345,13 @@ def run_kedmi(config, workdir) -> dict:
     expected = {"mu": (n, latent_dim), "log_var": (n, latent_dim), "z": (n, num_samples, latent_dim),
                 "scores": (n, num_samples), "prior_loss": (n, settings.iterations),
                 "identity_loss": (n, settings.iterations), "classes": (n,)}
-    cached = attack_run._read_cached(path, expected) if path.exists() else None  # noqa: SLF001
+    cached = layout.read_cached(path, expected) if path.exists() else None
     if cached is not None and not np.array_equal(cached["classes"], classes[start:stop]):
       cached = None
     if cached is None:
       if report_progress is None:
         logging.info("KED-MI: classes %d-%d of %d in batches of %d.", start, count, count, batch_size)
-        report_progress = attack_run._progress(num_batches * settings.iterations, "steps", "KED-MI",  # noqa: SLF001
+        report_progress = layout.progress_bar(num_batches * settings.iterations, "steps", "KED-MI",
                                                done=batch * settings.iterations)
       rows = np.minimum(np.arange(start, start + batch_size), count - 1)  # the last batch repeats its end
       done_before = batch * settings.iterations
@@ -380,7 +362,7 @@ def run_kedmi(config, workdir) -> dict:
           progress=lambda done, b=batch: report_progress(done_before + done, f"batch {b + 1}/{num_batches}"))
       cached = {name: np.asarray(getattr(result, name))[:n] for name in _RESULTS}
       cached["classes"] = classes[start:stop]
-      attack_run._save_npz(path, start=start, stop=stop, **cached)  # noqa: SLF001
+      layout.save_npz(path, start=start, stop=stop, **cached)
     for name in _RESULTS:
       results[name].append(cached[name])
   results = {name: np.concatenate(parts) for name, parts in results.items()}
@@ -390,11 +372,11 @@ def run_kedmi(config, workdir) -> dict:
   w = results["z"].reshape(-1, 1, latent_dim).astype(np.float32)  # the generator's "single w" rows
   scores = results["scores"].reshape(-1).astype(np.float32)
   kept = np.arange(len(targets))
-  attack_run._save_npz(  # noqa: SLF001
+  layout.save_npz(
       workdir / "latents.npz", targets=targets, optimized_w=w, final_scores=scores, selected_indices=kept,
       selected_w=w, selected_targets=targets, selected_scores=scores, classes=classes, mu=results["mu"],
       log_var=results["log_var"], prior_loss=results["prior_loss"], identity_loss=results["identity_loss"])
-  attack_run._write_grids(workdir, w, targets, generator, generator_variables, config, mesh)  # noqa: SLF001
+  layout.write_grids(workdir, w, targets, generator, generator_variables, config, mesh)
   last = lambda curve: float(np.mean(curve[:, -1])) if curve.shape[1] else None
   summary = {
       "kind": "kedmi",
@@ -410,7 +392,7 @@ def run_kedmi(config, workdir) -> dict:
       "devices": [str(d) for d in mesh.devices.flat],
       "versions": {"jaxmia": jaxmia.__version__, "jax": jax.__version__},
   }
-  attack_run._save_json(workdir / "summary.json", summary)  # noqa: SLF001
+  layout.save_json(workdir / "summary.json", summary)
   logging.info("Done: KED-MI on %d classes, %d samples each; target confidence %.3f (mean over samples); results "
                "in %s.", count, num_samples, summary["mean_final_score_selected"], workdir)
   return summary

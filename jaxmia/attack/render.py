@@ -5,6 +5,7 @@ crop), frozen networks in a compute dtype (`with_compute_dtype`, `cast_and_repli
 every stage reads for it (`view_settings`, `random_crop_settings`), and the per-process cache of the jitted
 functions built from them (`cached_jit`).
 """
+import dataclasses
 from typing import Any
 
 import jax.numpy as jnp
@@ -44,6 +45,16 @@ def cast_and_replicate(generator, target_model, generator_variables, target_vari
   if mesh is not None:
     variables = parallel.replicate(variables, mesh)
   return with_compute_dtype(generator, dtype_name), with_compute_dtype(target_model, dtype_name), variables
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewSettings:
+  """How a generated image becomes the target's input (hashable, so jitted attack cores take it as static):
+  `view_settings` of a config section."""
+  clamp: bool
+  center_crop: int
+  resize: int
+  dtype: str
 
 
 def view_settings(config, resolution: int) -> dict:

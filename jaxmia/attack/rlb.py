@@ -70,12 +70,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from jax.experimental import multihost_utils
 
 import jaxmia
 from jaxmia import cli, files, parallel, report
-from jaxmia.attack import render
-from jaxmia.attack import run as attack_run
+from jaxmia.attack import layout, render
+from jaxmia.attack.render import ViewSettings
 from jaxmia.cli import number, one_of
 
 # ------------------------------------------------------------------------------------------------------------
@@ -478,15 +477,6 @@ def class_keys(key, classes):
 # ------------------------------------------------------------------------------------------------------------
 # The black box: latents -> generator images -> target probabilities.
 
-@dataclasses.dataclass(frozen=True)
-class ViewSettings:
-  """How a generated image becomes the target's input (the RLB config's `attack` section): render.view_settings."""
-  clamp: bool
-  center_crop: int
-  resize: int
-  dtype: str
-
-
 def latent_renderer(generator, truncation_psi: float = 1.0, truncation_cutoff=None) -> Callable:
   """`render(generator_variables, z [K, D]) -> images [K, R, R, C]` for the agent's latent z: a StyleGAN2-like
   generator (one with a `mapping` method) maps z to w, then synthesises; any other generator module (GMI's
@@ -662,38 +652,30 @@ def run_rlb(config, workdir) -> dict:
   `attack.checkpoint_minutes`, so a rerun resumes within it. The result of a class is its best
   test latent, written to `latents.npz` as the generator's w (what `jaxmia.evaluate` renders), its z beside.
   """
-  cli.check_config(config, CONFIG_RULES + tuple(attack_run._view_rules("attack")))  # noqa: SLF001 (run.py's run-layout helper)
+  cli.check_config(config, CONFIG_RULES + tuple(layout.view_rules("attack")))
   settings = RlbSettings.from_config(config.attack)
   workdir = files.check_workdir(workdir)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(int(config.attack.batch_size), mesh, "attack.batch_size")
 
-  generator, generator_variables = attack_run.load_generator(config)
-  target_model, target_variables = attack_run._load(config.target, "Target model", "target")  # noqa: SLF001 (run.py's run-layout helper)
+  generator, generator_variables = layout.load_generator(config)
+  target_model, target_variables = layout.load_weights(config.target, "Target model", "target")
   if getattr(generator, "c_dim", 0):
     raise ValueError(f"The generator is conditional (c_dim={generator.c_dim}); RLB-MI needs an unconditional one.")
-  try:
-    view = ViewSettings(**render.view_settings(config.attack, generator.img_resolution))
-  except ValueError as e:
-    raise ValueError(f"config.attack.{e}") from e
-  record = attack_run.fingerprint(config, generator_variables=generator_variables if config.generator else None,
+  view = layout.view_of(config, "attack", generator.img_resolution)
+  record = layout.fingerprint(config, generator_variables=generator_variables if config.generator else None,
                                   target_variables=target_variables, discriminator_variables=None)
   generator_c = render.with_compute_dtype(generator, view.dtype)
   target_c = render.with_compute_dtype(target_model, view.dtype)
   variables = parallel.replicate((generator_variables, target_variables), mesh)
-  num_classes = jax.eval_shape(lambda v: target_model.apply(v, jnp.zeros((1, view.resize, view.resize, 3))),
-                               target_variables).shape[-1]
-  classes = attack_run.resolve_targets(config.targets, num_classes)
+  num_classes = layout.count_classes(target_model, target_variables, view.resize)
+  classes = layout.resolve_targets(config.targets, num_classes)
   latent_dim = int(generator.z_dim)
   truncation = (float(config.latent.truncation_psi), config.latent.truncation_cutoff)
   render_fn = latent_renderer(generator_c, *truncation)
   probs_fn = black_box_probabilities(render_fn, target_c, view)
 
-  files.check_run_record(workdir, record, program="jaxmia.attack", state=_STATE, outputs=_OUTPUTS,
-                         overwrite=bool(config.get("overwrite", False)), primary=jax.process_index() == 0)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("jaxmia_attack_run_record")
-  workdir.mkdir(parents=True, exist_ok=True)
+  layout.claim_workdir(workdir, record, state=_STATE, outputs=_OUTPUTS, overwrite=bool(config.get("overwrite", False)))
   seed_key = jax.random.key(config.seed)
   init_key, keys = jax.random.fold_in(seed_key, 1), class_keys(jax.random.fold_in(seed_key, 2), classes)
   logging.info("RLB-MI on %d classes (one SAC agent each, %d episodes of %d step(s)) on %d device(s); workdir %s.",
@@ -712,14 +694,14 @@ def run_rlb(config, workdir) -> dict:
     n = stop - start
     expected = {"z": (n, latent_dim), "score": (n,), "rewards": (n, settings.max_episodes),
                 "test_scores": (n, settings.max_episodes), "classes": (n,)}
-    cached = attack_run._read_cached(path, expected) if path.exists() else None  # noqa: SLF001 (run.py's run-layout helper)
+    cached = layout.read_cached(path, expected) if path.exists() else None
     if cached is not None and not np.array_equal(cached["classes"], classes[start:stop]):
       cached = None
     if cached is None:
       if report_progress is None:
         logging.info("RLB-MI: classes %d-%d of %d in batches of %d agents.", start, num_agents, num_agents,
                      batch_size)
-        report_progress = attack_run._progress(num_batches * settings.max_episodes, "episodes", "RLB-MI",  # noqa: SLF001 (run.py's run-layout helper)
+        report_progress = layout.progress_bar(num_batches * settings.max_episodes, "episodes", "RLB-MI",
                                                done=batch * settings.max_episodes)
       rows = np.minimum(np.arange(start, start + batch_size), num_agents - 1)  # the last batch repeats its end
       state = attack_classes(
@@ -730,7 +712,7 @@ def run_rlb(config, workdir) -> dict:
           checkpoint=partial, checkpoint_seconds=60.0 * float(config.attack.get("checkpoint_minutes", 10.0)))
       cached = {"z": state.best_z[:n], "score": state.best_score[:n], "rewards": state.rewards[:n],
                 "test_scores": state.test_scores[:n], "classes": classes[start:stop]}
-      attack_run._save_npz(path, start=start, stop=stop, **cached)  # noqa: SLF001 (run.py's run-layout helper)
+      layout.save_npz(path, start=start, stop=stop, **cached)
       if jax.process_index() == 0:
         partial.unlink(missing_ok=True)
     for name in _RESULTS:
@@ -742,11 +724,11 @@ def run_rlb(config, workdir) -> dict:
                     int(config.attack.batch_size))
   targets, kept, scores = classes, np.arange(num_agents), results["score"].astype(np.float32)
   queries = np.full(num_agents, settings.max_episodes * settings.queries_per_episode, np.int64)
-  attack_run._save_npz(  # noqa: SLF001 (run.py's run-layout helper)
+  layout.save_npz(
       workdir / "latents.npz", targets=targets, optimized_w=w, final_scores=scores, selected_indices=kept,
       selected_w=w, selected_targets=targets, selected_scores=scores, z=results["z"], queries=queries,
       rewards=results["rewards"], test_scores=results["test_scores"])
-  attack_run._write_grids(workdir, w, targets, generator, generator_variables, config, mesh)  # noqa: SLF001 (run.py's run-layout helper)
+  layout.write_grids(workdir, w, targets, generator, generator_variables, config, mesh)
   rewards = results["rewards"]
   window = max(1, min(100, settings.max_episodes // 10))
   summary = {
@@ -765,7 +747,7 @@ def run_rlb(config, workdir) -> dict:
       "devices": [str(d) for d in mesh.devices.flat],
       "versions": {"jaxmia": jaxmia.__version__, "jax": jax.__version__},
   }
-  attack_run._save_json(workdir / "summary.json", summary)  # noqa: SLF001 (run.py's run-layout helper)
+  layout.save_json(workdir / "summary.json", summary)
   logging.info("Done: RLB-MI on %d classes, %s target queries (%d per class); best target confidence %.3f "
                "(mean over classes); results in %s.", num_agents, f"{summary['queries']['total']:,}",
                summary["queries"]["per_class"], summary["mean_final_score_selected"], workdir)
