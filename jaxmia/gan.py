@@ -24,7 +24,8 @@ Adam state between the main and reg steps. The equalised learning rates (mapping
 runtime gains inside the Flax modules, so Adam on the stored parameters matches NVlabs.
 
 `g_step` and `d_step` are pure functions of (state, batch, key) that `train_step` composes and `jax.jit`s
-over the `('data',)` mesh (reals split over devices, state replicated). Iteration `i` uses
+over the `('data',)` mesh (reals split over devices, state replicated); `train` runs it in `jaxmia.gan_loop`,
+the loop every GAN program shares. Iteration `i` uses
 `fold_in(key(seed), i)` and the data order is a pure function of (seed, epoch), so a run resumed from an
 orbax checkpoint equals an uninterrupted one (the newest two checkpoints are kept; an unreadable newest one is
 moved aside with a warning). Before anything is written, the config is validated (`validate_config`) and its
@@ -37,21 +38,18 @@ import functools
 import math
 import os
 import pathlib
-import time
 from typing import Any
 
-from absl import flags, logging
+from absl import flags
 import flax
 import jax
 import jax.numpy as jnp
-from ml_collections import ConfigDict, FrozenConfigDict, config_flags
+from ml_collections import ConfigDict, FrozenConfigDict
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
-from jaxmia import cli, data, diffaugment, files, model_store, parallel, progress, train as train_lib, writers
+from jaxmia import cli, data, diffaugment, files, gan_loop, model_store, parallel
 from jaxmia.cli import number, one_of
-from jaxmia.generate import image_grid, save_png
 from jaxmia.models import stylegan2
 
 
@@ -333,17 +331,12 @@ STEP_FIELDS = ("resolution", "generator", "discriminator", "batch_size", "optimi
 NOT_IN_FINGERPRINT = ("num_samples", "sample_every_kimg", "checkpoint_every_kimg", "log_every_steps",
                       "progress_every_secs", "max_steps", "total_kimg", "overwrite", "dataset.manual_dir",
                       "dataset.data_dir")
-# What a started run leaves in its workdir, and everything it writes (deleted by config.overwrite).
-_STATE = ("checkpoints/*", "generator", "discriminator", "generator.jaxmia-*", "discriminator.jaxmia-*")
-_OUTPUTS = _STATE[1:] + ("checkpoints", "samples", "config.json", "config.json.tmp", "events.out.tfevents.*")
 _ARCHITECTURES = ("orig", "skip", "resnet")
 _DTYPES = ("float32", "bfloat16")
-_positive_int = number(1, integer=True)
+_positive_int = gan_loop.positive_int
 _unit = number(0, 1)
 
-CONFIG_RULES = (
-    ("seed", "an integer", number(integer=True)),
-    ("split", "a split name", lambda v: isinstance(v, str) and v),
+CONFIG_RULES = gan_loop.RUN_RULES + (
     ("resolution", "a power of two >= 4", lambda v: _positive_int(v) and v >= 4 and v & (v - 1) == 0),
     ("generator.z_dim", "a positive integer", _positive_int),
     ("generator.w_dim", "a positive integer", _positive_int),
@@ -360,10 +353,7 @@ CONFIG_RULES = (
      lambda v: v is None or number(0, integer=True)(v)),
     ("batch_size", "a positive integer", _positive_int),
     ("total_kimg", "> 0", number(0, low_open=True)),
-    ("optimizer.lr", "> 0", number(0, low_open=True)),
-    ("optimizer.betas", "a pair of numbers in [0, 1)",
-     lambda v: len(v) == 2 and all(number(0, 1, high_open=True)(b) for b in v)),
-    ("optimizer.eps", "> 0", number(0, low_open=True)),
+) + gan_loop.OPTIMIZER_RULES + (
     ("r1_gamma", ">= 0", number(0)),
     ("r1_interval", "a positive integer", _positive_int),
     ("pl_weight", ">= 0", number(0)),
@@ -396,13 +386,12 @@ def validate_config(config: ConfigDict) -> None:
 
 def fingerprint(config: ConfigDict, split: data.Split) -> dict:
   """What defines a GAN run's result: the config minus `NOT_IN_FINGERPRINT` and the version of its data."""
-  return {"config": train_lib.config_without(config, NOT_IN_FINGERPRINT),
-          "dataset": {config.split: train_lib.dataset_version(split)}}
+  return gan_loop.fingerprint(config, split, NOT_IN_FINGERPRINT)
 
 
 def step_config(config: ConfigDict) -> FrozenConfigDict:
   """The hashable part of `config` that the compiled train step depends on."""
-  return FrozenConfigDict({field: config[field] for field in STEP_FIELDS})
+  return gan_loop.frozen_fields(config, STEP_FIELDS)
 
 
 @functools.lru_cache(maxsize=4)
@@ -412,10 +401,7 @@ def compiled_train_step(config: FrozenConfigDict, mesh: jax.sharding.Mesh):
   Cached on `step_config(config)`, so an interrupted and a resumed run in one process compile once.
   """
   _, _, train_step = make_steps(config)
-  replicated, sharded = parallel.replicated(mesh), parallel.data_sharding(mesh)
-  return jax.jit(lambda state, reals, key: train_step(state, to_float_images(reals), key),
-                 in_shardings=(replicated, sharded, replicated), out_shardings=(replicated, replicated),
-                 donate_argnums=0)
+  return gan_loop.jit_train_step(lambda state, reals, key: train_step(state, to_float_images(reals), key), mesh)
 
 
 @functools.lru_cache(maxsize=4)
@@ -449,16 +435,6 @@ def export(state: GanState, config: ConfigDict, workdir: pathlib.Path) -> tuple[
   return workdir / "generator", workdir / "discriminator"
 
 
-def _state_arrays(state: GanState) -> dict:
-  return {field: getattr(state, field) for field in state.__dataclass_fields__}
-
-
-def _checkpoint_manager(directory: pathlib.Path) -> ocp.CheckpointManager:
-  """The newest two checkpoints are kept (an unreadable newest one leaves the one before it)."""
-  return ocp.CheckpointManager(directory.absolute(), options=ocp.CheckpointManagerOptions(
-      max_to_keep=train_lib.MAX_TO_KEEP, create=True))
-
-
 def total_steps(config: ConfigDict) -> int:
   return math.ceil(config.total_kimg * 1000 / config.batch_size)
 
@@ -489,82 +465,22 @@ def train(config: ConfigDict, workdir: str | os.PathLike, mesh: jax.sharding.Mes
   if image_size != config.resolution:
     raise ValueError(f"The {config.dataset.name} images are {image_size}x{image_size} but config.resolution is "
                      f"{config.resolution}; set config.resolution={image_size}.")
-  steps_per_epoch = split.num_examples // config.batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f"The {config.split!r} split has {split.num_examples} images, fewer than one batch "
-                     f"(config.batch_size={config.batch_size}).")
-  num_steps = total_steps(config)
-
-  # Everything is checked: now the workdir may change.
-  files.check_run_record(workdir, fingerprint(config, split), program="jaxmia.gan", state=_STATE,
-                         outputs=_OUTPUTS, overwrite=bool(config.get("overwrite", False)),
-                         primary=jax.process_index() == 0)
-  train_lib.sync_processes("jaxmia_gan_run_record")
-  (workdir / "samples").mkdir(parents=True, exist_ok=True)
-  checkpoints = _checkpoint_manager(workdir / "checkpoints")
-  root_key = jax.random.key(config.seed)
-  state = parallel.replicate(create_state(config, jax.random.fold_in(root_key, 0)), mesh)
-  restored_step, restored = train_lib.restore_latest_readable(
-      checkpoints, jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_arrays(state)))
-  if restored is not None:
-    state = state.replace(**restored)
-    logging.info("Resumed from iteration %d in %s.", restored_step, workdir)
-  start = int(jax.device_get(state.step))
-  if start > num_steps:
-    raise ValueError(f"{workdir} holds a checkpoint at iteration {start}, beyond config.total_kimg="
-                     f"{config.total_kimg} ({num_steps} iterations); raise total_kimg or choose a new workdir.")
-  if jax.process_index() == 0:
-    files.atomic_write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
-  writer = writers.MetricWriter(workdir, just_logging=jax.process_index() > 0)
-
-  train_step = compiled_train_step(step_config(config), mesh)
-  step_key = jax.device_put(jax.random.fold_in(root_key, 1), parallel.replicated(mesh))
-  sample = compiled_sampler(step_config(config))
-  sample_z = jax.random.normal(jax.random.fold_in(root_key, 2), (config.num_samples, config.generator.z_dim))
-  report_progress = progress.Progress(num_steps, unit="steps", what="GAN training", writer=writer,
-                                      every_secs=config.progress_every_secs)
-  stop = min(num_steps, start + config.max_steps) if config.max_steps > 0 else num_steps
   kimg = lambda step: step * config.batch_size / 1000
   every = lambda kimg_interval: max(1, round(kimg_interval * 1000 / config.batch_size))
 
-  def write_samples(step):
-    if jax.process_index() == 0:
-      save_png(image_grid(np.asarray(sample(ema_variables(state), sample_z))), workdir / "samples" /
-               f"fakes_{kimg(step):08.3f}kimg.png")
+  def scalars(means, step, start, elapsed):
+    means = {k: v for k, v in means.items() if np.isfinite(v)}
+    return {**means, "kimg": kimg(step), "sec_per_kimg": elapsed / max(kimg(step - start), 1e-9)}
 
-  if start == 0 and jax.process_index() == 0:
-    shown = np.linspace(0, split.num_examples - 1, min(config.num_samples, split.num_examples)).astype(int)
-    reals = np.stack([split.source[int(i)]["image"] for i in shown])  # spread over the (class-ordered) split
-    save_png(image_grid(reals / 127.5 - 1.0), workdir / "samples" / "reals.png")
-    write_samples(0)
-  step, pending, started = start, [], time.time()
-  while step < stop:
-    epoch = step // steps_per_epoch
-    for batch in data.batches(split, config.batch_size, seed=config.seed, epoch=epoch,
-                              start_batch=step - epoch * steps_per_epoch):
-      state, metrics = train_step(state, parallel.shard_batch(batch["image"], mesh), step_key)
-      pending.append(metrics)
-      step += 1
-      report_progress(step)
-      if step % config.log_every_steps == 0 or step == stop:
-        means = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in
-                 jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(pending)).items()}
-        means = {k: v for k, v in means.items() if np.isfinite(v)}
-        means.update(kimg=kimg(step), sec_per_kimg=(time.time() - started) / max(kimg(step - start), 1e-9))
-        writer.write_scalars(step, means)
-        pending = []
-      if step % every(config.sample_every_kimg) == 0 or step == num_steps:
-        write_samples(step)
-      if step % every(config.checkpoint_every_kimg) == 0 or step == stop:
-        checkpoints.save(step, args=ocp.args.StandardSave(_state_arrays(state)))
-      if step == stop:
-        break
-  checkpoints.wait_until_finished()
-  if step == num_steps:
-    export(state, config, workdir)
-    logging.info("Exported G_ema to %s and D to %s.", workdir / "generator", workdir / "discriminator")
-  writer.flush()
-  return state
+  sample = compiled_sampler(step_config(config))
+  return gan_loop.run(config, workdir, mesh, split, gan_loop.Program(
+      name="jaxmia.gan", what="GAN training", fingerprint=fingerprint(config, split),
+      num_steps=total_steps(config), length_field="total_kimg",
+      create_state=lambda key: create_state(config, key), train_step=compiled_train_step(step_config(config), mesh),
+      sample=lambda state, z: sample(ema_variables(state), z), latent_dim=config.generator.z_dim,
+      export=lambda state: export(state, config, workdir), sample_every=every(config.sample_every_kimg),
+      checkpoint_every=every(config.checkpoint_every_kimg), scalars=scalars, progress_at_start=False,
+      sample_name=lambda step: f"fakes_{kimg(step):08.3f}kimg.png", exported="Exported G_ema to %s and D to %s."))
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -576,8 +492,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", None, "GAN training configuration (configs/gan_*.py).",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, sample grids and the exported networks.")
-  flags.mark_flags_as_required(["config", "workdir"])
-  cli.run(main)
+  gan_loop.run_cli(main, "GAN training configuration (configs/gan_*.py).")

@@ -25,7 +25,8 @@ calls `G(z)` in training mode too). D scores each of its three batches as one mi
 discrimination couples the samples of a batch), the whole global batch across devices.
 
 Structure as `jaxmia.gan`: `make_train_step(config)` returns the pure `(state, images, key) -> (state, metrics)`
-that `compiled_train_step` jits over the `('data',)` mesh (batches split over devices, state replicated, donated).
+that `compiled_train_step` jits over the `('data',)` mesh (batches split over devices, state replicated, donated)
+and `train` runs in `jaxmia.gan_loop`, the loop every GAN program shares.
 Iteration i uses `fold_in(fold_in(key(seed), 1), i)`; the three data streams are `data.batches` with seeds `seed`,
 `seed + 1`, `seed + 2` (pure functions of (seed, epoch)), so a run resumed from its orbax checkpoint equals an
 uninterrupted one. Before anything is written the config is validated and its resume fingerprint (the config
@@ -37,25 +38,21 @@ workdir receives TensorBoard scalars, sample grids (`samples/fakes_<step>.png` f
 Public images whose side differs from the generator's `image_size` are resized (antialiased) on the devices.
 """
 import functools
-import math
 import pathlib
-import time
 from typing import Any
 
-from absl import flags, logging
+from absl import flags
 import flax
 import jax
 import jax.numpy as jnp
-from ml_collections import ConfigDict, FrozenConfigDict, config_flags
-import numpy as np
+from ml_collections import ConfigDict, FrozenConfigDict
 import optax
-import orbax.checkpoint as ocp
 
-from jaxmia import cli, data, files, model_store, parallel, progress, train as train_lib, writers
+from jaxmia import cli, data, files, gan_loop, model_store, parallel
 from jaxmia.cli import number, one_of
 from jaxmia.data import image_ops
-from jaxmia.gan_gmi import to_float_images  # uint8 -> [-1, 1] at the generator's side (GMI's trainer)
-from jaxmia.generate import image_grid, save_png
+# GMI's generator, trained as GMI's trainer trains it: from uint8 images at its side, with Adam.
+from jaxmia.gan_gmi import generator_kwargs, generator_variables, optimizer, to_float_images
 from jaxmia.models import dcgan
 from jaxmia.models.kedmi_discriminator import MinibatchDiscriminator, realness_logit
 
@@ -114,11 +111,6 @@ def generator_loss(fake_features, unlabelled_features, fake_logits, entropy_weig
 # ----------------------------------------------------------------------------------------------- networks
 
 
-def generator_kwargs(config: ConfigDict) -> dict:
-  g = config.generator
-  return dict(latent_dim=int(g.latent_dim), dim=int(g.dim), image_size=int(config.image_size), channels=3)
-
-
 def discriminator_kwargs(config: ConfigDict, num_classes: int) -> dict:
   d = config.discriminator
   return dict(num_classes=int(num_classes), dim=int(d.dim), minibatch_kernels=int(d.minibatch_kernels),
@@ -130,11 +122,6 @@ def create_networks(config, num_classes: int):
   dtype = jnp.dtype(config.compute_dtype)
   return (dcgan.Generator(**generator_kwargs(config), dtype=dtype),
           MinibatchDiscriminator(**discriminator_kwargs(config, num_classes), dtype=dtype))
-
-
-def optimizer(config) -> optax.GradientTransformation:
-  b1, b2 = config.optimizer.betas
-  return optax.adam(config.optimizer.lr, b1=b1, b2=b2, eps=config.optimizer.eps)
 
 
 @functools.lru_cache(maxsize=4)
@@ -230,17 +217,12 @@ def make_train_step(config, num_classes: int, target_model, target_resize: int):
 # Config fields that decide what one iteration computes (besides the seed, the data and the target).
 STEP_FIELDS = ("image_size", "generator", "discriminator", "batch_size", "optimizer", "n_critic", "entropy_weight",
                "compute_dtype", "target_resize")
-# Left out of the resume fingerprint: presentation and pacing, where things are, overwrite itself.
-NOT_IN_FINGERPRINT = ("num_samples", "sample_every_steps", "checkpoint_every_steps", "log_every_steps",
-                      "progress_every_secs", "max_steps", "num_epochs", "overwrite", "dataset.manual_dir",
-                      "dataset.data_dir", "target")
-_STATE = ("checkpoints/*", "generator", "discriminator", "generator.jaxmia-*", "discriminator.jaxmia-*")
-_OUTPUTS = _STATE[1:] + ("checkpoints", "samples", "config.json", "config.json.tmp", "events.out.tfevents.*")
-_positive_int = number(1, integer=True)
+# Left out of the resume fingerprint: GMI's (presentation and pacing, where things are, overwrite itself) and
+# where the target is (its weights are in the fingerprint).
+NOT_IN_FINGERPRINT = gan_loop.NOT_IN_FINGERPRINT + ("target",)
+_positive_int = gan_loop.positive_int
 
-CONFIG_RULES = (
-    ("seed", "an integer", number(integer=True)),
-    ("split", "a split name", lambda v: isinstance(v, str) and v),
+CONFIG_RULES = gan_loop.RUN_RULES + (
     ("image_size", "a multiple of 16", lambda v: _positive_int(v) and v % 16 == 0),
     ("target_resize", "a positive integer", _positive_int),
     ("generator.latent_dim", "a positive integer", _positive_int),
@@ -250,41 +232,29 @@ CONFIG_RULES = (
     ("discriminator.minibatch_kernel_dim", "a positive integer", _positive_int),
     ("batch_size", "an integer >= 2", number(2, integer=True)),
     ("num_epochs", "> 0", number(0, low_open=True)),
-    ("optimizer.lr", "> 0", number(0, low_open=True)),
-    ("optimizer.betas", "a pair of numbers in [0, 1)",
-     lambda v: len(v) == 2 and all(number(0, 1, high_open=True)(b) for b in v)),
-    ("optimizer.eps", "> 0", number(0, low_open=True)),
+) + gan_loop.OPTIMIZER_RULES + (
     ("n_critic", "a positive integer", _positive_int),
     ("entropy_weight", ">= 0", number(0)),
     ("compute_dtype", "'float32' or 'bfloat16'", one_of("float32", "bfloat16")),
-    ("num_samples", "a positive integer", _positive_int),
-    ("sample_every_steps", "a positive integer", _positive_int),
-    ("checkpoint_every_steps", "a positive integer", _positive_int),
-    ("log_every_steps", "a positive integer", _positive_int),
-    ("progress_every_secs", "> 0", number(0, low_open=True)),
-    ("max_steps", "an integer >= 0 (0: run to the end)", number(0, integer=True)),
-    ("overwrite", "True or False", one_of(True, False)),
-)
+) + gan_loop.PACING_RULES
 
 
 def step_config(config) -> FrozenConfigDict:
   """The hashable part of `config` that the compiled step depends on."""
-  return FrozenConfigDict({field: config[field] for field in STEP_FIELDS})
+  return gan_loop.frozen_fields(config, STEP_FIELDS)
 
 
 @functools.lru_cache(maxsize=4)
 def compiled_train_step(config: FrozenConfigDict, num_classes: int, target_model, mesh):
   """The train step on uint8 batches, jitted over the mesh (batches split, state replicated and donated)."""
   train_step = make_train_step(config, num_classes, target_model, int(config.target_resize))
-  replicated, sharded = parallel.replicated(mesh), parallel.data_sharding(mesh)
   size = int(config.image_size)
 
   def step(state, labelled, unlabelled, unlabelled2, target_variables, key):
     convert = functools.partial(to_float_images, size=size)
     return train_step(state, convert(labelled), convert(unlabelled), convert(unlabelled2), target_variables, key)
 
-  return jax.jit(step, in_shardings=(replicated, sharded, sharded, sharded, replicated, replicated),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+  return gan_loop.jit_train_step(step, mesh, num_batches=3, num_replicated=1)
 
 
 @functools.lru_cache(maxsize=4)
@@ -292,10 +262,6 @@ def compiled_sampler(config: FrozenConfigDict, num_classes: int):
   """`(G variables, z) -> images` with BatchNorm's running statistics (what the attack renders)."""
   generator, _ = create_networks(config, num_classes)
   return jax.jit(lambda variables, z: generator.apply(variables, z))
-
-
-def generator_variables(state: KedmiGanState) -> dict:
-  return {"params": state.g_params, "batch_stats": state.g_batch_stats}
 
 
 def export(state: KedmiGanState, config, num_classes: int, workdir: pathlib.Path):
@@ -308,18 +274,11 @@ def export(state: KedmiGanState, config, num_classes: int, workdir: pathlib.Path
   return workdir / "generator", workdir / "discriminator"
 
 
-def _state_arrays(state: KedmiGanState) -> dict:
-  return {field: getattr(state, field) for field in state.__dataclass_fields__}
-
-
 def fingerprint(config, split: data.Split, target_variables) -> dict:
-  return {"config": train_lib.config_without(config, NOT_IN_FINGERPRINT),
-          "dataset": {config.split: train_lib.dataset_version(split)},
-          "target": files.tree_digest(target_variables)}
+  return {**gan_loop.fingerprint(config, split, NOT_IN_FINGERPRINT), "target": files.tree_digest(target_variables)}
 
 
-def total_steps(config, split: data.Split) -> int:
-  return math.ceil(round(float(config.num_epochs) * (split.num_examples // int(config.batch_size)), 6))
+total_steps = gan_loop.total_steps
 
 
 def load_target(path: str):
@@ -341,87 +300,23 @@ def train(config, workdir, mesh=None) -> KedmiGanState:
   num_classes = int(jax.eval_shape(
       lambda v: target_model.apply(v, jnp.zeros((1, config.target_resize, config.target_resize, 3))),
       target_variables).shape[-1])
-  steps_per_epoch = split.num_examples // int(config.batch_size)
-  if steps_per_epoch == 0:
-    raise ValueError(f"The {config.split!r} split has {split.num_examples} images, fewer than one batch "
-                     f"(config.batch_size={config.batch_size}).")
-  num_steps = total_steps(config, split)
-
-  files.check_run_record(workdir, fingerprint(config, split, target_variables), program="jaxmia.gan_kedmi",
-                         state=_STATE, outputs=_OUTPUTS, overwrite=bool(config.get("overwrite", False)),
-                         primary=jax.process_index() == 0)
-  train_lib.sync_processes("jaxmia_gan_kedmi_run_record")
-  (workdir / "samples").mkdir(parents=True, exist_ok=True)
-  checkpoints = ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=ocp.CheckpointManagerOptions(
-      max_to_keep=train_lib.MAX_TO_KEEP, create=True))
-  root_key = jax.random.key(config.seed)
-  state = parallel.replicate(create_state(config, num_classes, jax.random.fold_in(root_key, 0)), mesh)
-  restored_step, restored = train_lib.restore_latest_readable(
-      checkpoints, jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_arrays(state)))
-  if restored is not None:
-    state = state.replace(**restored)
-    logging.info("Resumed from iteration %d in %s.", restored_step, workdir)
-  start = int(jax.device_get(state.step))
-  if start > num_steps:
-    raise ValueError(f"{workdir} holds a checkpoint at iteration {start}, beyond config.num_epochs="
-                     f"{config.num_epochs} ({num_steps} iterations); raise num_epochs or choose a new workdir.")
-  if jax.process_index() == 0:
-    files.atomic_write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
-  writer = writers.MetricWriter(workdir, just_logging=jax.process_index() > 0)
-
   frozen = step_config(config)
-  train_step = compiled_train_step(frozen, num_classes, target_model, mesh)
+  record = fingerprint(config, split, target_variables)
+  step = compiled_train_step(frozen, num_classes, target_model, mesh)
   target_variables = parallel.replicate(target_variables, mesh)
-  step_key = jax.device_put(jax.random.fold_in(root_key, 1), parallel.replicated(mesh))
   sample = compiled_sampler(frozen, num_classes)
-  sample_z = jax.random.normal(jax.random.fold_in(root_key, 2), (config.num_samples, config.generator.latent_dim))
-  report_progress = progress.Progress(num_steps, unit="steps", what="KED-MI GAN training", writer=writer,
-                                      every_secs=config.progress_every_secs)
-  report_progress(start)
-  stop = min(num_steps, start + config.max_steps) if config.max_steps > 0 else num_steps
 
-  def write_samples(step):
-    if jax.process_index() == 0:
-      save_png(image_grid(np.asarray(sample(generator_variables(state), sample_z))),
-               workdir / "samples" / f"fakes_{step:07d}.png")
+  def train_step(state, labelled, unlabelled, unlabelled2, key):
+    return step(state, labelled, unlabelled, unlabelled2, target_variables, key)
 
-  if start == 0 and jax.process_index() == 0:
-    shown = np.linspace(0, split.num_examples - 1, min(config.num_samples, split.num_examples)).astype(int)
-    reals = np.stack([split.source[int(i)]["image"] for i in shown])
-    save_png(image_grid(reals / 127.5 - 1.0), workdir / "samples" / "reals.png")
-    write_samples(0)
-  step, pending, started = start, [], time.time()
-  batch_size = int(config.batch_size)
-  while step < stop:
-    epoch = step // steps_per_epoch
-    offset = step - epoch * steps_per_epoch
-    streams = [data.batches(split, batch_size, seed=config.seed + s, epoch=epoch, start_batch=offset)
-               for s in range(3)]
-    for labelled, unlabelled, unlabelled2 in zip(*streams):
-      images = [parallel.shard_batch(b["image"], mesh) for b in (labelled, unlabelled, unlabelled2)]
-      state, metrics = train_step(state, *images, target_variables, step_key)
-      pending.append(metrics)
-      step += 1
-      report_progress(step)
-      if step % config.log_every_steps == 0 or step == stop:
-        stacked = jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(pending))
-        means = {k: float(np.nanmean(v)) for k, v in stacked.items() if np.isfinite(v).any()}
-        means["sec_per_step"] = (time.time() - started) / max(step - start, 1)
-        writer.write_scalars(step, means)
-        pending = []
-      if step % config.sample_every_steps == 0 or step == num_steps:
-        write_samples(step)
-      if step % config.checkpoint_every_steps == 0 or step == stop:
-        checkpoints.save(step, args=ocp.args.StandardSave(_state_arrays(state)))
-      if step == stop:
-        break
-  checkpoints.wait_until_finished()
-  if step == num_steps:
-    export(state, config, num_classes, workdir)
-    logging.info("Exported the generator to %s and the discriminator to %s.", workdir / "generator",
-                 workdir / "discriminator")
-  writer.flush()
-  return state
+  return gan_loop.run(config, workdir, mesh, split, gan_loop.Program(
+      name="jaxmia.gan_kedmi", what="KED-MI GAN training", fingerprint=record,
+      num_steps=total_steps(config, split), length_field="num_epochs",
+      create_state=lambda key: create_state(config, num_classes, key),
+      train_step=train_step,
+      sample=lambda state, z: sample(generator_variables(state), z), latent_dim=config.generator.latent_dim,
+      export=lambda state: export(state, config, num_classes, workdir), sample_every=config.sample_every_steps,
+      checkpoint_every=config.checkpoint_every_steps, num_streams=3))
 
 
 def main(argv):
@@ -430,8 +325,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", None, "KED-MI GAN configuration (configs/gan_kedmi_*.py).",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, sample grids and the exported networks.")
-  flags.mark_flags_as_required(["config", "workdir"])
-  cli.run(main)
+  gan_loop.run_cli(main, "KED-MI GAN configuration (configs/gan_kedmi_*.py).")
