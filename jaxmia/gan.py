@@ -26,7 +26,7 @@ runtime gains inside the Flax modules, so Adam on the stored parameters matches 
 `g_step` and `d_step` are pure functions of (state, batch, key) that `train_step` composes and `jax.jit`s
 over the `('data',)` mesh (reals split over devices, state replicated); `train` runs it in `jaxmia.gan_loop`,
 the loop every GAN program shares. Iteration `i` uses
-`fold_in(key(seed), i)` and the data order is a pure function of (seed, epoch), so a run resumed from an
+`fold_in(fold_in(key(seed), 1), i)` and the data order is a pure function of (seed, epoch), so a run resumed from an
 orbax checkpoint equals an uninterrupted one (the newest two checkpoints are kept; an unreadable newest one is
 moved aside with a warning). Before anything is written, the config is validated (`validate_config`) and its
 resume fingerprint (`fingerprint`) compared with the workdir's `run.json`; see `jaxmia.train`. The workdir
@@ -369,7 +369,7 @@ CONFIG_RULES = gan_loop.RUN_RULES + (
     ("sample_every_kimg", "> 0", number(0, low_open=True)),
     ("checkpoint_every_kimg", "> 0", number(0, low_open=True)),
     ("log_every_steps", "a positive integer", _positive_int),
-    ("progress_every_secs", "None or > 0", lambda v: v is None or number(0, low_open=True)(v)),
+    ("progress_every_secs", "> 0", number(0, low_open=True)),
     ("max_steps", "an integer >= 0 (0: run to the end)", number(0, integer=True)),
     ("overwrite", "True or False", one_of(True, False)),
     ("dataset.validation_fraction", "in [0, 1)", number(0, 1, high_open=True)),
