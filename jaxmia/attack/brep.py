@@ -448,12 +448,7 @@ def run_brep(config, workdir) -> dict:
   # Starting points, labelled as their class by the target.
   t0 = time.monotonic()
   initial_path = workdir / "initial.npz"
-  cached = None
-  if initial_path.exists():
-    cached = layout.read_cached(initial_path, {"w": None, "indices": targets.shape, "targets": targets.shape,
-                                         "num_draws": ()})
-  if cached is not None and not np.array_equal(cached["targets"], targets):
-    cached = None
+  cached = layout.read_starts(initial_path, targets, {"w": None, "indices": targets.shape, "num_draws": ()})
   if cached is not None:
     starts = Starts(w=cached["w"], indices=cached["indices"], found=cached["indices"] >= 0,
                          num_draws=int(cached["num_draws"]))

@@ -140,6 +140,19 @@ def read_cached(path: pathlib.Path, expected: dict, optional: tuple[str, ...] = 
   return arrays
 
 
+def read_starts(path: pathlib.Path, targets: np.ndarray, expected: dict, *, targets_optional: bool = False):
+  """The cached starting points of `targets` `[N]` (`read_cached` of `expected` plus their stored `targets`), or
+  None when the file is absent, unreadable or holds the starts of other targets (named in a warning).
+  `targets_optional`: files of older runs without `targets` are taken as they are."""
+  if not path.exists():
+    return None
+  cached = read_cached(path, {**expected, "targets": targets.shape}, optional=("targets",) if targets_optional else ())
+  if cached is not None and "targets" in cached and not np.array_equal(cached["targets"], targets):
+    logging.warning("%s holds the starting latents of other targets; recomputing it.", path)
+    return None
+  return cached
+
+
 def progress_bar(total: int, unit: str, what: str, done: int = 0) -> progress.Progress:
   report_progress = progress.Progress(total, unit=unit, what=what, every_secs=30.0)
   report_progress(done)

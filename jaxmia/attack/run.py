@@ -185,13 +185,8 @@ def run_attack(config, workdir) -> dict:
   # Stage 1: starting latents.
   t0 = time.monotonic()
   initial_path = workdir / "initial.npz"
-  cached = None
-  if initial_path.exists():
-    cached = layout.read_cached(initial_path, {"w": None, "indices": targets.shape, "scores": targets.shape,
-                                         "targets": targets.shape}, optional=("targets",))
-  if cached is not None and "targets" in cached and not np.array_equal(cached["targets"], targets):
-    logging.warning("%s holds the starting latents of other targets; recomputing it.", initial_path)
-    cached = None
+  cached = layout.read_starts(initial_path, targets, {"w": None, "indices": targets.shape, "scores": targets.shape},
+                              targets_optional=True)
   if cached is not None:
     initial = initial_selection.InitialLatents(w=cached["w"], indices=cached["indices"], scores=cached["scores"])
     logging.info("Stage 1: loaded %d starting latents from %s.", len(initial.w), initial_path)
