@@ -90,4 +90,7 @@ def defense_config() -> ConfigDict:
   defense.calor.activation = "tanh"  # between the two head layers: 'tanh' (CALoR's) | 'relu' | 'none'
   defense.calor.gamma = 4.0  # confidence adaptation exponent: the loss pulls p_y to exp(-1/gamma) (0.78)
   defense.calor.scale = 0.25  # weight of the confidence adaptation loss (only rescales the gradient)
+  # The confidence adaptation loss trains only the last finetune_epochs epochs (cross-entropy before them), as the
+  # authors fine-tune a cross-entropy-trained model with it for 5 epochs; >= num_epochs: the CA loss throughout.
+  defense.calor.finetune_epochs = 5
   return defense

@@ -209,15 +209,19 @@ def smoothing_schedule(label_smoothing: float, num_epochs: int, negative_kind: s
 def make_train_step(num_classes: int, *, augment_kwargs: Mapping[str, Any], aux_loss_weight: float = 0.0,
                     defense: str = "none", mid_beta: float = 0.0,
                     bido_kwargs: Mapping[str, float] | None = None,
-                    calor_kwargs: Mapping[str, float] | None = None) -> Callable:
+                    calor_kwargs: Mapping[str, float] | None = None, calor_start_step: int = 0) -> Callable:
   """`train_step(state, batch, key, alpha) -> (state, metrics)`: pure, to be jitted (`jit_train_step`).
 
   augment_kwargs: keyword arguments of `data.augment.train_augment` (size, crop_scale, ...).
   aux_loss_weight: weight of Inception-v3's auxiliary-head loss (0: not computed).
   defense: 'none', 'mid' (KL term weighted by `mid_beta`; the model must be a MID classifier), 'bido'
-    (`defenses.bido_penalty` with `bido_kwargs`: lambda_x, lambda_y, sigma) or 'calor' (the classification loss
-    is `defenses.confidence_adaptation_loss` with `calor_kwargs`: gamma, scale, and the label-smoothing factor
-    as its alpha; the model should be a CALoR classifier).
+    (`defenses.bido_penalty` with `bido_kwargs`: lambda_x, lambda_y, sigma, on the sown stage outputs and the
+    pooled features) or 'calor' (the classification loss is label-smoothed cross-entropy before step
+    `calor_start_step` and `defenses.confidence_adaptation_loss` with `calor_kwargs`: gamma, scale, and the
+    label-smoothing factor as its alpha from that step on; the model should be a CALoR classifier).
+  calor_start_step: the first step of CALoR's confidence adaptation phase (0: the whole run; the CA loss alone
+    cannot train a randomly initialised many-class model, see `defenses.calor`). The step counter is traced,
+    so the switch does not recompile.
 
   batch: `{'image': uint8 [B, S, S, 3], 'label': int32 [B]}` (the global batch); key: the run's root key;
   alpha: the label-smoothing factor of the current epoch (a float32 scalar array, so changing it does not
@@ -228,31 +232,42 @@ def make_train_step(num_classes: int, *, augment_kwargs: Mapping[str, Any], aux_
     raise ValueError(f"The defense must be one of {defenses.DEFENSES}, got {defense!r}.")
   augment_kwargs, bido_kwargs, calor_kwargs = dict(augment_kwargs), dict(bido_kwargs or {}), dict(calor_kwargs or {})
 
-  def classification_loss(logits, labels, alpha):
-    if defense == "calor":
-      return defenses.confidence_adaptation_loss(logits, labels, label_smoothing=alpha, **calor_kwargs)
-    return losses.label_smoothing_cross_entropy(logits, labels, alpha)
+  def classification_loss(logits, labels, alpha, step):
+    cross_entropy = losses.label_smoothing_cross_entropy(logits, labels, alpha)
+    if defense != "calor":
+      return cross_entropy
+    adaptation = defenses.confidence_adaptation_loss(logits, labels, label_smoothing=alpha, **calor_kwargs)
+    if calor_start_step <= 0:
+      return adaptation
+    return jnp.where(step >= calor_start_step, adaptation, cross_entropy)
 
   def loss_fn(params, state, images, labels, alpha, rngs):
     mutable = ["batch_stats"] + (["intermediates"] if defense in ("mid", "bido") or aux_loss_weight else [])
-    logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images, train=True,
-                                     mutable=mutable, rngs=rngs)
+    # BiDO also constrains the pooled features that feed the head, as the official code does.
+    feature_kwargs = {"return_features": True} if defense == "bido" else {}
+    outputs, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images, train=True,
+                                      mutable=mutable, rngs=rngs, **feature_kwargs)
+    logits, features = outputs if defense == "bido" else (outputs, None)
     logits = logits.astype(jnp.float32)
-    loss = classification_loss(logits, labels, alpha).mean()
+    loss = classification_loss(logits, labels, alpha, state.step).mean()
     extra = {}
     intermediates = updates.get("intermediates", {})
     if "aux_logits" in intermediates:
       (aux,) = intermediates["aux_logits"]
-      extra["aux_loss"] = classification_loss(aux, labels, alpha).mean()
+      extra["aux_loss"] = classification_loss(aux, labels, alpha, state.step).mean()
       loss += aux_loss_weight * extra["aux_loss"]
     if defense == "mid":
       (kl,) = intermediates["bottleneck_kl"]
       extra["kl"] = kl.mean()
       loss += mid_beta * extra["kl"]
     elif defense == "bido":
-      penalty, extra = defenses.bido_penalty(images, labels, num_classes, intermediates.get("stage_outputs", ()),
-                                             **bido_kwargs)
+      stages = tuple(intermediates.get("stage_outputs", ()))
+      hidden = (*stages, features) if stages else ()
+      penalty, extra = defenses.bido_penalty(images, labels, num_classes, hidden, **bido_kwargs)
+      extra["bido_penalty"] = penalty
       loss += penalty
+    elif defense == "calor":
+      extra["calor_adaptation"] = (state.step >= calor_start_step).astype(jnp.float32)  # 1 in the CA phase
     return loss, (logits, updates["batch_stats"], extra)
 
   def train_step(state: TrainState, batch: dict, key: jax.Array, alpha: jax.Array):

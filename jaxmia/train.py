@@ -67,6 +67,7 @@ CONFIG_RULES = (
     ("defense.calor.activation", f"one of {tuple(defenses.calor.ACTIVATIONS)}", one_of(*defenses.calor.ACTIVATIONS)),
     ("defense.calor.gamma", "> 0", number(0, low_open=True)),
     ("defense.calor.scale", "> 0", number(0, low_open=True)),
+    ("defense.calor.finetune_epochs", "an integer >= 0", number(0, integer=True)),
     ("optimizer.learning_rate", "> 0", number(0, low_open=True)),
     ("optimizer.b1", "in [0, 1)", number(0, 1, high_open=True)),
     ("optimizer.b2", "in [0, 1)", number(0, 1, high_open=True)),
@@ -130,7 +131,10 @@ def dataset_version(split: data.Split) -> str:
 def fingerprint(config: ConfigDict, splits: dict, init_weights_digest: str | None) -> dict:
   """What defines a training run's result: the config minus `NOT_IN_FINGERPRINT`, the content digest of the
   initial weights (`files.tree_digest`) and the version of each dataset split."""
-  return {"config": config_without(config, NOT_IN_FINGERPRINT),
+  # defense.calor.finetune_epochs came after runs were recorded and decides nothing unless CALoR is selected:
+  # left out of the other runs' records, so they still resume.
+  unused = () if config.defense.name == "calor" else ("defense.calor.finetune_epochs",)
+  return {"config": config_without(config, NOT_IN_FINGERPRINT + unused),
           "weights": {"init_weights": init_weights_digest},
           "dataset": {name: dataset_version(split) for name, split in splits.items()}}
 
@@ -196,14 +200,30 @@ def create_train_state(config: ConfigDict, module, key: jax.Array, steps_per_epo
   return classifier.create_train_state(module, variables, tx, mesh)
 
 
-def make_train_step(config: ConfigDict, num_classes: int) -> Callable:
-  """`classifier.make_train_step` with the configured augmentation, auxiliary loss and defense."""
+def calor_start_step(config: ConfigDict, steps_per_epoch: int) -> int:
+  """First step of CALoR's confidence adaptation phase: the last `defense.calor.finetune_epochs` epochs of
+  `num_epochs` (all of them when it is >= num_epochs); the steps before it train with cross-entropy."""
+  finetune_epochs = config.defense.calor.get("finetune_epochs", config.num_epochs)
+  return max(config.num_epochs - finetune_epochs, 0) * steps_per_epoch
+
+
+def make_train_step(config: ConfigDict, num_classes: int, steps_per_epoch: int | None = None) -> Callable:
+  """`classifier.make_train_step` with the configured augmentation, auxiliary loss and defense.
+
+  `steps_per_epoch` places CALoR's confidence adaptation phase (`calor_start_step`); needed for CALoR only.
+  """
   defense = config.defense
+  start = 0
+  if defense.name == "calor":
+    if steps_per_epoch is None:
+      raise ValueError("CALoR's confidence adaptation phase starts at an epoch: pass steps_per_epoch.")
+    start = calor_start_step(config, steps_per_epoch)
   return classifier.make_train_step(
       num_classes, augment_kwargs=config.augment.to_dict(), aux_loss_weight=config.model.aux_loss_weight,
       defense=defense.name, mid_beta=defense.mid.beta,
       bido_kwargs=dict(lambda_x=defense.bido.lambda_x, lambda_y=defense.bido.lambda_y, sigma=defense.bido.sigma),
-      calor_kwargs=(dict(gamma=defense.calor.gamma, scale=defense.calor.scale) if defense.name == "calor" else None))
+      calor_kwargs=(dict(gamma=defense.calor.gamma, scale=defense.calor.scale) if defense.name == "calor" else None),
+      calor_start_step=start)
 
 
 # ----------------------------------------------------------------------------------------------- loop
@@ -312,7 +332,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, mesh: jax
   record = fingerprint(config, splits, files.tree_digest(pretrained) if pretrained is not None else None)
   root_key = jax.random.key(config.seed)
   state = create_train_state(config, module, jax.random.fold_in(root_key, 0), steps_per_epoch, mesh, pretrained)
-  train_step = classifier.jit_train_step(make_train_step(config, num_classes), mesh)
+  train_step = classifier.jit_train_step(make_train_step(config, num_classes, steps_per_epoch), mesh)
   alpha_at = classifier.smoothing_schedule(config.label_smoothing, config.num_epochs, config.ls_schedule)
 
   # Everything is checked: now the workdir may change.

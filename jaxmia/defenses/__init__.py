@@ -2,11 +2,13 @@
 
 - `'none'`: plain (label-smoothing) cross-entropy.
 - `'mid'`: variational information bottleneck before the head (`mid.create_mid_classifier`).
-- `'bido'`: BiDO-HSIC dependency terms on the ResNet stage outputs (`bido.bido_penalty`).
-- `'calor'`: CALoR's confidence adaptation loss and low-rank head (`calor.confidence_adaptation_loss`,
-  `calor.create_calor_classifier`).
+- `'bido'`: BiDO's normalized-HSIC dependency terms on the ResNet stage outputs and pooled features
+  (`bido.bido_penalty`).
+- `'calor'`: CALoR's low-rank head (`calor.create_calor_classifier`), trained with cross-entropy and then
+  fine-tuned with the confidence adaptation loss (`calor.confidence_adaptation_loss`).
 """
-from jaxmia.defenses.bido import bido_penalty, gaussian_kernel, hsic, hsic_from_kernels
+from jaxmia.defenses.bido import (bido_penalty, gaussian_kernel, linear_kernel, normalized_hsic,
+                                  normalized_hsic_from_kernels)
 from jaxmia.defenses.calor import (CALoRClassifier, confidence_adaptation_loss, create_calor_classifier,
                                    optimal_confidence)
 from jaxmia.defenses.mid import MIDClassifier, create_mid_classifier, gaussian_kl
@@ -14,5 +16,5 @@ from jaxmia.defenses.mid import MIDClassifier, create_mid_classifier, gaussian_k
 DEFENSES = ("none", "mid", "bido", "calor")
 
 __all__ = ["CALoRClassifier", "DEFENSES", "MIDClassifier", "bido_penalty", "confidence_adaptation_loss",
-           "create_calor_classifier", "create_mid_classifier", "gaussian_kernel", "gaussian_kl", "hsic",
-           "hsic_from_kernels", "optimal_confidence"]
+           "create_calor_classifier", "create_mid_classifier", "gaussian_kernel", "gaussian_kl", "linear_kernel",
+           "normalized_hsic", "normalized_hsic_from_kernels", "optimal_confidence"]

@@ -20,10 +20,22 @@ label-smoothing factor `alpha` (jaxmia's `label_smoothing`) the loss is `(1 - al
 so the logits (less the bias of `fc`) always lie in a `rank`-dimensional subspace, and the gradient an attack
 receives through the head is squeezed through `rank` saturating units.
 
+**Training schedule.** The CA loss cannot train a randomly initialised many-class model: at the start
+`p_y ~ 1/C`, where its gradient `scale * p^gamma * (gamma log p + 1)` (w.r.t. `log p`) is below 1e-7 for C = 100,
+against 1 for cross-entropy, so the weights hardly move (under Adam, below its `eps`). The authors never ask it
+to: in their experiment scripts around the MIBench toolbox (a FaceScrub ResNet-152 script that wraps an already
+cross-entropy-trained classifier in the low-rank neck and trains it with plain cross-entropy for 100 epochs, and
+a fine-tuning script that loads that model and trains it with `InverseFocalLoss` for 5 epochs at a small SGD
+learning rate) confidence adaptation is a short fine-tuning phase after cross-entropy training, when `p_y` is
+already near 1 and the loss pulls it back to `p*`. Here the same run does both: `jaxmia.train` uses
+label-smoothed cross-entropy until the last `defense.calor.finetune_epochs` (5) epochs and the CA loss in them
+(`classifier.make_train_step(calor_start_step=...)`), with the run's own optimiser at its decayed learning rate
+rather than a second SGD optimiser.
+
 Defaults (`configs/faces.py: defense.calor`): gamma = 4, scale = 0.25 and a tanh bottleneck, as in the
-authors' implementation in the MIBench toolbox (`InverseFocalLoss`, `NeckWrapper`); rank 50 as their
-low-rank-compression experiments on FaceScrub (530 classes). Neither the paper's text nor its code is copied
-here; the formulas above are what both compute.
+toolbox's `InverseFocalLoss` and `NeckWrapper` (the fine-tuning scripts also tried gamma = 8); rank 50 as
+their low-rank-compression experiments on FaceScrub (530 classes). Neither the paper's text nor its code is
+copied here; the formulas above are what both compute.
 
 `create_calor_classifier(arch, num_classes, rank, activation, dtype)` is what `model_store.load_model` calls for
 the `calor_classifier` kind, so a trained CALoR target loads like any classifier.
