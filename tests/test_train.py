@@ -69,7 +69,9 @@ def test_four_devices_match_one_device():
   losses_4, variables_4 = run_steps(config, parallel.make_mesh(4), 3)
   assert_trees_close(losses_1, losses_4, rtol=2e-5, atol=1e-6)
   assert losses_1[0]["hsic_x"] > 0 and losses_1[0]["hsic_y"] > 0
-  assert_trees_close(variables_1, variables_4, rtol=1e-4, atol=1e-5)
+  # BiDO's normalized HSIC solves with K~ + 1e-5 m I (condition number up to ~1e5), which magnifies the float32
+  # rounding of a different reduction order into a few 1e-5-sized parameter differences after 3 steps.
+  assert_trees_close(variables_1, variables_4, rtol=1e-4, atol=5e-5)
 
 
 # The runs below use MID, whose bottleneck noise is one more random stream that resumption must reproduce.
