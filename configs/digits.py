@@ -52,4 +52,5 @@ def get_config(arg=None):
     config.eval_batch_size = 100
     config.num_epochs = 2
     config.optimizer.lr_decay_epochs = (1,)
+    config.defense.calor.finetune_epochs = 1  # CALoR: cross-entropy, then the CA loss in the second epoch
   return config
