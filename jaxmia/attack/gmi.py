@@ -195,23 +195,22 @@ def select_best(targets, scores, per_class: int) -> np.ndarray:
 _STATE = ("gmi/*.npz", "latents.npz", "summary.json")
 _OUTPUTS = _STATE + ("gmi", "images", report.EVALUATION_DIR, "*.tmp")
 _RESULTS = ("initial_w", "w", "total", "prior", "identity", "target_logit")
-_positive_int = number(1, integer=True)
 
 CONFIG_RULES = (
     ("seed", "an integer", number(integer=True)),
     ("overwrite", "True or False", one_of(True, False)),
-    ("attack.restarts", "a positive integer", _positive_int),
-    ("attack.steps_per_call", "a positive integer", _positive_int),
+    ("attack.restarts", "a positive integer", layout.positive_int),
+    ("attack.steps_per_call", "a positive integer", layout.positive_int),
     ("attack.iterations", "an integer >= 0", number(0, integer=True)),
     ("attack.learning_rate", "> 0", number(0, low_open=True)),
     ("attack.momentum", "in [0, 1)", number(0, 1, high_open=True)),
     ("attack.identity_weight", ">= 0", number(0)),
     ("attack.prior_weight", ">= 0", number(0)),
     ("attack.clip", "> 0", number(0, low_open=True)),
-    ("attack.loss_batch", "a positive integer", _positive_int),
-    ("attack.samples_per_target", "a positive integer", _positive_int),
+    ("attack.loss_batch", "a positive integer", layout.positive_int),
+    ("attack.samples_per_target", "a positive integer", layout.positive_int),
     ("output.images_per_class", "an integer >= 0 (0: no grids)", number(0, integer=True)),
-    ("output.image_size", "a positive integer", _positive_int),
+    ("output.image_size", "a positive integer", layout.positive_int),
 )
 
 

@@ -263,7 +263,6 @@ def attack_classes(targets, keys, sample_keys, *, fns: ScoreFns, variables, late
 _STATE = ("kedmi/*.npz", "latents.npz", "summary.json")
 _OUTPUTS = _STATE + ("kedmi", "images", report.EVALUATION_DIR, "*.tmp")
 _RESULTS = ("mu", "log_var", "z", "scores", "prior_loss", "identity_loss")
-_positive_int = number(1, integer=True)
 
 CONFIG_RULES = (
     ("seed", "an integer", number(integer=True)),
@@ -275,13 +274,13 @@ CONFIG_RULES = (
     ("attack.eps", "> 0", number(0, low_open=True)),
     ("attack.identity_weight", ">= 0", number(0)),
     ("attack.identity_loss", f"one of {IDENTITY_LOSSES}", one_of(*IDENTITY_LOSSES)),
-    ("attack.samples_per_step", "a positive integer", _positive_int),
+    ("attack.samples_per_step", "a positive integer", layout.positive_int),
     ("attack.init_mu", "a finite number", number()),
     ("attack.init_log_var", "a finite number", number()),
-    ("attack.num_samples", "a positive integer", _positive_int),
-    ("attack.steps_per_call", "a positive integer", _positive_int),
+    ("attack.num_samples", "a positive integer", layout.positive_int),
+    ("attack.steps_per_call", "a positive integer", layout.positive_int),
     ("output.images_per_class", "an integer >= 0 (0: no grids)", number(0, integer=True)),
-    ("output.image_size", "a positive integer", _positive_int),
+    ("output.image_size", "a positive integer", layout.positive_int),
 )
 
 

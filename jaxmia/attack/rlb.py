@@ -596,7 +596,6 @@ def _read_state(path: pathlib.Path, template: BatchState) -> BatchState:
 _STATE = ("rlb/*.npz", "latents.npz", "summary.json")
 _OUTPUTS = _STATE + ("rlb", "images", report.EVALUATION_DIR, "*.tmp")
 _RESULTS = ("z", "score", "rewards", "test_scores")
-_positive_int = number(1, integer=True)
 _flag = one_of(True, False)
 
 CONFIG_RULES = (
@@ -604,19 +603,19 @@ CONFIG_RULES = (
     ("overwrite", "True or False", _flag),
     ("latent.truncation_psi", "a finite number", number()),
     ("latent.truncation_cutoff", "None or an integer >= 0", lambda v: v is None or number(0, integer=True)(v)),
-    ("attack.batch_size", "a positive integer", _positive_int),
-    ("attack.episodes_per_call", "a positive integer", _positive_int),
+    ("attack.batch_size", "a positive integer", layout.positive_int),
+    ("attack.episodes_per_call", "a positive integer", layout.positive_int),
     ("attack.checkpoint_minutes", ">= 0", number(0)),
-    ("attack.max_episodes", "a positive integer", _positive_int),
-    ("attack.max_step", "a positive integer", _positive_int),
+    ("attack.max_episodes", "a positive integer", layout.positive_int),
+    ("attack.max_step", "a positive integer", layout.positive_int),
     ("attack.alpha", "in [0, 1]", number(0, 1)),
     ("attack.reward_weights", "three numbers", lambda v: len(v) == 3 and all(number()(w) for w in v)),
     ("attack.margin_floor", "> 0", number(0, low_open=True)),
-    ("attack.hidden_size", "a positive integer", _positive_int),
+    ("attack.hidden_size", "a positive integer", layout.positive_int),
     ("attack.discount", "in [0, 1]", number(0, 1)),
     ("attack.tau", "in (0, 1]", number(0, 1, low_open=True)),
-    ("attack.buffer_size", "a positive integer", _positive_int),
-    ("attack.replay_batch_size", "a positive integer", _positive_int),
+    ("attack.buffer_size", "a positive integer", layout.positive_int),
+    ("attack.replay_batch_size", "a positive integer", layout.positive_int),
     ("attack.actor_learning_rate", "> 0", number(0, low_open=True)),
     ("attack.critic_learning_rate", "> 0", number(0, low_open=True)),
     ("attack.temperature_learning_rate", "> 0", number(0, low_open=True)),
@@ -626,7 +625,7 @@ CONFIG_RULES = (
     ("attack.log_std_max", "a finite number", number()),
     ("attack.log_prob_reduction", f"one of {REDUCTIONS}", one_of(*REDUCTIONS)),
     ("output.images_per_class", "an integer >= 0 (0: no grids)", number(0, integer=True)),
-    ("output.image_size", "a positive integer", _positive_int),
+    ("output.image_size", "a positive integer", layout.positive_int),
 )
 
 
