@@ -385,6 +385,16 @@ def xla_matmul_gflops(size: int, repeats: int = 5) -> float | None:
   return 2 * size**3 / statistics.median(times) / 1e9
 
 
+def compiled_flops(fn, *args) -> float:
+  """XLA's count of floating-point operations in the compiled `jax.jit(fn)(*args)` (its cost analysis)."""
+  import jax  # noqa: PLC0415 (the reference interpreter loads this module and has no jax)
+
+  analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # one entry per computation in older jax versions
+    analysis = analysis[0]
+  return float(analysis.get("flops", 0.0))
+
+
 @dataclasses.dataclass(frozen=True)
 class Column:
   """A table column: `key` of a row, its format (a format spec or a function), and whether it is PyTorch's

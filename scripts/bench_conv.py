@@ -4,6 +4,7 @@ jaxmia's convolutions compare with PyTorch's (oneDNN) on the same shapes in the 
     python scripts/bench_conv.py                 # float32, the shapes below (minutes on 2 CPU cores)
     python scripts/bench_conv.py --dtype=bfloat16
     python scripts/bench_conv.py --tables=1x1     # only the 1x1 (bottleneck) table
+    python scripts/bench_conv.py --tables=small   # only the kernel-larger-than-input table
     python scripts/bench_conv.py --tables=torch --shapes="stage 1"   # only jaxmia vs PyTorch, one shape
 
 For 3x3 convolutions of ResNet and StyleGAN2 FFHQ-256 shapes it prints GFLOP/s of
@@ -20,12 +21,17 @@ XLA's own weight gradient because of what this table measures.
 A second table times 1x1 convolutions of ResNet bottleneck shapes (forward, input and weight gradient in one
 jitted call) as `lax.conv_general_dilated` and as jaxmia's strided slice + matrix product.
 
-A third table ('torch') times what jaxmia runs (`jaxmia.models.conv.conv_general_dilated`, NHWC) against
+A third table ('small') times the same training pass for GMI's / KED-MI's 5x5 layers on maps smaller than the
+kernel (their networks at 32x32), as `lax.conv_general_dilated` and as jaxmia's patches times a matrix
+(`as_patches=True`, what those networks use).
+
+A fourth table ('torch') times what jaxmia runs (`jaxmia.models.conv.conv_general_dilated`, NHWC) against
 PyTorch's `conv2d` and its gradients (NCHW, float32) on the same shapes: the 3x3 forward, input and weight
 gradients and the 1x1 training pass. Each side runs in its own process (PyTorch's is `scripts/bench_torch.py` in
 the reference environment of `scripts/setup_reference.sh`), alternating for `--rounds` rounds, each side's
 median reported (`jaxmia.benchmarks`); without the reference environment only jaxmia is timed.
 """
+import functools
 import time
 
 from absl import app, flags
@@ -39,7 +45,7 @@ from jaxmia.models import conv as jaxmia_conv
 
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "jaxmia's dtype (PyTorch runs float32).")
 flags.DEFINE_integer("repeats", 3, "Timed calls per cell of the 3x3 and 1x1 tables (median reported).")
-flags.DEFINE_list("tables", ["3x3", "1x1", "torch"], "Tables to print: 3x3, 1x1, torch.")
+flags.DEFINE_list("tables", ["3x3", "1x1", "small", "torch"], "Tables to print: 3x3, 1x1, small, torch.")
 flags.DEFINE_list("shapes", [], "Only the shapes whose names contain one of these (default: all).")
 flags.DEFINE_integer("calls", 2, "Calls per side and round in the torch table.")
 benchmarks.define_flags()
@@ -61,6 +67,13 @@ POINTWISE_SHAPES = [
     ("layer3 conv1", 16, 14, 1024, 256, 1),
     ("layer4 conv3", 16, 7, 512, 2048, 1),
     ("layer3 downsample", 16, 28, 512, 1024, 2),
+]
+# 5x5 layers of GMI's critic and generator at 32x32 (batch 64) and one at 64x64 for contrast: (name, batch,
+# height = width, in, out, stride, padding, input dilation); the dilated ones are transposed convolutions.
+SMALL_SHAPES = [
+    ("critic last 5x5 (32 px)", 64, 4, 256, 512, 2, ((2, 2), (2, 2)), 1),
+    ("generator first 5x5^T (32 px)", 64, 2, 512, 256, 1, ((2, 3), (2, 3)), 2),
+    ("critic last 5x5 (64 px, not small)", 64, 8, 256, 512, 2, ((2, 2), (2, 2)), 1),
 ]
 LOOP_ITERATIONS = 4
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
@@ -104,9 +117,10 @@ def tapwise_weight_gradient(x, g):
                                for dx in range(3)]) for dy in range(3)])
 
 
-def pointwise_training_pass(impl, stride: int):
-  """Forward, input and weight gradient of a 1x1 conv (what a training step computes per layer)."""
-  conv = lambda x, w: impl(x, w, (stride, stride), "VALID", dimension_numbers=DIMENSIONS)
+def training_pass(impl, stride: int, padding="VALID", dilation: int = 1):
+  """Forward, input and weight gradient of a conv (what a training step computes per layer)."""
+  conv = lambda x, w: impl(x, w, (stride, stride), padding, lhs_dilation=(dilation, dilation),
+                           dimension_numbers=DIMENSIONS)
 
   def forward_and_gradients(x, w, g):
     out, vjp = jax.vjp(conv, x, w)
@@ -131,9 +145,30 @@ def pointwise_table(report, dtype, repeats: int):
     w = jnp.asarray(rng.standard_normal((1, 1, cin, cout)) / np.sqrt(cin), dtype)
     g = jnp.asarray(rng.standard_normal((batch, out, out, cout)), dtype)
     flop = 3 * 2 * batch * out * out * cin * cout
-    times = [seconds(pointwise_training_pass(impl, stride), x, w, g, repeats=repeats)
+    times = [seconds(training_pass(impl, stride), x, w, g, repeats=repeats)
              for impl in (lax.conv_general_dilated, jaxmia_conv.conv_general_dilated)]
     report.add(dict(shape=f"{name} {size}x{size}x{cin}->{cout}, stride {stride}", B=batch, lax=flop / times[0] / 1e9,
+                    jaxmia=flop / times[1] / 1e9, speedup=times[0] / times[1]))
+
+
+def small_input_table(report, dtype, repeats: int):
+  report.section("5x5 convolutions on maps smaller than the kernel: forward + input grad + weight grad, GFLOP/s "
+                 "(XLA's cost analysis of lax's pass)", [
+      benchmarks.Column("shape", "shape", str), benchmarks.Column("B", "B", "d"),
+      benchmarks.Column("lax", "lax", ".1f"), benchmarks.Column("jaxmia (patches)", "jaxmia", ".1f"),
+      benchmarks.Column("speed-up", "speedup", ".1f")])
+  rng = np.random.default_rng(0)
+  for name, batch, size, cin, cout, stride, padding, dilation in selected(SMALL_SHAPES):
+    x = jnp.asarray(rng.standard_normal((batch, size, size, cin)), dtype)
+    w = jnp.asarray(rng.standard_normal((5, 5, cin, cout)) / np.sqrt(25 * cin), dtype)
+    passes = [training_pass(impl, stride, padding, dilation) for impl in (
+        lax.conv_general_dilated, functools.partial(jaxmia_conv.conv_general_dilated, as_patches=True))]
+    out = jax.eval_shape(lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), padding, (dilation,) * 2,
+                                                               dimension_numbers=DIMENSIONS), x, w)
+    g = jnp.asarray(rng.standard_normal(out.shape), dtype)
+    flop = benchmarks.compiled_flops(passes[0], x, w, g)
+    times = [seconds(fn, x, w, g, repeats=repeats) for fn in passes]
+    report.add(dict(shape=f"{name} {size}x{size}x{cin}->{cout}", B=batch, lax=flop / times[0] / 1e9,
                     jaxmia=flop / times[1] / 1e9, speedup=times[0] / times[1]))
 
 
@@ -197,7 +232,7 @@ def prepare(case: dict):
       "forward": (jax.jit(conv), (x, w)),
       "input_grad": (jax.jit(input_gradient(jaxmia_conv.conv_general_dilated)), (x, w, g)),
       "weight_grad": (jax.jit(lambda x, g: jax.vjp(lambda k: conv(x, k), w)[1](g)[0]), (x, g)),
-      "training": (pointwise_training_pass(jaxmia_conv.conv_general_dilated, stride), (x, w, g)),
+      "training": (training_pass(jaxmia_conv.conv_general_dilated, stride), (x, w, g)),
   }[case["op"]]
   jax.block_until_ready(fn(*args))
   return lambda: [jax.block_until_ready(fn(*args)) for _ in range(case["calls"])], case["calls"]
@@ -239,12 +274,14 @@ def main(argv):
                              json_path=FLAGS.json, settings=benchmarks.settings(
                                  FLAGS, ["dtype", "repeats", "tables", "shapes", "calls", "rounds", "max_wait",
                                          "threshold"]))
-  report.print(f"{FLAGS.dtype}; median of {FLAGS.repeats} calls in the 3x3 and 1x1 tables, of {FLAGS.rounds} rounds "
-               "in the torch table")
+  report.print(f"{FLAGS.dtype}; median of {FLAGS.repeats} calls in the 3x3, 1x1 and small tables, of "
+               f"{FLAGS.rounds} rounds in the torch table")
   if "3x3" in FLAGS.tables:
     three_by_three_table(report, dtype, FLAGS.repeats)
   if "1x1" in FLAGS.tables:
     pointwise_table(report, dtype, FLAGS.repeats)
+  if "small" in FLAGS.tables:
+    small_input_table(report, dtype, FLAGS.repeats)
   if "torch" in FLAGS.tables:
     torch_table(report, reference)
   report.finish()

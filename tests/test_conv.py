@@ -1,4 +1,6 @@
 """`jaxmia.models.conv.conv_general_dilated`: the values and both gradients of `lax.conv_general_dilated`."""
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,7 +10,7 @@ from jax import lax
 
 from jaxmia import models
 from jaxmia.models import xla_cpu
-from jaxmia.models.conv import conv_general_dilated
+from jaxmia.models.conv import conv_general_dilated, conv_transpose2x
 
 CASES = {
     "same": dict(window_strides=(1, 1), padding="SAME"),
@@ -20,14 +22,14 @@ CASES = {
 }
 
 
-def assert_value_and_gradients_match_lax(x, w, options, atol):
+def assert_value_and_gradients_match_lax(x, w, options, atol, conv=conv_general_dilated):
   """`sum(sin(conv(x, w)))` and its gradients w.r.t. x and w equal those of `lax.conv_general_dilated`."""
 
   def loss(conv):
     return lambda x, w: jnp.sum(jnp.sin(conv(x, w, **options)))
 
   want = jax.value_and_grad(loss(lax.conv_general_dilated), (0, 1))(x, w)
-  got = jax.value_and_grad(loss(conv_general_dilated), (0, 1))(x, w)
+  got = jax.value_and_grad(loss(conv), (0, 1))(x, w)
   np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
   for g, h in zip(got[1], want[1]):
     assert g.shape == h.shape
@@ -54,6 +56,50 @@ def test_pointwise_conv_is_a_matmul_with_lax_values_and_gradients(stride, paddin
   jaxpr = str(jax.make_jaxpr(lambda x, w: conv_general_dilated(x, w, **options))(x, w))
   assert "dot_general" in jaxpr and "conv_general_dilated" not in jaxpr
   assert_value_and_gradients_match_lax(x, w, options, atol=1e-5)
+
+
+PATCHES_CASES = {  # (input side, kernel, options); the first five have maps smaller than the kernel
+    "critic_5x5_stride2": (4, 5, dict(window_strides=(2, 2), padding=((2, 2), (2, 2)))),
+    "transposed_5x5": (2, 5, dict(window_strides=(1, 1), padding=((2, 3), (2, 3)), lhs_dilation=(2, 2))),
+    "same_string": (3, 5, dict(window_strides=(1, 1), padding="SAME")),
+    "same_string_dilated": (3, 3, dict(window_strides=(2, 2), padding="SAME", rhs_dilation=(1, 3))),
+    "asymmetric_negative": (2, 4, dict(window_strides=(1, 2), padding=((3, -1), (1, 2)))),
+    "output_smaller": (8, 5, dict(window_strides=(2, 2), padding=((2, 2), (2, 2)))),
+    "large_map_valid": (9, 3, dict(window_strides=(1, 1), padding="VALID")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PATCHES_CASES))
+def test_as_patches_is_a_matrix_product_with_lax_values_and_gradients(case):
+  size, kernel, options = PATCHES_CASES[case]
+  options = dict(options, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  rng = np.random.default_rng(4)
+  x = rng.standard_normal((3, size, size + 1, 5)).astype(np.float32)
+  w = rng.standard_normal((kernel, kernel, 5, 7)).astype(np.float32)
+  patches = functools.partial(conv_general_dilated, as_patches=True)
+  jaxpr = str(jax.make_jaxpr(lambda x, w: patches(x, w, **options))(x, w))
+  assert "dot_general" in jaxpr and "conv_general_dilated" not in jaxpr
+  assert_value_and_gradients_match_lax(x, w, options, atol=1e-4, conv=patches)
+  # Its second derivative (WGAN-GP's penalty differentiates an input gradient) is lax's too.
+  grad_norm = lambda conv: lambda x, w: jnp.sum(jax.grad(lambda x: jnp.sum(jnp.sin(conv(x, w, **options))))(x) ** 2)
+  np.testing.assert_allclose(jax.grad(grad_norm(patches), 1)(x, w),
+                             jax.grad(grad_norm(lax.conv_general_dilated), 1)(x, w), rtol=1e-4, atol=1e-2)
+
+
+@pytest.mark.parametrize("size,padding", [(3, 2), (2, 2), (3, 1)])
+def test_conv_transpose2x_is_pytorch_conv_transpose(size, padding):
+  """`conv_transpose2x` cropped as `ConvTranspose2d(stride 2, padding, output_padding 1)` equals the dilated
+  convolution with the flipped kernel (PyTorch's definition), with and without patches."""
+  rng = np.random.default_rng(5)
+  x = rng.standard_normal((2, size, size, 4)).astype(np.float32)
+  w = rng.standard_normal((5, 5, 4, 6)).astype(np.float32)
+  low = 5 - 1 - padding
+  want = lax.conv_general_dilated(x, w[::-1, ::-1], (1, 1), ((low, low + 1),) * 2, lhs_dilation=(2, 2),
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  for as_patches in (False, True):
+    full = conv_transpose2x(x, w, as_patches=as_patches)
+    got = full[:, padding:padding + want.shape[1], padding:padding + want.shape[2]]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_flax_conv_in_a_loop_matches_lax():

@@ -28,16 +28,19 @@ Submodules are named after the PyTorch module paths (`l2_5.0.0` -> `l2_5_0_0`) a
 PyTorch's `[in, out, kh, kw]` weights transposed to `[kh, kw, in, out]`, so state dicts convert mechanically.
 Initialisers are PyTorch's defaults (the official code sets none).
 """
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxmia.models.conv import conv_general_dilated
+from jaxmia.models import conv as conv_ops
 from jaxmia.models.resnet import BatchNorm
 
 LATENT_DIM = 100
+# jaxmia's convolution as patches times a matrix (`models.conv`: XLA:CPU is slow on these networks' small maps).
+conv_general_dilated = functools.partial(conv_ops.conv_general_dilated, as_patches=True)
 
 
 def torch_uniform_init(fan_in: int):
@@ -56,9 +59,10 @@ def check_image_size(image_size: int) -> int:
 class ConvTranspose(nn.Module):
   """PyTorch's `ConvTranspose2d(in, features, kernel, stride, padding, output_padding)` on `[B, H, W, C]`.
 
-  Output side `(H - 1) * stride - 2 * padding + kernel + output_padding`. Computed as the equivalent
-  convolution of the stride-dilated input with the spatially flipped kernel (jaxmia's CPU-friendly
-  `conv_general_dilated`). The kernel is stored `[kh, kw, in, out]` (PyTorch's weight, transposed).
+  Output side `(H - 1) * stride - 2 * padding + kernel + output_padding`. Stride 2 (GMI's) is the polyphase
+  `conv_transpose2x` cropped as PyTorch crops; other strides the equivalent convolution of the stride-dilated
+  input with the spatially flipped kernel. The kernel is stored `[kh, kw, in, out]` (PyTorch's weight,
+  transposed).
   """
   features: int
   kernel_size: int = 5
@@ -74,10 +78,17 @@ class ConvTranspose(nn.Module):
     # PyTorch computes the default bound from weight.size(1) * k * k, i.e. the *output* channels here.
     init = torch_uniform_init(self.features * k * k)
     kernel = self.param("kernel", init, (k, k, in_features, self.features), jnp.float32)
-    low = k - 1 - self.padding
-    y = conv_general_dilated(x.astype(self.dtype), jnp.flip(kernel, (0, 1)).astype(self.dtype), (1, 1),
-                             ((low, low + self.output_padding),) * 2, lhs_dilation=(self.stride,) * 2,
-                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    if self.stride == 2:
+      height, width = ((n - 1) * 2 - 2 * self.padding + k + self.output_padding for n in x.shape[1:3])
+      extra = max(0, self.output_padding - self.padding)  # output_padding beyond the full result: zeros
+      full = conv_ops.conv_transpose2x(x, kernel, as_patches=True)
+      full = jnp.pad(full, ((0, 0), (0, extra), (0, extra), (0, 0)))
+      y = full[:, self.padding:self.padding + height, self.padding:self.padding + width]
+    else:
+      low = k - 1 - self.padding
+      y = conv_general_dilated(x, jnp.flip(kernel, (0, 1)), (1, 1), ((low, low + self.output_padding),) * 2,
+                               lhs_dilation=(self.stride,) * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if self.use_bias:
       y = y + self.param("bias", init, (self.features,), jnp.float32).astype(self.dtype)
     return y

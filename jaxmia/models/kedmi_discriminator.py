@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from jaxmia.models.conv import conv_general_dilated
+from jaxmia.models.dcgan import conv_general_dilated
 from jaxmia.models.resnet import linear_bias_init, linear_kernel_init
 from jaxmia.models.vgg import flatten_nchw
 

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxmia.models.conv import conv_general_dilated
+from jaxmia.models.conv import conv_general_dilated, conv_transpose2x
 
 _SQRT2 = float(np.sqrt(2.0))
 
@@ -156,47 +156,6 @@ def conv2d(x, kernel, *, stride: int = 1, padding: int | tuple[int, int] = 0):
   """Cross-correlation (as `torch.nn.functional.conv2d`) of `[B, H, W, I]` with `[kh, kw, I, O]`."""
   pad = (padding, padding) if isinstance(padding, int) else padding
   return conv_general_dilated(x, kernel, (stride, stride), (pad, pad), dimension_numbers=_DIMS)
-
-
-def _phase_kernel(kernel, phase: int, axis: int):
-  """Taps of a stride-2 transposed conv that feed output pixels of parity `phase`, in correlation order."""
-  k = kernel.shape[axis]
-  idx = np.arange(phase, k, 2)[::-1]
-  return jnp.take(kernel, idx, axis=axis)
-
-
-def conv_transpose2x(x, kernel):
-  """Stride-2 transposed convolution (as `torch.nn.functional.conv_transpose2d`, no padding).
-
-  `[B, H, W, I]` and `[k, k, I, O]` -> `[B, 2H + k - 2, 2W + k - 2, O]`; output pixel `2i + t` receives
-  `x[i] * kernel[t]`. Computed as four stride-1 convolutions, one per output parity (see module docstring).
-  """
-  b, h, w, _ = x.shape
-  k = kernel.shape[0]
-  if kernel.shape[1] != k or k < 2:
-    raise ValueError(f"conv_transpose2x needs a square kernel of size >= 2, got {kernel.shape[:2]}")
-  size = 2 * h + k - 2
-  rows = []
-  for py in (0, 1):
-    row = []
-    for px in (0, 1):
-      sub = _phase_kernel(_phase_kernel(kernel, py, 0), px, 1)
-      ty, tx = sub.shape[0] - 1, sub.shape[1] - 1
-      # Output pixel m of parity p sums x[m - j] * kernel[p + 2j]: a correlation with the reversed taps.
-      out_y, out_x = (size - py + 1) // 2, (2 * w + k - 2 - px + 1) // 2
-      pad_y = (ty, out_y - h)
-      pad_x = (tx, out_x - w)
-      row.append(conv_general_dilated(x, sub, (1, 1), (pad_y, pad_x), dimension_numbers=_DIMS))
-    rows.append(row)
-  # Interleave the parities: pad every phase to the size of phase 0, stack, reshape, crop.
-  n0y, n0x = rows[0][0].shape[1], rows[0][0].shape[2]
-
-  def grow(a):
-    return jnp.pad(a, ((0, 0), (0, n0y - a.shape[1]), (0, n0x - a.shape[2]), (0, 0)))
-
-  y = jnp.stack([jnp.stack([grow(a) for a in row], axis=3) for row in rows], axis=2)  # [B, n0y, 2, n0x, 2, O]
-  y = y.reshape(b, 2 * n0y, 2 * n0x, y.shape[-1])
-  return y[:, :size, :2 * w + k - 2]
 
 
 def conv2d_resample(x, kernel, taps: np.ndarray | None = None, *, up: int = 1, down: int = 1):
