@@ -560,18 +560,24 @@ def tradeoff_figure(rows: list[dict], path: pathlib.Path) -> None:
   fig, ax = plt.subplots(figsize=(6.4, 4.8))
   test = [100 * row["mean"]["test_accuracy"] if row["mean"]["test_accuracy"] is not None else np.nan for row in rows]
   norm = plt.Normalize(np.nanmin(test) - 0.5, np.nanmax(test) + 0.5)
+  points = [(row["membership"][x_key]["mean"], row["mean"]["acc_top1"]) for row in rows]
+  points = np.asarray([(x, 100 * y) for x, y in points if x is not None and y is not None]).reshape(-1, 2)
+  spread = np.ptp(points, axis=0) + 1e-9 if len(points) else np.ones(2)
   for row, accuracy in zip(rows, test):
     x = row["membership"][x_key]
     y_mean, y_sd = row["mean"]["acc_top1"], row["sd"]["acc_top1"]
     if x["mean"] is None or y_mean is None:
       continue
+    # A label goes left of its point when another point sits close on its right (where labels go by default).
+    dx, dy = (points[:, 0] - x["mean"]) / spread[0], np.abs(points[:, 1] - 100 * y_mean) / spread[1]
+    left = bool(np.any((dx > 0) & (dx < 0.35) & (dy < 0.15)))
     colour = plt.cm.viridis(norm(accuracy))
     ax.errorbar(x["mean"], 100 * y_mean, xerr=x["sd"] or 0.0, yerr=100 * (y_sd or 0.0), fmt="none",
                 ecolor=colour, capsize=3)
     ax.scatter([x["mean"]], [100 * y_mean], s=70, color=colour, edgecolors="k", zorder=3,
                marker="o" if row["variant"].defense == "none" else "s")
     ax.annotate(f"{row['variant'].label}\ntest {accuracy:.1f}%", (x["mean"], 100 * y_mean), fontsize=8,
-                xytext=(6, 4), textcoords="offset points")
+                xytext=(-6, 4) if left else (6, 4), textcoords="offset points", ha="right" if left else "left")
   colourbar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax)
   colourbar.set_label("test accuracy (%)")
   ax.set_xlabel(("offline LiRA" if x_key.startswith("lira") else "loss-threshold") + " membership AUC")
@@ -579,7 +585,7 @@ def tradeoff_figure(rows: list[dict], path: pathlib.Path) -> None:
   ax.set_title(f"Leakage trade-off: mean ± sd over {len(rows[0]['reports'])} seed(s); squares: defenses",
                fontsize=10)
   ax.grid(alpha=0.3)
-  ax.margins(x=0.2, y=0.15)  # room for the labels right of the points
+  ax.margins(x=0.2, y=0.15)  # room for the labels beside the points
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
