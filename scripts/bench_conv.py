@@ -68,12 +68,12 @@ POINTWISE_SHAPES = [
     ("layer4 conv3", 16, 7, 512, 2048, 1),
     ("layer3 downsample", 16, 28, 512, 1024, 2),
 ]
-# 5x5 layers of GMI's critic and generator at 32x32 (batch 64) and one at 64x64 for contrast: (name, batch,
+# 5x5 layers of GMI's critic and generator at 32x32 and 64x64 (batch 64): (name, batch,
 # height = width, in, out, stride, padding, input dilation); the dilated ones are transposed convolutions.
 SMALL_SHAPES = [
     ("critic last 5x5 (32 px)", 64, 4, 256, 512, 2, ((2, 2), (2, 2)), 1),
     ("generator first 5x5^T (32 px)", 64, 2, 512, 256, 1, ((2, 3), (2, 3)), 2),
-    ("critic last 5x5 (64 px, not small)", 64, 8, 256, 512, 2, ((2, 2), (2, 2)), 1),
+    ("critic last 5x5 (64 px; output 4x4)", 64, 8, 256, 512, 2, ((2, 2), (2, 2)), 1),
 ]
 LOOP_ITERATIONS = 4
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
