@@ -6,7 +6,8 @@ a long-lived child process, a `Worker` answering JSON requests (`serve`): `prepa
 side once per round in turn, the order reversed every other round (A B, B A, A B, ...; the idle side waits
 on its stdin), and reports each side's median over rounds, so both see the same machine in the same minutes.
 The PyTorch side is `scripts/bench_torch.py` in the reference interpreter, which `scripts/setup_reference.sh`
-installs with `reference.env` (`JAXMIA_TORCH_PYTHON`, `JAXMIA_PPA_DIR`, `JAXMIA_SG2_DIR`); without it a
+installs with `reference.env` (`JAXMIA_TORCH_PYTHON`, `JAXMIA_PPA_DIR`, `JAXMIA_SG2_DIR`, optionally
+`JAXMIA_GMI_DIR` and `JAXMIA_KEDMI_DIR`); without it a
 benchmark says so in one line and shows jaxmia's figures alone: no PyTorch column, no ratio.
 
 `Report` prints the table and writes it to JSON with the machine (CPU model, cores), XLA's matmul rate before
@@ -75,15 +76,18 @@ class Reference:
   source: str
   commits: dict
   versions: dict  # torch, torchvision, as the worker reports them
+  gmi_dir: str | None = None    # AI-secure/GMI-Attack
+  kedmi_dir: str | None = None  # SCccc21/Knowledge-Enriched-DMI
 
   def env(self) -> dict:
     """Environment of a `scripts/bench_torch.py` child."""
-    extra = {"JAXMIA_PPA_DIR": self.ppa_dir, "JAXMIA_SG2_DIR": self.sg2_dir}
+    extra = {"JAXMIA_PPA_DIR": self.ppa_dir, "JAXMIA_SG2_DIR": self.sg2_dir, "JAXMIA_GMI_DIR": self.gmi_dir,
+             "JAXMIA_KEDMI_DIR": self.kedmi_dir}
     return dict(os.environ, **{k: v for k, v in extra.items() if v})
 
   def record(self) -> dict:
-    return dict(python=self.python, ppa_dir=self.ppa_dir, sg2_dir=self.sg2_dir, source=self.source,
-                commits=self.commits, **self.versions)
+    return dict(python=self.python, ppa_dir=self.ppa_dir, sg2_dir=self.sg2_dir, gmi_dir=self.gmi_dir,
+                kedmi_dir=self.kedmi_dir, source=self.source, commits=self.commits, **self.versions)
 
 
 def default_reference_dir() -> pathlib.Path:
@@ -104,14 +108,16 @@ def read_env_file(path) -> dict:
 
 def find_reference(directory=None, needs=()) -> tuple[Reference | None, str]:
   """(reference, "") or (None, why there is none). `directory` holds `reference.env` ('none': no reference);
-  variables set in the environment take precedence over the file's. `needs`: 'ppa' and/or 'sg2' checkouts.
+  variables set in the environment take precedence over the file's. `needs`: 'ppa', 'sg2', 'gmi', 'kedmi'
+  checkouts.
   The interpreter is asked for its versions (`scripts/bench_torch.py --check`), so a broken one counts as none."""
   if directory is not None and str(directory).lower() == "none":
     return None, "--reference=none"
   folder = pathlib.Path(directory) if directory else default_reference_dir()
   env_file = folder / REFERENCE_ENV
   values = read_env_file(env_file) if env_file.is_file() else {}
-  keys = ("JAXMIA_TORCH_PYTHON", "JAXMIA_PPA_DIR", "JAXMIA_SG2_DIR", "JAXMIA_PPA_COMMIT", "JAXMIA_SG2_COMMIT")
+  repos = ("ppa", "sg2", "gmi", "kedmi")
+  keys = ("JAXMIA_TORCH_PYTHON",) + tuple(f"JAXMIA_{r.upper()}_{k}" for r in repos for k in ("DIR", "COMMIT"))
   values.update({k: os.environ[k] for k in keys if os.environ.get(k)})
   source = str(env_file) if env_file.is_file() else "environment variables"
   python = values.get("JAXMIA_TORCH_PYTHON")
@@ -119,7 +125,7 @@ def find_reference(directory=None, needs=()) -> tuple[Reference | None, str]:
     return None, f"no {env_file} and no JAXMIA_TORCH_PYTHON; {SETUP_HINT}"
   if not os.access(python, os.X_OK):
     return None, f"JAXMIA_TORCH_PYTHON={python} (from {source}) is not an executable"
-  dirs = {"ppa": values.get("JAXMIA_PPA_DIR"), "sg2": values.get("JAXMIA_SG2_DIR")}
+  dirs = {r: values.get(f"JAXMIA_{r.upper()}_DIR") for r in repos}
   for need in needs:
     if not dirs[need] or not os.path.isdir(dirs[need]):
       return None, f"JAXMIA_{need.upper()}_DIR={dirs[need]} (from {source}) is not a folder"
@@ -131,7 +137,8 @@ def find_reference(directory=None, needs=()) -> tuple[Reference | None, str]:
     tail = " | ".join((check.stderr or "").strip().splitlines()[-2:])
     return None, f"{python} (from {source}) failed its check: {tail}"
   commits = {k: values[f"JAXMIA_{k.upper()}_COMMIT"] for k in dirs if values.get(f"JAXMIA_{k.upper()}_COMMIT")}
-  return Reference(python, dirs["ppa"], dirs["sg2"], source, commits, json.loads(lines[-1])), ""
+  return Reference(python, dirs["ppa"], dirs["sg2"], source, commits, json.loads(lines[-1]), gmi_dir=dirs["gmi"],
+                   kedmi_dir=dirs["kedmi"]), ""
 
 
 def no_reference_line(why: str) -> str:

@@ -2,6 +2,7 @@
 
     $JAXMIA_TORCH_PYTHON scripts/bench_torch.py            # serve requests (jaxmia/benchmarks.py: serve, compare)
     $JAXMIA_TORCH_PYTHON scripts/bench_torch.py --check ppa,sg2   # import what the cases need, print versions
+    $JAXMIA_TORCH_PYTHON scripts/bench_torch.py --check gmi,kedmi # the same for scripts/bench_lowres.py
 
 It imports the unmodified reference modules at run time from the checkouts in `JAXMIA_SG2_DIR`
 (NVlabs/stylegan2-ada-pytorch: `training.networks.Generator`) and `JAXMIA_PPA_DIR` (LukasStruppek/Plug-and-
@@ -15,7 +16,19 @@ does not depend on them), float32, CPU. A case (a JSON object from the driver) i
   train            PPA's `Classifier.fit` step (train mode, CrossEntropyLoss(label_smoothing), Adam 1e-3)
                    on random 224 px tensors, seconds per step;
   synthesis        NVlabs' `G.synthesis` forward or forward + backward w.r.t. ws, seconds per call;
-  conv             one convolution's forward, input gradient, weight gradient or all three, s per call.
+  conv             one convolution's forward, input gradient, weight gradient or all three, s per call;
+  gmi_gan          GMI's WGAN-GP iteration (`Generator`, `DGWGAN` of AI-secure/GMI-Attack's Celeba/, from
+                   `JAXMIA_GMI_DIR`), seconds per iteration;
+  kedmi_gan        KED-MI's GAN iteration (`Generator`, `MinibatchDiscriminator`, `VGG16` target, `softXEnt`,
+                   `log_sum_exp`, `HLoss` of SCccc21/Knowledge-Enriched-DMI, from `JAXMIA_KEDMI_DIR`), s/iteration;
+  gmi_attack       GMI's attack iteration (identity + prior loss, momentum update), seconds per iteration;
+  kedmi_attack     KED-MI's attack iteration (reparameterised latents, prior + identity loss, Adam), s/iteration.
+The four low-resolution cases write the steps themselves around the imported networks and losses (the official
+train scripts and attack.py cannot be imported: they run their experiment, create folders or move tensors to
+CUDA at import), as the official code runs them: networks in train mode for the GAN steps (KED-MI's target too,
+its soft labels not detached, so its weight gradients are computed) and parameters left trainable in the
+attacks, so their weight gradients are computed as well. The official VGG16 targets build torchvision's
+vgg16_bn with `pretrained=True`; here it is built without weights (random, as everything else).
 torchvision is only needed for its pure-Python ResNets and transforms: when its compiled operators do not
 load beside the installed torch (torch 2.13.0 CPU with torchvision 0.28.0, as scripts/setup_reference.sh
 installs), the two operator schemas its import registers fake kernels for are declared first.
@@ -25,8 +38,10 @@ import json
 import os
 import pathlib
 import sys
+import types
 
 import torch
+import torch.nn.functional as F
 
 _benchmarks_file = pathlib.Path(__file__).resolve().parents[1] / "jaxmia" / "benchmarks.py"
 _spec = importlib.util.spec_from_file_location("jaxmia_benchmarks", _benchmarks_file)
@@ -54,6 +69,31 @@ def import_torchvision():
   return torchvision
 
 
+LOWRES = {"gmi": ("JAXMIA_GMI_DIR", "Celeba", ("generator", "discri", "classify")),
+          "kedmi": ("JAXMIA_KEDMI_DIR", "", ("generator", "discri", "classify", "utils"))}
+_LOWRES_NAMES = ("generator", "discri", "classify", "utils", "evolve", "facenet", "dataloader", "losses")
+
+
+def lowres_modules(repo):
+  """The official modules of GMI or KED-MI (`LOWRES`), imported unmodified from their checkout. Both repositories
+  have top-level `generator`, `discri`, `classify`, `utils`: each set is imported on its own path and kept here
+  (by name), not in sys.modules."""
+  def build():
+    variable, sub, names = LOWRES[repo]
+    folder = os.path.join(os.environ[variable], sub) if sub else os.environ[variable]
+    saved = {name: sys.modules.pop(name) for name in _LOWRES_NAMES if name in sys.modules}
+    sys.path.insert(0, folder)
+    try:
+      return types.SimpleNamespace(**{name: importlib.import_module(name) for name in names})
+    finally:
+      sys.path.remove(folder)
+      for name in _LOWRES_NAMES:
+        sys.modules.pop(name, None)
+      sys.modules.update(saved)
+
+  return cached(("lowres", repo), build)
+
+
 def add_reference_paths():
   """NVlabs' checkout first: both repositories have a top-level `metrics` package (neither is used)."""
   for key in ("JAXMIA_PPA_DIR", "JAXMIA_SG2_DIR"):
@@ -71,6 +111,9 @@ def check(needs):
     import attacks.final_selection  # noqa: F401
     import attacks.initial_selection  # noqa: F401
     import attacks.optimize  # noqa: F401
+  for repo in ("gmi", "kedmi"):
+    if repo in needs:
+      lowres_modules(repo)
   print(json.dumps(dict(torch=torch.__version__, torchvision=torchvision.__version__,
                         torchvision_shim=bool(_TORCHVISION_SHIM), threads=torch.get_num_threads())))
 
@@ -124,6 +167,133 @@ class _AttackConfig:
 
   def create_lr_scheduler(self, optimizer):
     return None
+
+
+def official_vgg16(classify, num_classes):
+  """The official `classify.VGG16` (GMI's / KED-MI's 64x64 target) with torchvision's vgg16_bn built without
+  its ImageNet weights (the official constructor asks for `pretrained=True`, a download)."""
+  models = import_torchvision().models
+  original = models.vgg16_bn
+  models.vgg16_bn = lambda *args, **kwargs: original(weights=None)
+  try:
+    torch.manual_seed(1)
+    return classify.VGG16(num_classes)
+  finally:
+    models.vgg16_bn = original
+
+
+def set_trainable(module, flag):
+  """The official `freeze` / `unfreeze` (every parameter's requires_grad)."""
+  for p in module.parameters():
+    p.requires_grad_(flag)
+
+
+def lowres_gan(case):
+  """GMI's or KED-MI's GAN iteration as their train scripts run it (Adam 2e-4, (0.5, 0.999); a D step every
+  iteration, a G step every `n_critic`-th); a run is `n_critic` iterations."""
+  kedmi = case["kind"] == "kedmi_gan"
+  m = lowres_modules("kedmi" if kedmi else "gmi")
+  b, size, latent, n_critic = case["B"], case["image_size"], case["latent_dim"], case["n_critic"]
+  G = m.generator.Generator(latent).train()
+  D = (m.discri.MinibatchDiscriminator(n_classes=case["num_classes"]) if kedmi else m.discri.DGWGAN(3)).train()
+  g_opt = torch.optim.Adam(G.parameters(), lr=case["lr"], betas=(0.5, 0.999))
+  d_opt = torch.optim.Adam(D.parameters(), lr=case["lr"], betas=(0.5, 0.999))
+  images = [torch.rand(b, 3, size, size) for _ in range(3 if kedmi else 1)]  # [0, 1], as their loaders
+  if kedmi:
+    T = official_vgg16(m.classify, case["num_classes"]).train()  # k+1_gan.py never calls T.eval()
+    lse, entropy = m.utils.log_sum_exp, m.utils.HLoss()
+  state = dict(step=0)
+
+  def critic_loss():
+    fakes = G(torch.randn(b, latent))
+    if kedmi:
+      soft = T(images[0])[-1]  # not detached, as the official soft labels
+      unlabelled, fake_logits = D(images[1])[1], D(fakes)[1]
+      unsupervised = (F.softplus(lse(unlabelled)).mean() - lse(unlabelled).mean()
+                      + F.softplus(lse(fake_logits)).mean())
+      return m.utils.softXEnt(D(images[0])[1], soft) + 0.5 * unsupervised
+    reals, fakes = images[0], fakes.detach()
+    alpha = torch.rand(b, 1, 1, 1)
+    points = (reals + alpha * (fakes - reals)).requires_grad_(True)
+    grads = torch.autograd.grad(D(points).sum(), points, create_graph=True)[0].flatten(1)
+    penalty = torch.square(grads.norm(dim=1) - 1).mean()
+    return D(fakes).mean() - D(reals).mean() + case["gp_weight"] * penalty
+
+  def generator_loss():
+    fakes = G(torch.randn(b, latent))
+    if kedmi:
+      fake_features, fake_logits = D(fakes)
+      matching = (fake_features.mean(0) - D(images[2])[0].mean(0)).abs().mean()
+      return matching + case["entropy_weight"] * entropy(fake_logits)
+    return -D(fakes).mean()
+
+  def iteration():
+    state["step"] += 1
+    set_trainable(G, False)
+    set_trainable(D, True)
+    loss = critic_loss()
+    d_opt.zero_grad()
+    loss.backward()
+    d_opt.step()
+    if state["step"] % n_critic == 0:
+      set_trainable(D, False)
+      set_trainable(G, True)
+      loss = generator_loss()
+      g_opt.zero_grad()
+      loss.backward()
+      g_opt.step()
+
+  run = lambda: [iteration() for _ in range(n_critic)]
+  run()
+  return run, n_critic
+
+
+def lowres_attack(case):
+  """GMI's (`inversion`: momentum step on z, clipped) or KED-MI's (`dist_inversion`: Adam on (mu, log_var))
+  attack iteration on a batch of `B` identities; networks in eval mode, parameters trainable as loaded."""
+  kedmi = case["kind"] == "kedmi_attack"
+  m = lowres_modules("kedmi" if kedmi else "gmi")
+  b, latent, k = case["B"], case["latent_dim"], case["num_classes"]
+  torch.manual_seed(0)
+  G = m.generator.Generator(latent).eval()
+  D = (m.discri.MinibatchDiscriminator(n_classes=k) if kedmi else m.discri.DGWGAN(3)).eval()
+  T = official_vgg16(m.classify, k).eval()
+  identities = torch.arange(b) % k
+  cross_entropy = torch.nn.CrossEntropyLoss()
+  lr, weight = case["lr"], case["identity_weight"]
+  if kedmi:
+    lse = m.utils.log_sum_exp
+    mu, log_var = torch.zeros(b, latent, requires_grad=True), torch.ones(b, latent, requires_grad=True)
+    solver = torch.optim.Adam([mu, log_var], lr=lr)
+  state = dict(z=torch.randn(b, latent).requires_grad_(True), v=torch.zeros(b, latent))
+
+  def iteration():
+    if kedmi:
+      z = mu + torch.exp(0.5 * log_var) * torch.randn(b, latent)
+    else:
+      z = state["z"]
+    fakes = G(z)
+    if kedmi:
+      logits = D(fakes)[1]
+      prior = F.softplus(lse(logits)).mean() - lse(logits).mean()
+      for p in (mu, log_var):
+        p.grad = None
+    else:
+      prior = -D(fakes).mean()
+    identity = cross_entropy(T(fakes)[-1], identities)
+    (prior + weight * identity).backward()
+    if kedmi:
+      solver.step()
+    else:
+      velocity = case["momentum"] * state["v"] - lr * z.grad
+      moved = z.detach() + (1 + case["momentum"]) * velocity - case["momentum"] * state["v"]
+      state["z"] = moved.clamp(-case["clip"], case["clip"]).requires_grad_(True)
+      state["v"] = velocity
+    prior.item(), identity.item()
+
+  run = lambda: [iteration() for _ in range(case["steps"])]
+  iteration()
+  return run, case["steps"]
 
 
 # ---------------------------------------------------------------------------------------------------- cases
@@ -225,6 +395,10 @@ def build(case):
 
     calls()
     return calls, case["calls"]
+  if kind in ("gmi_gan", "kedmi_gan"):
+    return lowres_gan(case)
+  if kind in ("gmi_attack", "kedmi_attack"):
+    return lowres_attack(case)
   raise ValueError(f"unknown case kind {kind!r}")
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates the PyTorch reference environment that scripts/bench_*.py measure jaxmia against, outside the project.
 #
-#   scripts/setup_reference.sh --ppa PATH --sg2 PATH [--torch VERSION] [--torchvision VERSION] [--python PY] [DIR]
+#   scripts/setup_reference.sh --ppa PATH --sg2 PATH [--gmi PATH] [--kedmi PATH] [--torch VERSION]
+#                              [--torchvision VERSION] [--python PY] [DIR]
 #
 # DIR (default: $JAXMIA_REFERENCE, else ../reference beside this checkout; never inside it) gets
 #   DIR/venv           a virtual environment with torch, torchvision and what the reference modules import,
@@ -12,6 +13,10 @@
 # --ppa and --sg2 are checkouts of LukasStruppek/Plug-and-Play-Attacks and NVlabs/stylegan2-ada-pytorch (their
 # code is imported at run time, never copied into the project); a bare git repository (a mirror) is extracted
 # with `git archive HEAD` into DIR/ppa or DIR/stylegan2-ada-pytorch.
+# --gmi and --kedmi (optional; scripts/bench_lowres.py) are checkouts of AI-secure/GMI-Attack and
+# SCccc21/Knowledge-Enriched-DMI, extracted the same way into DIR/GMI-Attack and DIR/Knowledge-Enriched-DMI, and
+# written as JAXMIA_GMI_DIR / JAXMIA_KEDMI_DIR; KED-MI's `utils` (which its discriminator module imports) needs
+# pandas, scipy, matplotlib and OpenCV, installed with --kedmi.
 #
 # torchvision is installed without its dependencies, beside the torch chosen here: with torch 2.13.0 (a CPU
 # build, the x86_64 default) torchvision 0.28.0's compiled operators do not load, and the benchmarks' PyTorch
@@ -25,13 +30,15 @@ case "$(uname -m)" in
   aarch64) torch_version=2.9.1 torchvision_version=0.24.1 ;;
   *) torch_version=2.13.0 torchvision_version=0.28.0 ;;
 esac
-python=python3 ppa='' sg2='' dir=${JAXMIA_REFERENCE:-$here/../reference}
+python=python3 ppa='' sg2='' gmi='' kedmi='' dir=${JAXMIA_REFERENCE:-$here/../reference}
 
 usage() { sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --ppa) ppa=$2; shift 2 ;;
     --sg2) sg2=$2; shift 2 ;;
+    --gmi) gmi=$2; shift 2 ;;
+    --kedmi) kedmi=$2; shift 2 ;;
     --torch) torch_version=$2; shift 2 ;;
     --torchvision) torchvision_version=$2; shift 2 ;;
     --python) python=$2; shift 2 ;;
@@ -73,6 +80,9 @@ commit() {
 }
 ppa=$(checkout "$ppa" ppa attacks/optimize.py)
 sg2=$(checkout "$sg2" stylegan2-ada-pytorch training/networks.py)
+needs=''  # what the final check imports besides torchvision
+if [[ -n "$gmi" ]]; then gmi=$(checkout "$gmi" GMI-Attack Celeba/discri.py); needs+=gmi,; fi
+if [[ -n "$kedmi" ]]; then kedmi=$(checkout "$kedmi" Knowledge-Enriched-DMI discri.py); needs+=kedmi,; fi
 
 if [[ ! -x "$dir/venv/bin/python" ]]; then
   "$python" -m venv "$dir/venv"
@@ -80,6 +90,7 @@ fi
 pip=("$dir/venv/bin/python" -m pip install --disable-pip-version-check -q)
 "${pip[@]}" "torch==$torch_version" numpy pillow requests tqdm absl-py  # absl-py: the golden scripts' flags
 "${pip[@]}" --no-deps "torchvision==$torchvision_version"
+if [[ -n "$kedmi" ]]; then "${pip[@]}" pandas scipy matplotlib opencv-python-headless; fi
 
 env_file=$dir/reference.env
 {
@@ -89,8 +100,13 @@ env_file=$dir/reference.env
   printf 'JAXMIA_SG2_DIR=%q\n' "$sg2"
   printf 'JAXMIA_PPA_COMMIT=%q\n' "$(commit "$ppa")"
   printf 'JAXMIA_SG2_COMMIT=%q\n' "$(commit "$sg2")"
+  if [[ -n "$gmi" ]]; then printf 'JAXMIA_GMI_DIR=%q\nJAXMIA_GMI_COMMIT=%q\n' "$gmi" "$(commit "$gmi")"; fi
+  if [[ -n "$kedmi" ]]; then
+    printf 'JAXMIA_KEDMI_DIR=%q\nJAXMIA_KEDMI_COMMIT=%q\n' "$kedmi" "$(commit "$kedmi")"
+  fi
 } > "$env_file.partial"
 mv "$env_file.partial" "$env_file"
 
-JAXMIA_PPA_DIR=$ppa JAXMIA_SG2_DIR=$sg2 "$dir/venv/bin/python" "$here/scripts/bench_torch.py" --check
+JAXMIA_PPA_DIR=$ppa JAXMIA_SG2_DIR=$sg2 JAXMIA_GMI_DIR=$gmi JAXMIA_KEDMI_DIR=$kedmi \
+  "$dir/venv/bin/python" "$here/scripts/bench_torch.py" --check "$needs"
 echo "Reference environment ready: $env_file"

@@ -212,3 +212,51 @@ def test_case_handler_prepares_once_and_times_the_prepared_call():
   reply = handle({"op": "round", "case": dict(reversed(list(case.items())))})  # same case, other key order
   assert made == [3] and runs == [3]
   assert {"seconds", "cpu_seconds"} <= set(reply) and reply["seconds"] >= 0
+
+
+def test_reference_needs_the_lowres_checkouts(tmp_path, no_reference_variables):
+  fake_python = tmp_path / "python"
+  fake_python.write_text("#!/bin/sh\necho '{\"torch\": \"9.9\"}'\n")
+  fake_python.chmod(fake_python.stat().st_mode | stat.S_IXUSR)
+  env = f"JAXMIA_TORCH_PYTHON={fake_python}\nJAXMIA_PPA_DIR={tmp_path}\n"
+  (tmp_path / "reference.env").write_text(env)
+  reference, why = benchmarks.find_reference(tmp_path, needs=("gmi", "kedmi"))
+  assert reference is None and "JAXMIA_GMI_DIR" in why  # bench_lowres.py: jaxmia alone, no ratio
+  (tmp_path / "gmi").mkdir()
+  (tmp_path / "kedmi").mkdir()
+  dirs = f"JAXMIA_GMI_DIR={tmp_path / 'gmi'}\nJAXMIA_KEDMI_DIR={tmp_path / 'kedmi'}\nJAXMIA_KEDMI_COMMIT=abc\n"
+  (tmp_path / "reference.env").write_text(env + dirs)
+  reference, why = benchmarks.find_reference(tmp_path, needs=("gmi", "kedmi"))
+  assert why == "" and reference.gmi_dir == str(tmp_path / "gmi") and reference.commits == {"kedmi": "abc"}
+  assert reference.env()["JAXMIA_KEDMI_DIR"] == str(tmp_path / "kedmi") and reference.record()["gmi_dir"]
+
+
+@pytest.mark.slow
+def test_bench_lowres_without_reference_prints_jaxmia_alone(tmp_path, no_reference_variables):
+  result = subprocess.run(
+      [sys.executable, str(benchmarks.ROOT / "scripts" / "bench_lowres.py"), "--rows=gmi_gan", "--batch=2",
+       f"--reference={tmp_path}", "--rounds=1", "--matmul_size=0", "--max_wait=0", f"--json={tmp_path / 'l.json'}"],
+      capture_output=True, text=True, check=True)
+  assert "No PyTorch reference environment" in result.stdout
+  table = [line for line in result.stdout.splitlines() if line.startswith("|")]
+  assert table[0] == "| row | B | jaxmia s/iter | jaxmia img/s | other cores |"
+  assert table[2].startswith("| GMI GAN | 2 |")
+  record = json.loads((tmp_path / "l.json").read_text())
+  assert record["reference"] is None and record["side_by_side"] is False
+  assert all(row["ratio"] is None and "torch_rate" not in row for row in record["tables"][0]["rows"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (os.environ.get("JAXMIA_TORCH_PYTHON") and os.environ.get("JAXMIA_GMI_DIR")
+                         and os.environ.get("JAXMIA_KEDMI_DIR")), reason="needs the reference environment")
+def test_torch_worker_runs_the_lowres_cases():
+  listing = subprocess.run(
+      [sys.executable, "-c", "import json, sys; sys.path.insert(0, 'scripts'); import bench_lowres as b; "
+       "print(json.dumps([b.torch_case(k, 2, 1) for k in b.ROWS]))"],
+      cwd=benchmarks.ROOT, capture_output=True, text=True, check=True)
+  cases = json.loads(listing.stdout.strip().splitlines()[-1])
+  assert [c["kind"] for c in cases] == ["gmi_gan", "kedmi_gan", "gmi_attack", "kedmi_attack"]
+  with benchmarks.Worker("PyTorch", [os.environ["JAXMIA_TORCH_PYTHON"], str(benchmarks.TORCH_WORKER)]) as worker:
+    for case in cases:
+      assert worker.call("prepare", case=case)["setup_s"] > 0
+      assert worker.call("round", case=case)["seconds"] > 0
