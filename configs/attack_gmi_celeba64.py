@@ -2,14 +2,13 @@
 
     python -m jaxmia.train --config=configs/celeba64_vgg16.py --workdir=runs/celeba64_vgg16 \
         --config.dataset.manual_dir=/data/celeba
-    python -m jaxmia.gan_gmi --config=<a GAN config on public faces, image_size 64> --workdir=runs/gan_gmi_celeba64
+    python -m jaxmia.gan_gmi --config=configs/gan_gmi_celeba64.py --workdir=runs/gan_gmi_celeba64
     python -m jaxmia.attack --config=configs/attack_gmi_celeba64.py --workdir=runs/gmi_celeba64
 
 Fields: `generator` and `discriminator` are GMI's GAN at 64x64 (`jaxmia.gan_gmi`'s `generator/` and
-`discriminator/` folders, kinds dcgan_generator / dcgan_discriminator); GMI trains it on the public part of CelebA
-(images of identities disjoint from the 1,000 private ones), which jaxmia's CelebA builder does not build yet (it
-stores the 1,000 private identities only), so that GAN config (configs/gan_gmi_numbers.py with a public face
-dataset, `image_size = 64` and the official 280 epochs) is not provided yet. `target` is
+`discriminator/` folders, kinds dcgan_generator / dcgan_discriminator), trained by configs/gan_gmi_celeba64.py on
+the public part of CelebA (the CelebA builder's 'public' split: identities disjoint from the 1,000 private
+ones). `target` is
 configs/celeba64_vgg16.py's export. `targets` "100" attacks classes 0-99 as the official `attack.py` (`iden`
 0..99). The optimisation is the official `attack.py`'s (5 restarts, 1,500 iterations, lr 0.02, momentum 0.9, λ 100,
 z clipped to [-1, 1]); the 64x64 image goes to the target unchanged (no crop or resize). Evaluate with

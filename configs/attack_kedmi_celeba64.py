@@ -3,8 +3,7 @@ download).
 
     python -m jaxmia.train --config=configs/celeba64_vgg16.py --workdir=runs/celeba64_vgg16 \
         --config.dataset.manual_dir=/data/celeba
-    python -m jaxmia.gan_kedmi --config=<a KED-MI GAN config on public faces, image_size 64> \
-        --workdir=runs/gan_kedmi_celeba64 --config.target=runs/celeba64_vgg16/model
+    python -m jaxmia.gan_kedmi --config=configs/gan_kedmi_celeba64.py --workdir=runs/gan_kedmi_celeba64
     python -m jaxmia.attack --config=configs/attack_kedmi_celeba64.py --workdir=runs/kedmi_celeba64
 
 Fields (the rest as configs/attack_kedmi_numbers.py, whose values are the official recovery settings):
@@ -16,10 +15,9 @@ Fields (the rest as configs/attack_kedmi_numbers.py, whose values are the offici
   attack.center_crop / attack.resize  64 / 64: the generator's whole 64x64 image goes to the target unchanged.
   output         one grid image per class, 64 pixels.
 
-The GAN: KED-MI trains it on the public part of CelebA (identities disjoint from the 1,000 private ones) with the
-target's soft labels; jaxmia's CelebA builder stores the 1,000 private identities only, so that GAN config
-(configs/gan_kedmi_numbers.py with a public face dataset, `image_size = 64`, `target_resize = 64` and the
-official 120 epochs) is not provided yet. Evaluate with configs/evaluate_faces.py's fields.
+The GAN: configs/gan_kedmi_celeba64.py, KED-MI's GAN trained on the public part of CelebA (the CelebA builder's
+'public' split: identities disjoint from the 1,000 private ones) with the target's soft labels. Evaluate with
+configs/evaluate_faces.py's fields.
 """
 from jaxmia.config import sibling
 

@@ -15,7 +15,7 @@ code draws (`random.sample(range(1000), 100)` after seeding Python's `random` wi
 configs/attack_gmi_celeba64.py's, written by `jaxmia.gan_gmi` or converted from GMI's checkpoint); any
 StyleGAN2 weights folder works as well (its z is the agent's latent). `target` is configs/celeba64_vgg16.py's
 export. `latents.npz` holds each identity's z as `optimized_w [N, 1, 100]`, which the evaluation renders
-through the generator's `synthesis`.
+through the generator's `synthesis`. `:smoke` is configs/attack_rlb_numbers.py's pipeline check on these paths.
 """
 import ml_collections
 
@@ -33,17 +33,17 @@ OFFICIAL_TARGETS = [
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
-  """`arg`: unused (override fields on the command line)."""
-  del arg
-  config = numbers.get_config()
+  """`arg`: None, or 'smoke' for the numbers smoke settings on these paths."""
+  config = numbers.get_config(arg)
   config.generator = "runs/gan_gmi_celeba64/generator"  # GMI's DCGAN at 64x64 (see above)
   config.random_generator.img_resolution = 64
   config.target = "runs/celeba64_vgg16/model"           # configs/celeba64_vgg16.py's export (1,000 identities)
-  config.targets = str(OFFICIAL_TARGETS)                # the official 100 identities ("all" for the 1,000)
   config.attack.center_crop = 64        # GMI's 64x64 faces are the target's input as they are
   config.attack.resize = 64
-  config.attack.batch_size = 20         # agents run together (each holds 40,000 transitions of z [100])
-  config.attack.episodes_per_call = 1000  # episodes per jitted call
-  config.attack.max_episodes = 40_000   # official
   config.output.image_size = 64
+  if arg is None:
+    config.targets = str(OFFICIAL_TARGETS)  # the official 100 identities ("all" for the 1,000)
+    config.attack.batch_size = 20       # agents run together (each holds 40,000 transitions of z [100])
+    config.attack.episodes_per_call = 1000  # episodes per jitted call
+    config.attack.max_episodes = 40_000  # official
   return config

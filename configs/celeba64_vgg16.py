@@ -10,7 +10,9 @@ smoothed targets the paper compares. Everything else is configs/faces.py's recip
 augmentation at 64 pixels), the recipe of jaxmia's other targets; GMI's own training code is not reproduced
 (its SGD recipe and its crop, a 128x128 box at (25, 45) of the aligned 178x218 images, where jaxmia's CelebA
 builder takes the centred 178x178 square), nor its ImageNet start: `init_weights` is '' (random init).
-The attack: configs/attack_gmi_celeba64.py.
+The attackers' GANs: configs/gan_gmi_celeba64.py, gan_kedmi_celeba64.py (CelebA's public split); the attacks:
+configs/attack_{gmi,kedmi,rlb,brep}_celeba64.py. `:smoke` is a seconds-long pipeline check (a 5-conv VGG of
+width 8-16, 2 epochs at batch 8) for tiny fake CelebA folders.
 """
 from jaxmia.config import sibling
 
@@ -18,8 +20,9 @@ celeba = sibling(__file__, "celeba")
 
 
 def get_config(arg=None):
-  """`arg`: unused (override fields on the command line, e.g. --config.label_smoothing=0.1)."""
-  del arg
+  """`arg`: None (override fields on the command line, e.g. --config.label_smoothing=0.1) or 'smoke'."""
+  if arg not in (None, "smoke"):
+    raise ValueError(f"Unknown CelebA VGG-16 config variant {arg!r}; use no variant or ':smoke'.")
   config = celeba.get_config()
   config.dataset.image_size = 64        # stored side (the low-resolution protocol's 64x64 faces)
   config.image_size = 64                # model input side; the lowres head is built for it (512 x 2 x 2)
@@ -29,4 +32,10 @@ def get_config(arg=None):
   config.batch_size = 64                # GMI / KED-MI's batch
   config.eval_batch_size = 128
   config.label_smoothing = 0.0          # α: the smoothing factor of the cross-entropy target (negative allowed)
+  if arg == "smoke":
+    config.model.builder_kwargs.layers = (8, "M", 8, "M", 16, "M", 16, "M", 16, "M")  # features 16 x 2 x 2
+    config.batch_size = 8
+    config.eval_batch_size = 16
+    config.num_epochs = 2
+    config.optimizer.lr_decay_epochs = (1,)
   return config

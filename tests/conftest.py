@@ -95,16 +95,16 @@ def with_overrides(config, **overrides):
   return config
 
 
-def start_program(*args, env=None, **popen_kwargs) -> subprocess.Popen:
-  """`python *args` (e.g. `-m jaxmia.train ...`) started in the checkout on the CPU backend (one device: the 4
-  forced devices are this process's setting), with `env` added to this process's environment."""
-  return subprocess.Popen([sys.executable, *args], cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})},
+def start_program(*args, env=None, cwd=REPO, **popen_kwargs) -> subprocess.Popen:
+  """`python *args` (e.g. `-m jaxmia.train ...`) started in `cwd` (the checkout) on the CPU backend (one device:
+  the 4 forced devices are this process's setting), with `env` added to this process's environment."""
+  return subprocess.Popen([sys.executable, *args], cwd=cwd, env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})},
                           text=True, **popen_kwargs)
 
 
-def run_program(module, *args, env=None, timeout=600):
+def run_program(module, *args, env=None, cwd=REPO, timeout=600):
   """Runs `python -m module *args` (`start_program`) to its end; returns (exit code, stderr)."""
-  with start_program("-m", module, *args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+  with start_program("-m", module, *args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
     try:
       _, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -152,3 +152,39 @@ def save_random_classifier(path, seed, size, **module_kwargs):
   module = models.create_classifier(**module_kwargs)
   model_store.save_model(path, random_classifier_variables(module, seed, size), kind="classifier",
                          module_kwargs=module_kwargs)
+
+
+# -------------------------------------------------------------------------------------------------- fake CelebA
+
+# Identity ids of the fake CelebA files in file order; counts: 7 -> 3, 3 -> 4, 5 -> 3, 9 -> 1, 2 -> 4, 8 -> 2.
+CELEBA_IDENTITIES = [7, 3, 5, 3, 9, 2, 2, 7, 5, 3, 8, 2, 3, 5, 7, 2, 8]
+
+
+def solid_colour(label: int, index: int) -> tuple[int, int, int]:
+  """An RGB colour that encodes (label <= 11, file index <= 20), so a stored image traces back to its file."""
+  return (20 * label + 10, 12 * index + 10, 77)
+
+
+def write_fake_celeba(root, identities, image) -> pathlib.Path:
+  """A CelebA manual folder at `root`: file i (`{i + 1:06d}.jpg`, lossless JPEG) of identity `identities[i]` holds
+  the PIL image `image(identity, i)`; file 3 exists only as .png (PPA's fallback for re-cropped images)."""
+  root = pathlib.Path(root)
+  (root / "img_align_celeba").mkdir(parents=True, exist_ok=True)
+  lines = []
+  for index, identity in enumerate(identities):
+    name = f"{index + 1:06d}.jpg"
+    lines.append(f"{name} {identity}")
+    if index == 3:
+      image(identity, index).save(root / "img_align_celeba" / name.replace(".jpg", ".png"))
+    else:
+      image(identity, index).save(root / "img_align_celeba" / name, format="JPEG", quality=100, subsampling=0)
+  (root / "identity_CelebA.txt").write_text("\n".join(lines) + "\n")
+  return root
+
+
+@pytest.fixture(scope="module")
+def celeba_dir(tmp_path_factory):
+  """`CELEBA_IDENTITIES` as a fake CelebA folder of solid 20x24 images (non-square like the 178x218 originals)."""
+  from PIL import Image  # noqa: PLC0415
+  return write_fake_celeba(tmp_path_factory.mktemp("celeba"), CELEBA_IDENTITIES,
+                           lambda identity, index: Image.new("RGB", (20, 24), solid_colour(identity, index)))

@@ -14,13 +14,11 @@ import pytest
 import scipy.io
 from PIL import Image
 
+from conftest import CELEBA_IDENTITIES
+from conftest import solid_colour as _colour
 from jaxmia import data
 from jaxmia.data import builders
 from jaxmia.data import pipeline
-
-
-def _colour(label: int, index: int) -> tuple[int, int, int]:
-  return (20 * label + 10, 12 * index + 10, 77)  # label <= 11, index <= 20
 
 
 def _save(path: pathlib.Path, colour, size=(20, 20)):
@@ -189,24 +187,6 @@ def test_facescrub_layout_errors(facescrub_dir, tmp_path):
 # ----------------------------------------------------------------------------------------------------------
 # CelebA.
 
-# Identity ids in file order; counts: 7 -> 3, 3 -> 4, 5 -> 3, 9 -> 1, 2 -> 4, 8 -> 2.
-CELEBA_IDENTITIES = [7, 3, 5, 3, 9, 2, 2, 7, 5, 3, 8, 2, 3, 5, 7, 2, 8]
-
-
-@pytest.fixture(scope='module')
-def celeba_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp('celeba')
-  lines = []
-  for index, identity in enumerate(CELEBA_IDENTITIES):
-    name = f'{index + 1:06d}.jpg'
-    lines.append(f'{name} {identity}')
-    # Non-square like img_align_celeba (178x218); file 3 exists only as .png (PPA's fallback).
-    path = root / 'img_align_celeba' / (name.replace('.jpg', '.png') if index == 3 else name)
-    _save(path, _colour(identity, index), size=(20, 24))
-  (root / 'identity_CelebA.txt').write_text('\n'.join(lines) + '\n')
-  return root
-
-
 def test_celeba_top_identities_and_split(celeba_dir, tmp_path):
   config = _config('celeba', celeba_dir, tmp_path, num_identities=4)
   train, test = data.load_split(config, 'train'), data.load_split(config, 'test')
@@ -226,6 +206,44 @@ def test_celeba_top_identities_and_split(celeba_dir, tmp_path):
       example = split.source[i]
       assert example['label'] == label_of[identity]
       _assert_colour(example['image'], _colour(identity, index), tolerance=2)
+
+
+def test_celeba_public_split_is_every_other_identity(celeba_dir, tmp_path):
+  config = _config('celeba', celeba_dir, tmp_path / 'a', num_identities=4)
+  public = data.load_split(config, 'public')
+  private = {int(name) for name in public.class_names}
+  assert private == {3, 2, 7, 5}
+  # Identities 9 (file 4) and 8 (files 10 and 16) are outside the top 4: all their images, in file order,
+  # without a class (label -1); with the 14 private images that is every file.
+  expected = [(index, identity) for index, identity in enumerate(CELEBA_IDENTITIES) if identity not in private]
+  assert expected == [(4, 9), (10, 8), (16, 8)]
+  train, test = data.load_split(config, 'train'), data.load_split(config, 'test')
+  assert public.num_examples + train.num_examples + test.num_examples == len(CELEBA_IDENTITIES)
+  np.testing.assert_array_equal(public.labels, [-1, -1, -1])
+  for i, (index, identity) in enumerate(expected):
+    assert public.source[i]['label'] == -1
+    _assert_colour(public.source[i]['image'], _colour(identity, index), tolerance=2)
+  identities = public.source.records.dataset_info.metadata['public_identities']
+  assert list(identities) == [9, 8, 8] and not set(identities) & private
+  assert min(train.labels) >= 0 and min(test.labels) >= 0
+
+  # Deterministic: a second preparation stores the same bytes in the same order.
+  again = data.load_split(_config('celeba', celeba_dir, tmp_path / 'b', num_identities=4), 'public')
+  for i in range(3):
+    np.testing.assert_array_equal(again.source[i]['image'], public.source[i]['image'])
+
+  # `public_subset`: a seeded subset of the public images in stored order; it only selects a view.
+  subset = data.load_split(_config('celeba', celeba_dir, tmp_path / 'a', num_identities=4, public_subset=2), 'public')
+  positions = np.sort(np.random.RandomState(42).permutation(3)[:2])
+  assert subset.num_examples == 2
+  for i, position in enumerate(positions):
+    np.testing.assert_array_equal(subset.source[i]['image'], public.source[int(position)]['image'])
+  assert sorted(os.listdir(tmp_path / 'a' / 'jaxmia_celeba')) == sorted(os.listdir(tmp_path / 'b' / 'jaxmia_celeba'))
+  with pytest.raises(ValueError, match=r'public_subset must be in \[1, 3\]'):
+    data.load_split(_config('celeba', celeba_dir, tmp_path / 'a', num_identities=4, public_subset=4), 'public')
+  # Every identity private: no public split.
+  with pytest.raises(ValueError, match="Unknown split 'public'"):
+    data.load_split(_config('celeba', celeba_dir, tmp_path / 'c', num_identities=6), 'public')
 
 
 def test_celeba_errors(celeba_dir, tmp_path):

@@ -22,12 +22,14 @@ evaluates; its current point if the radius never grew). Defaults (`BrepSettings`
 `config2.yaml`'s: 32 sphere points, initial radius 2, growth x1.3 when > 75 % of the sphere is inside, step
 min(r / 3, 3), 1000 accepted moves at one radius; the official search has no radius or query limit besides them.
 
-Latent space: the w space of the StyleGAN2 prior (points `[1 or num_ws, w_dim]`, rendered by
+Latent space: the w space of a StyleGAN2 prior (points `[1 or num_ws, w_dim]`, rendered by
 `render.synthesize`), as every jaxmia attack optimises w and the evaluation renders w; starting points are
 random z of the prior mapped to w (`jaxmia.attack.run`). The official code searches the z space of GMI's DCGAN
-(z ~ N(0, I_100), clamped to [-1.5, 1.5]); a StyleGAN2's w of a prior such as `numbers2_stylegan2` has a
-similar scale (per-coordinate sd ~0.8, norm ~11 at w_dim 128, against ~10 for the DCGAN's z), so the official
-radius and step apply unchanged, and the z clamp has no counterpart in w (`point_clamp` is off by default).
+(z ~ N(0, I_100), clamped to [-1.5, 1.5]), which a generator without a mapping network (`jaxmia.models.dcgan`,
+configs/attack_brep_celeba64.py) reproduces: its points are z `[1, z_dim]`, the draws clamped to `point_clamp`
+as the official draws. A StyleGAN2's w of a prior such as `numbers2_stylegan2` has a similar scale
+(per-coordinate sd ~0.8, norm ~11 at w_dim 128, against ~10 for the DCGAN's z), so the official radius and step
+apply unchanged, and the z clamp has no counterpart in w (`point_clamp` is off by default).
 
 Per-latent independence: each latent has its own key (iteration t draws its sphere from `fold_in(key, t)`), all
 its arithmetic is its own (vmapped) and a finished latent's state is frozen, so a latent's result does not
@@ -313,11 +315,14 @@ def assign_starts(labels, targets) -> np.ndarray:
 
 def draw_starts(key, targets, *, generator, generator_variables, target_model, target_variables, view: ViewSettings,
                 max_draws: int, batch_size: int, truncation_psi: float = 1.0, truncation_cutoff=None,
-                single_w: bool = True, mesh=None, progress: Callable[[int], None] | None = None) -> Starts:
+                single_w: bool = True, point_clamp: tuple[float, ...] = (), mesh=None,
+                progress: Callable[[int], None] | None = None) -> Starts:
   """Draws random latents in batches until every slot of `targets` `[M]` has a start labelled as its class, or
   `max_draws` are drawn. Draw i is `z_i ~ N(0, I)` from `fold_in(key, i)`, mapped to w (truncation as given;
   `single_w`: its first style vector, the point the search moves) and labelled by the target through the same
-  rendering as the search (label only). Slots without a start get draw 0's w and `found=False`."""
+  rendering as the search (label only). A generator without a `mapping` method (GMI's DCGAN) searches z itself:
+  the point is `z_i` `[1, z_dim]`, clamped to `point_clamp` (low, high) when given, as the official draws.
+  Slots without a start get draw 0's w and `found=False`."""
   if generator.c_dim:
     raise ValueError(f"The generator is conditional (c_dim={generator.c_dim}); the attack needs an unconditional "
                      "StyleGAN2 generator.")
@@ -331,6 +336,8 @@ def draw_starts(key, targets, *, generator, generator_variables, target_model, t
   def build():
     def to_w(index, key, generator_variables):
       z = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (generator.z_dim,)))(index)
+      if not hasattr(generator, "mapping"):
+        return (jnp.clip(z, *point_clamp) if point_clamp else z)[:, None]
       ws = generator_c.apply(generator_variables, z, None, truncation_psi=truncation_psi,
                              truncation_cutoff=truncation_cutoff, method="mapping")
       return ws[:, :layers].astype(jnp.float32)
@@ -343,7 +350,7 @@ def draw_starts(key, targets, *, generator, generator_variables, target_model, t
 
   to_w, labels = render.cached_jit(
       "brep_starts", (generator, target_model),
-      (view, float(truncation_psi), truncation_cutoff, layers), build)
+      (view, float(truncation_psi), truncation_cutoff, layers, tuple(point_clamp)), build)
   targets = np.asarray(targets)
   drawn = []
   while sum(len(d) for d in drawn) < max_draws:
@@ -458,7 +465,8 @@ def run_brep(config, workdir) -> dict:
         jax.random.fold_in(seed_key, 1), targets, generator=generator, generator_variables=generator_variables,
         target_model=target_model, target_variables=target_variables, view=view, max_draws=max_draws,
         batch_size=int(config.candidates.batch_size), truncation_psi=float(config.candidates.truncation_psi),
-        truncation_cutoff=config.candidates.truncation_cutoff, single_w=bool(config.attack.single_w), mesh=mesh,
+        truncation_cutoff=config.candidates.truncation_cutoff, single_w=bool(config.attack.single_w),
+        point_clamp=settings.point_clamp, mesh=mesh,
         progress=layout.progress_bar(max_draws, "random latents", "Starting points"))
     layout.save_npz(initial_path, w=starts.w, indices=starts.indices, targets=targets, num_draws=starts.num_draws)
   missing = sorted({int(c) for c in targets[~starts.found]})

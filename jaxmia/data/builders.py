@@ -12,7 +12,9 @@ Builders and what `split_seed` reproduces:
   `RandomState(split_seed).permutation(N)`, test = the rest.
 - `CelebA` ('celeba', the `num_identities` identities with most images): label 0 = most images; ties are
   broken by first appearance in `identity_CelebA.txt` (the order PPA's `Counter` + stable sort gives).
-  The selected images (file order) are split like FaceScrub.
+  The selected images (file order) are split like FaceScrub. `public` (the attacker's data for GMI / KED-MI
+  GANs): every image of the other identities, in file order, label -1 (no class; their CelebA identity ids
+  are in `info.metadata['public_identities']`).
 - `StanfordDogs` ('stanford_dogs', 120 breeds): examples = `train_list.mat` followed by `test_list.mat`,
   labels from those lists, optionally cropped to the first bounding box in `Annotation/`; split like
   FaceScrub (PPA ignores the official train/test partition and re-splits the union).
@@ -365,9 +367,24 @@ def top_identities(identities: np.ndarray, k: int) -> np.ndarray:
 
 
 class CelebA(_ImageFolderBuilder, skip_registration=True):
-  """CelebA aligned faces restricted to the `num_identities` identities with most images."""
+  """CelebA aligned faces: the `num_identities` identities with most images, and the others as public data.
+
+  Splits: 'train' / 'test' of the private identities (PPA's split), 'public' every image of the other
+  identities (file order, label -1). The public split is the attacker's data of GMI / KED-MI: their GANs train
+  on CelebA images of identities disjoint from the 1,000 private ones. Neither official code builds that split:
+  GMI's `train_gan.py` reads a file list given in its config (`train_file_path`, not shipped) and KED-MI's
+  `k+1_gan.py` reads `data/ganset.txt` (shipped in SCccc21/Knowledge-Enriched-DMI at 39989d1: 30,000 file
+  names in shuffled order, without identities, made by no script of the repository; its target lists
+  `trainset.txt` / `testset.txt` hold 27,018 + 3,009 images of 1,000 identities). Here the public split is
+  all images of the identities outside the private top `num_identities` (~172k for the 1,000), a pure
+  function of `identity_CelebA.txt`; the dataset field `public_subset` (`jaxmia.data.pipeline`) draws a
+  seeded subset of it, e.g. ganset.txt's 30,000 images.
+  """
 
   name = 'jaxmia_celeba'
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'First jaxmia release.',
+                   '1.1.0': "'public' split: the images of the identities outside the private ones."}
   BUILDER_CONFIG_CLASS = CelebAConfig
   LAYOUT = """\
 <manual_dir>/
@@ -395,27 +412,48 @@ class CelebA(_ImageFolderBuilder, skip_registration=True):
       raise _layout_error(f'{path} is empty.', root, self.LAYOUT)
     return files, np.asarray(identities)
 
-  def _list_examples(self, root):
+  def _all_examples(self, root):
+    """(private items, class names, public items, public identity ids), each in file order."""
     files, identities = self._read_identity_file(root)
     image_dir = root / 'img_align_celeba'
     if not image_dir.is_dir():
       raise _layout_error(f'Missing folder {image_dir}.', root, self.LAYOUT)
     top = top_identities(identities, self.builder_config.num_identities)
     label_of = {int(identity): label for label, identity in enumerate(top)}
-    items, missing = [], []
+    private, public, public_identities, missing = [], [], [], []
     for file, identity in zip(files, identities):
-      if int(identity) not in label_of:
-        continue
       path = image_dir / file
       if not path.is_file():
         path = path.with_suffix('.png')
       if not path.is_file():
         missing.append(file)
-      items.append(_Item(str(path), label_of[int(identity)]))
+      label = label_of.get(int(identity), -1)
+      (private if label >= 0 else public).append(_Item(str(path), label))
+      if label < 0:
+        public_identities.append(int(identity))
     if missing:
       raise _layout_error(f'{len(missing)} images listed in identity_CelebA.txt are missing from {image_dir} '
                           f'(neither .jpg nor .png), e.g. {missing[:5]}.', root, self.LAYOUT)
-    return items, [str(identity) for identity in top]
+    return private, [str(identity) for identity in top], public, public_identities
+
+  def _list_examples(self, root):
+    private, names, _, _ = self._all_examples(root)
+    return private, names
+
+  def _split_generators(self, dl_manager):
+    root = self.check_manual_dir(dl_manager.manual_dir)
+    items, class_names, public, public_identities = self._all_examples(root)
+    self.info.features['label'].names = class_names
+    config = self.builder_config
+    train, test = ppa_split(len(items), config.split_seed, config.test_fraction)
+    splits = {'train': [items[i] for i in train], 'test': [items[i] for i in test]}
+    if public:
+      splits['public'] = public
+    else:
+      logging.warning('Every CelebA identity is among the %d private ones: no public split.', len(class_names))
+    self.info.metadata['labels'] = {name: [item.label for item in split] for name, split in splits.items()}
+    self.info.metadata['public_identities'] = public_identities
+    return {name: self._generate_examples(split) for name, split in splits.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -6,8 +6,8 @@
       ...                                        # {'image': uint8 [b, S, S, 3], 'label': int32 [b]}
 
 Split names: 'train', 'test', 'validation' (carved from the stored train split when
-`validation_fraction > 0`) and, for 'mnist_embedded' and 'numbers_embedded', 'public' (the GAN prior's data;
-ignore its labels).
+`validation_fraction > 0`) and, for 'celeba', 'mnist_embedded' and 'numbers_embedded', 'public' (the GAN
+prior's data; ignore its labels, -1 for CelebA's identities outside the classes).
 The stored train/test split follows PPA (see `builders`); the views below are pure functions of the stored
 labels and `split_seed`, so changing them never re-prepares the data:
 - validation: PPA's rule, `RandomState(split_seed).permutation(n)`, the last `int(validation_fraction * n)`
@@ -15,6 +15,8 @@ labels and `split_seed`, so changing them never re-prepares the data:
 - `samples_per_class=k`: of each class's remaining training examples, the first `k` of a per-class permutation
   drawn from `default_rng(split_seed)` (classes in label order). Subsets are nested (k=10 within k=20) and the
   validation set does not depend on `k`.
+- `public_subset=k` (CelebA): the public examples at the first `k` positions of
+  `RandomState(split_seed).permutation(n)`, kept in stored order (KED-MI's GAN trains on 30,000 public images).
 """
 import dataclasses
 import math
@@ -50,7 +52,8 @@ def get_dataset_config(name: str) -> ml_collections.ConfigDict:
   config.validation_fraction = 0.0      # fraction of the stored train split held out as 'validation'
   if name == 'celeba':
     config.resize = 'center_crop'       # PPA: shorter side to image_size, then centre crop
-    config.num_identities = 1000        # keep the identities with most images
+    config.num_identities = 1000        # keep the identities with most images (the others are 'public')
+    config.public_subset = config_dict.placeholder(int)  # keep only k seeded 'public' images (None: all)
   elif name == 'stanford_dogs':
     config.crop_to_bbox = False         # crop to the first annotated box (PPA: targets False, evaluation True)
   elif name == 'mnist_embedded':
@@ -123,6 +126,13 @@ def train_subsets(labels: np.ndarray, num_classes: int, seed: int, validation_fr
   return {'train': train, 'validation': validation}
 
 
+def public_subset(num_examples: int, seed: int, size: int) -> np.ndarray:
+  """Sorted positions of a seeded `size`-example subset of a public split of `num_examples` (module docstring)."""
+  if not 1 <= size <= num_examples:
+    raise ValueError(f'public_subset must be in [1, {num_examples}] (the public images), got {size}.')
+  return np.sort(np.random.RandomState(seed).permutation(num_examples)[:size])
+
+
 def load_split(dataset_config: ml_collections.ConfigDict, split: str) -> Split:
   """Loads `split` of the dataset described by `dataset_config` (see `get_dataset_config`).
 
@@ -149,6 +159,8 @@ def load_split(dataset_config: ml_collections.ConfigDict, split: str) -> Split:
                             dataset_config.get('samples_per_class'))[split]
     if split == 'validation' and not len(indices):
       raise ValueError("Split 'validation' is empty: set dataset_config.validation_fraction > 0.")
+  elif stored == 'public' and dataset_config.get('public_subset') is not None:
+    indices = public_subset(len(labels), dataset_config.split_seed, int(dataset_config.public_subset))
   records = builder.as_data_source(split=stored)
   return Split(IndexedSource(records, indices), num_classes=len(class_names), num_examples=len(indices),
                class_names=class_names, labels=labels[indices])

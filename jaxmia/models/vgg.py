@@ -141,9 +141,14 @@ class VGG(nn.Module):
     return (logits, features) if return_features else logits
 
 
+def _hashable(kwargs: dict) -> dict:
+  """`layers` as a tuple: a saved model's JSON `module_kwargs` give a list, and a module must hash (jit caches)."""
+  return {**kwargs, "layers": tuple(kwargs["layers"])} if "layers" in kwargs else kwargs
+
+
 def vgg16(num_classes: int | None, dtype=jnp.float32, **kwargs) -> VGG:
-  return VGG(num_classes, dtype=dtype, **kwargs)
+  return VGG(num_classes, dtype=dtype, **_hashable(kwargs))
 
 
 def vgg16_bn(num_classes: int | None, dtype=jnp.float32, **kwargs) -> VGG:
-  return VGG(num_classes, batch_norm=True, dtype=dtype, **kwargs)
+  return VGG(num_classes, batch_norm=True, dtype=dtype, **_hashable(kwargs))
