@@ -11,8 +11,8 @@ import pytest
 
 from jaxmia import benchmarks
 
-REFERENCE_VARIABLES = ("JAXMIA_REFERENCE", "JAXMIA_TORCH_PYTHON", "JAXMIA_PPA_DIR", "JAXMIA_SG2_DIR",
-                       "JAXMIA_PPA_COMMIT", "JAXMIA_SG2_COMMIT")
+REFERENCE_VARIABLES = ("JAXMIA_REFERENCE", "JAXMIA_TORCH_PYTHON") + tuple(
+    f"JAXMIA_{repo}_{key}" for repo in ("PPA", "SG2", "GMI", "KEDMI") for key in ("DIR", "COMMIT"))
 COLUMNS = [benchmarks.Column("target", "arch", str), benchmarks.Column("jaxmia img/s", "jaxmia_rate"),
            benchmarks.Column("PPA img/s", "torch_rate", torch=True),
            benchmarks.Column("ratio", "ratio", benchmarks.times_cell, torch=True, ratio=True)]
