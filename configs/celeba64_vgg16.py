@@ -39,3 +39,13 @@ def get_config(arg=None):
     config.num_epochs = 2
     config.optimizer.lr_decay_epochs = (1,)
   return config
+
+
+def public_dataset(arg=None):
+  """The GANs' data (configs/gan_gmi_celeba64.py, gan_kedmi_celeba64.py): this target's dataset config — the same
+  prepared data and the same private identities, whose complement is the 'public' split — with
+  `public_subset` seeded public images: 30,000, the size of KED-MI's official `data/ganset.txt` (None: all);
+  48 for `arg='smoke'`."""
+  dataset = get_config(arg).dataset
+  dataset.public_subset = 48 if arg == "smoke" else 30_000
+  return dataset

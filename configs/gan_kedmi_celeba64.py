@@ -18,9 +18,9 @@ target trained with another α needs its own GAN (`--config.target=...`, another
 (`generator/`, `discriminator/` in the workdir) is what configs/attack_kedmi_celeba64.py reads by default.
 `:smoke` is a seconds-long pipeline check (narrow networks, 6 iterations of 48 public images).
 """
-from jaxmia import data
 from jaxmia.config import sibling
 
+celeba64_vgg16 = sibling(__file__, "celeba64_vgg16")
 numbers = sibling(__file__, "gan_kedmi_numbers")
 
 
@@ -29,15 +29,12 @@ def get_config(arg=None):
   if arg not in (None, "smoke"):
     raise ValueError(f"Unknown KED-MI CelebA GAN config variant {arg!r}; use no variant or ':smoke'.")
   config = numbers.get_config(arg)
-  config.dataset = data.get_dataset_config("celeba")  # set dataset.manual_dir on the first run
-  config.dataset.image_size = 64        # stored side, the same prepared data as configs/celeba64_vgg16.py
-  config.dataset.public_subset = 30_000  # seeded public images (the size of the official ganset.txt; None: all)
+  config.dataset = celeba64_vgg16.public_dataset(arg)  # set dataset.manual_dir on the first run
   config.split = "public"               # identities disjoint from the target's
   config.target = "runs/celeba64_vgg16/model"  # configs/celeba64_vgg16.py's export; its soft labels teach D
   config.target_resize = 64             # the VGG-16 target's input side (its lowres head is built for 64)
   config.image_size = 64                # official
   config.num_epochs = 120.0             # official (468 iterations each of 30,000 images at batch 64)
   if arg == "smoke":
-    config.dataset.public_subset = 48
     config.num_epochs = 1.0             # 6 iterations of batch 8
   return config
