@@ -30,7 +30,10 @@ def get_config(arg=None):
   config.dataset = celeba64_vgg16.public_dataset(arg)  # set dataset.manual_dir on the first run
   config.split = "public"               # identities disjoint from the target's
   config.image_size = 64                # official
+  config.generator.dim = 64             # official (the numbers GAN is narrower)
+  config.discriminator.dim = 64         # official
   config.num_epochs = 280.0             # official (468 iterations each of 30,000 images at batch 64)
   if arg == "smoke":
     config.num_epochs = 1.0             # 6 iterations of batch 8
+    config.generator.dim = config.discriminator.dim = 4
   return config

@@ -34,7 +34,10 @@ def get_config(arg=None):
   config.target = "runs/celeba64_vgg16/model"  # configs/celeba64_vgg16.py's export; its soft labels teach D
   config.target_resize = 64             # the VGG-16 target's input side (its lowres head is built for 64)
   config.image_size = 64                # official
+  config.generator.dim = 64             # official (the numbers GAN is narrower)
+  config.discriminator.dim = 64         # official
   config.num_epochs = 120.0             # official (468 iterations each of 30,000 images at batch 64)
   if arg == "smoke":
     config.num_epochs = 1.0             # 6 iterations of batch 8
+    config.generator.dim = config.discriminator.dim = 4
   return config
