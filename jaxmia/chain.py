@@ -40,23 +40,37 @@ def evaluation_report(attack_dir: pathlib.Path) -> pathlib.Path:
   return attack_dir / report.EVALUATION_DIR / report.REPORT_FILE
 
 
+def target_stage(label: str, train_config, train_dir: pathlib.Path) -> Stage:
+  """Trains a target in `train_dir` (done once `train_dir/model` is exported)."""
+  train_dir = pathlib.Path(train_dir)
+  return Stage(f"target ({label})", exported_model_info(train_dir / "model"),
+               lambda: train.train_and_evaluate(train_config, train_dir))
+
+
+def attack_stage(label: str, attack_config, attack_dir: pathlib.Path, kind: str = "attack") -> Stage:
+  """Runs `jaxmia.attack` in `attack_dir` (done once its summary.json is written)."""
+  attack_dir = pathlib.Path(attack_dir)
+  return Stage(f"{kind} ({label})", attack_dir / "summary.json",
+               lambda: attack_run.run_attack(attack_config, attack_dir))
+
+
+def evaluation_stage(label: str, evaluate_config, attack_dir: pathlib.Path, kind: str = "evaluation") -> Stage:
+  """Evaluates the attack in `attack_dir` (done once its evaluation/report.json is written)."""
+  attack_dir = pathlib.Path(attack_dir)
+  return Stage(f"{kind} ({label})", evaluation_report(attack_dir),
+               lambda: evaluate.evaluate_attack(evaluate_config, attack_dir))
+
+
 def target_chain(label: str, train_config, train_dir: pathlib.Path, attack_config, attack_dir: pathlib.Path,
                  evaluate_config) -> list[Stage]:
   """Stages that train a target in `train_dir`, attack its exported model and evaluate the attack.
 
   The attack's `target` is set to `train_dir/model`; the configs are copied, the callers' are not changed.
   """
-  train_dir, attack_dir = pathlib.Path(train_dir), pathlib.Path(attack_dir)
   attack_config = copy.deepcopy(attack_config)
-  attack_config.target = str(train_dir / "model")
-  return [
-      Stage(f"target ({label})", exported_model_info(train_dir / "model"),
-            lambda: train.train_and_evaluate(train_config, train_dir)),
-      Stage(f"attack ({label})", attack_dir / "summary.json",
-            lambda: attack_run.run_attack(attack_config, attack_dir)),
-      Stage(f"evaluation ({label})", evaluation_report(attack_dir),
-            lambda: evaluate.evaluate_attack(evaluate_config, attack_dir)),
-  ]
+  attack_config.target = str(pathlib.Path(train_dir) / "model")
+  return [target_stage(label, train_config, train_dir), attack_stage(label, attack_config, attack_dir),
+          evaluation_stage(label, evaluate_config, attack_dir)]
 
 
 def remaining_seconds(todo: list[Stage], durations: dict[str, float]) -> float:

@@ -177,8 +177,7 @@ def stages(config: ConfigDict, workdir: pathlib.Path) -> list[chain.Stage]:
     raise FileNotFoundError(f"No StyleGAN2 prior at {prior} (config.prior). Point config.prior at one "
                             "(converted_weights/README.md lists the shipped priors) or train it in the workdir "
                             "with --config.retrain_prior=True.")
-  out.append(chain.Stage("evaluation model", chain.exported_model_info(evaluation_model),
-                         lambda: train.train_and_evaluate(config.evaluation_model, workdir / "evaluation_model")))
+  out.append(evaluation_model_stage(config, workdir))
   evaluate = evaluate_config(config, workdir, evaluation_model)
   for cell in cells(config, workdir):
     label = f"seed {cell.seed}, {cell.variant.label}"
@@ -189,6 +188,12 @@ def stages(config: ConfigDict, workdir: pathlib.Path) -> list[chain.Stage]:
           membership.evaluate_membership, membership_config(config, cell, workdir), cell.membership_dir,
           shadow_config=shadow_config(config, workdir))))
   return out
+
+
+def evaluation_model_stage(config: ConfigDict, workdir: pathlib.Path) -> chain.Stage:
+  """Trains the study's evaluation model once (`workdir/evaluation_model`; its export is `evaluation_model/model`)."""
+  return chain.Stage("evaluation model", chain.exported_model_info(workdir / "evaluation_model" / "model"),
+                     lambda: train.train_and_evaluate(config.evaluation_model, workdir / "evaluation_model"))
 
 
 def target_config(config: ConfigDict, cell: Cell) -> ConfigDict:
@@ -273,19 +278,23 @@ ATTACK_POINTS = (("start (stage 1)", "acc_top1_initial"), ("optimised (stage 2)"
                  ("selected (stage 3)", "acc_top1"))
 
 
-def _per_class_values(run: Cell, key: str) -> dict[int, float]:
-  """`{class: value}` of column `key` in a cell's evaluation/per_class.csv (empty cells left out)."""
-  path = run.attack_dir / report.EVALUATION_DIR / "per_class.csv"
+def per_class_values(attack_dir: pathlib.Path, key: str) -> dict[int, float]:
+  """`{class: value}` of column `key` in an attack's evaluation/per_class.csv (empty cells left out)."""
+  path = pathlib.Path(attack_dir) / report.EVALUATION_DIR / "per_class.csv"
   with path.open() as f:
     return {int(row["class"]): float(row[key]) for row in csv.DictReader(f) if row.get(key)}
 
 
-def per_class_matrix(config: ConfigDict, workdir: pathlib.Path, variant: Variant | float, key: str = "acc_top1"):
-  """(classes `[C]`, values `[S, C]` of per-class column `key` for a variant (or α), one row per seed; NaN where
-  missing)."""
-  per_seed = [_per_class_values(cell_at(workdir, s, variant), key) for s in config.seeds]
+def per_seed_matrix(attack_dirs: list[pathlib.Path], key: str = "acc_top1"):
+  """(classes `[C]`, values `[S, C]` of per-class column `key`), one row per attack dir (seed); NaN where missing."""
+  per_seed = [per_class_values(d, key) for d in attack_dirs]
   classes = np.array(sorted(set().union(*per_seed)), int)
   return classes, np.array([[t.get(int(c), np.nan) for c in classes] for t in per_seed])
+
+
+def per_class_matrix(config: ConfigDict, workdir: pathlib.Path, variant: Variant | float, key: str = "acc_top1"):
+  """`per_seed_matrix` of a variant's (or α's) attacks, one row per seed of the study."""
+  return per_seed_matrix([cell_at(workdir, s, variant).attack_dir for s in config.seeds], key)
 
 
 def per_class_matrices(config: ConfigDict, workdir: pathlib.Path, key: str = "acc_top1") -> dict:
@@ -294,27 +303,26 @@ def per_class_matrices(config: ConfigDict, workdir: pathlib.Path, key: str = "ac
   return {v: per_class_matrix(config, workdir, v, key) for v in variants(config)}
 
 
-def paired_differences(config: ConfigDict, matrices: dict) -> dict:
-  """Per variant other than the baseline α: mean per-class difference to the baseline α with its bootstrap interval.
+def paired_difference(baseline: tuple, other: tuple, bootstrap: ConfigDict) -> dict:
+  """Mean per-class difference `other - baseline` of two `per_seed_matrix` results (same seeds, paired by seed
+  and class on the classes both have) with its hierarchical bootstrap interval (`config.bootstrap` settings):
+  `{'mean', 'low', 'high', 'num_seeds', 'num_classes', 'classes', 'per_class' [C]}`."""
+  (classes, base), (other_classes, values) = baseline, other
+  common = np.intersect1d(classes, other_classes)
+  d = values[:, np.searchsorted(other_classes, common)] - base[:, np.searchsorted(classes, common)]
+  return {**statistics.hierarchical_bootstrap(d, int(bootstrap.num_resamples), int(bootstrap.seed),
+                                              float(bootstrap.confidence)),
+          "classes": common.tolist(), "per_class": np.nanmean(d, axis=0).tolist()}
 
-  `matrices`: `per_class_matrices` of the study. Returns `{variant: {'mean', 'low', 'high', 'num_seeds',
-  'num_classes', 'classes', 'per_class' [C]}}`; classes are those attacked in both runs of a seed (paired by
-  seed and class).
+
+def paired_differences(config: ConfigDict, matrices: dict) -> dict:
+  """Per variant other than the baseline α: `paired_difference` to the baseline α.
+
+  `matrices`: `per_class_matrices` of the study. Returns `{variant: paired_difference(...)}`.
   """
   baseline = Variant(float(config.baseline_alpha))
-  classes, base = matrices[baseline]
-  boot = config.bootstrap
-  out = {}
-  for variant in variants(config):
-    if variant == baseline:
-      continue
-    other_classes, other = matrices[variant]
-    common = np.intersect1d(classes, other_classes)
-    d = other[:, np.searchsorted(other_classes, common)] - base[:, np.searchsorted(classes, common)]
-    out[variant] = {**statistics.hierarchical_bootstrap(d, int(boot.num_resamples), int(boot.seed),
-                                                        float(boot.confidence)),
-                    "classes": common.tolist(), "per_class": np.nanmean(d, axis=0).tolist()}
-  return out
+  return {variant: paired_difference(matrices[baseline], matrices[variant], config.bootstrap)
+          for variant in variants(config) if variant != baseline}
 
 
 def attack_points(rows: list[dict]) -> list[dict]:
