@@ -54,6 +54,9 @@ def get_config(arg=None):
   lowres.kedmi = attack_kedmi_numbers.get_config()
   lowres.rlb = dcgan_latents(attack_rlb_numbers.get_config())
   lowres.brep = dcgan_latents(attack_brep_numbers.get_config())
+  lowres.kedmi.attack.batch_size = 25  # classes per batch (2 batches of the 50; a batch is KED-MI's resume unit)
+  for kind in lowres.attacks:
+    lowres[kind].output.images_per_class = 1  # images/class_XXXX.png: lowres_samples.png shows them
 
   quick = config.quick_settings  # numbers_study's quick run (seconds-long targets), plus smoke attacks and GANs
   quick.lowres = ConfigDict(dict(

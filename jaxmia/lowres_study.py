@@ -17,6 +17,7 @@ first with the α study's settings. Stages, in run order:
                                         the paper's Table 8 beside them, target queries of the black-box and
                                         label-only attacks
     lowres.png                          Acc@1 per attack and α with the paper's values
+    lowres_samples.png                  a real image and each attack's first result image per class and α
 
 Every attack seed is the cell's seed; the KED-MI GANs are seeded with it too, the shared GMI GAN with its own.
 Stages whose outputs exist are skipped and the stages resume mid-way, so rerunning continues the study.
@@ -27,8 +28,10 @@ import pathlib
 from absl import flags, logging
 from ml_collections import ConfigDict, config_flags
 import numpy as np
+from PIL import Image
 
-from jaxmia import chain, cli, experiment, files, gan_gmi, gan_kedmi, report
+from jaxmia import chain, cli, data, experiment, files, gan_gmi, gan_kedmi, report
+from jaxmia.attack import layout
 from jaxmia.analysis import tables
 
 KINDS = ("gmi", "kedmi", "rlb", "brep")
@@ -40,6 +43,8 @@ PAPER_TABLE8 = {"gmi": {0.1: 25.4, 0.0: 16.0, -0.05: 5.9}, "kedmi": {0.1: 68.9, 
 # A difference of the paper's means below this (pp) is reported as "about the same" (its BREP-MI: -0.3).
 PAPER_NO_CHANGE = 1.0
 REPORT_FILE, STUDY_FILE, FIGURE_FILE = "lowres_report.md", "lowres_study.json", "lowres.png"
+SAMPLES_FILE = "lowres_samples.png"
+MAX_SAMPLE_CLASSES = 12  # columns of lowres_samples.png
 
 
 def resolve(config: ConfigDict) -> ConfigDict:
@@ -238,15 +243,50 @@ def figure(config: ConfigDict, summary: dict, path: pathlib.Path) -> None:
   plt.close(fig)
 
 
+def samples_figure(config: ConfigDict, workdir: pathlib.Path, path: pathlib.Path) -> None:
+  """A grid for the first seed: a real training image of each of the first attacked classes (columns), then one
+  row per attack and α with its first result image of each class (the attacks' `images/class_XXXX.png`)."""
+  plt = files.pyplot()
+  seed = int(config.seeds[0])
+  split = data.load_split(config.target.dataset, "train")
+  real_images, real_labels = data.load_arrays(split)
+  classes = layout.resolve_targets(config.lowres.targets, split.num_classes)[:MAX_SAMPLE_CLASSES]
+  size = real_images.shape[1]
+
+  def first_image(file: pathlib.Path) -> np.ndarray:  # white where an attack wrote no image for the class
+    if not file.exists():
+      return np.full((size, size, 3), 255, np.uint8)
+    image = Image.open(file).convert("RGB")
+    return np.asarray(image.crop((0, 0, image.height, image.height)).resize((size, size), Image.BILINEAR))
+
+  rows = [("real (training)", [real_images[real_labels == c][0] for c in classes])]
+  for kind in config.lowres.attacks:
+    for alpha in config.alphas:
+      images = attack_dir(experiment.cell_at(workdir, seed, float(alpha)), kind) / "images"
+      rows.append((f"{NAMES[kind]}, α = {float(alpha):g}", [first_image(images / f"class_{int(c):04d}.png")
+                                                            for c in classes]))
+  grid = files.image_grid(np.stack([image for _, images in rows for image in images]), len(classes), fill=255)
+  fig, ax = plt.subplots(figsize=(0.5 * len(classes) + 2.2, 0.5 * len(rows) + 0.8))
+  ax.imshow(grid)
+  ax.set_xticks((np.arange(len(classes)) + 0.5) * size, [str(c) for c in classes], fontsize=8)
+  ax.set_yticks((np.arange(len(rows)) + 0.5) * size, [name for name, _ in rows], fontsize=8)
+  ax.set_title(f"First result image per class (seed {seed})", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def write_report(config: ConfigDict, workdir: pathlib.Path, timings: dict) -> dict:
   """Writes lowres_report.md, lowres_study.json and lowres.png from the evaluated cells; returns the summary."""
   summary = summarize(config, workdir)
   figure(config, summary, workdir / FIGURE_FILE)
+  samples_figure(config, workdir, workdir / SAMPLES_FILE)
   n_classes = max(r["num_classes"] for r in summary.values())
   header = (f"# Low-resolution attacks and label smoothing: {config.target.dataset.name} "
             f"({len(config.seeds)} seeds × {n_classes} classes)")
   lines = report_lines(config, summary, header)
   lines += ["## Findings", "", *findings(config, summary), "", f"![Acc@1 per attack and α]({FIGURE_FILE})", "",
+            f"![result images per attack and α]({SAMPLES_FILE})", "",
             "## Stage times (this invocation)", ""]
   lines += [f"- {name}: {seconds:.0f} s" for name, seconds in timings.items()] or ["- nothing was run"]
   files.atomic_write_text(workdir / REPORT_FILE, "\n".join(lines) + "\n")

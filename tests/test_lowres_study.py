@@ -5,10 +5,12 @@ their command lines."""
 import json
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from conftest import REPO
 from jaxmia import experiment, lowres_study, report
+from jaxmia.attack import layout
 from jaxmia.config import load_file
 
 lowres_config = load_file(REPO / "configs" / "lowres_study.py")
@@ -115,3 +117,27 @@ def test_report_pairs_seeds_and_classes_and_states_directions(tmp_path):
   study = json.loads((tmp_path / lowres_study.STUDY_FILE).read_text())
   assert study["attacks"]["gmi"]["rows"][0]["paired"]["num_classes"] == 10
   assert (tmp_path / lowres_study.FIGURE_FILE).stat().st_size > 10_000
+  assert (tmp_path / lowres_study.SAMPLES_FILE).exists()  # no attack wrote images here: white cells
+
+
+def test_samples_figure_takes_each_attacks_first_image(tmp_path, monkeypatch):
+  """The grid handed to matplotlib: real images, then the attacks' images (their first tile) or white."""
+  config = _config()
+  config.lowres.attacks = ("gmi",)
+  cell = experiment.cell_at(tmp_path, config.seeds[0], 0.0)
+  images = lowres_study.attack_dir(cell, "gmi") / "images"
+  images.mkdir(parents=True)
+  tile = np.zeros((32, 64, 3), np.uint8)
+  tile[:, :32, 0] = 200  # first tile red, second green
+  tile[:, 32:, 1] = 200
+  Image.fromarray(tile).save(images / "class_0001.png")
+  shown = []
+  monkeypatch.setattr(lowres_study.files, "image_grid", lambda x, *a, **k: shown.append(x) or x[0])
+  lowres_study.samples_figure(config, tmp_path, tmp_path / "s.png")
+  (stack,) = shown
+  classes = len(layout.resolve_targets(config.lowres.targets, 100))
+  assert stack.shape[0] == classes * (1 + len(config.alphas))
+  row = 1 + list(config.alphas).index(0.0)
+  np.testing.assert_array_equal(stack[row * classes + 1][..., 0], 200)  # class 1: the first tile
+  assert stack[row * classes + 1][..., 1].max() == 0
+  assert (stack[row * classes] == 255).all() and (stack[classes + 1] == 255).all()  # nothing written: white
