@@ -7,7 +7,7 @@ side once per round in turn, the order reversed every other round (A B, B A, A B
 on its stdin), and reports each side's median over rounds, so both see the same machine in the same minutes.
 The PyTorch side is `scripts/bench_torch.py` in the reference interpreter, which `scripts/setup_reference.sh`
 installs with `reference.env` (`JAXMIA_TORCH_PYTHON`, `JAXMIA_PPA_DIR`, `JAXMIA_SG2_DIR`, optionally
-`JAXMIA_GMI_DIR` and `JAXMIA_KEDMI_DIR`); without it a
+`JAXMIA_GMI_DIR`, `JAXMIA_KEDMI_DIR`, `JAXMIA_RLB_DIR` and `JAXMIA_BREP_DIR`); without it a
 benchmark says so in one line and shows jaxmia's figures alone: no PyTorch column, no ratio.
 
 `Report` prints the table and writes it to JSON with the machine (CPU model, cores), XLA's matmul rate before
@@ -78,16 +78,19 @@ class Reference:
   versions: dict  # torch, torchvision, as the worker reports them
   gmi_dir: str | None = None    # AI-secure/GMI-Attack
   kedmi_dir: str | None = None  # SCccc21/Knowledge-Enriched-DMI
+  rlb_dir: str | None = None    # HanGyojin/RLB-MI
+  brep_dir: str | None = None   # m-kahla/Label-Only-Model-Inversion-Attacks-via-Boundary-Repulsion
 
   def env(self) -> dict:
     """Environment of a `scripts/bench_torch.py` child."""
     extra = {"JAXMIA_PPA_DIR": self.ppa_dir, "JAXMIA_SG2_DIR": self.sg2_dir, "JAXMIA_GMI_DIR": self.gmi_dir,
-             "JAXMIA_KEDMI_DIR": self.kedmi_dir}
+             "JAXMIA_KEDMI_DIR": self.kedmi_dir, "JAXMIA_RLB_DIR": self.rlb_dir, "JAXMIA_BREP_DIR": self.brep_dir}
     return dict(os.environ, **{k: v for k, v in extra.items() if v})
 
   def record(self) -> dict:
     return dict(python=self.python, ppa_dir=self.ppa_dir, sg2_dir=self.sg2_dir, gmi_dir=self.gmi_dir,
-                kedmi_dir=self.kedmi_dir, source=self.source, commits=self.commits, **self.versions)
+                kedmi_dir=self.kedmi_dir, rlb_dir=self.rlb_dir, brep_dir=self.brep_dir, source=self.source,
+                commits=self.commits, **self.versions)
 
 
 def default_reference_dir() -> pathlib.Path:
@@ -108,15 +111,15 @@ def read_env_file(path) -> dict:
 
 def find_reference(directory=None, needs=()) -> tuple[Reference | None, str]:
   """(reference, "") or (None, why there is none). `directory` holds `reference.env` ('none': no reference);
-  variables set in the environment take precedence over the file's. `needs`: 'ppa', 'sg2', 'gmi', 'kedmi'
-  checkouts.
+  variables set in the environment take precedence over the file's. `needs`: 'ppa', 'sg2', 'gmi', 'kedmi',
+  'rlb', 'brep' checkouts.
   The interpreter is asked for its versions (`scripts/bench_torch.py --check`), so a broken one counts as none."""
   if directory is not None and str(directory).lower() == "none":
     return None, "--reference=none"
   folder = pathlib.Path(directory) if directory else default_reference_dir()
   env_file = folder / REFERENCE_ENV
   values = read_env_file(env_file) if env_file.is_file() else {}
-  repos = ("ppa", "sg2", "gmi", "kedmi")
+  repos = ("ppa", "sg2", "gmi", "kedmi", "rlb", "brep")
   keys = ("JAXMIA_TORCH_PYTHON",) + tuple(f"JAXMIA_{r.upper()}_{k}" for r in repos for k in ("DIR", "COMMIT"))
   values.update({k: os.environ[k] for k in keys if os.environ.get(k)})
   source = str(env_file) if env_file.is_file() else "environment variables"
@@ -138,7 +141,7 @@ def find_reference(directory=None, needs=()) -> tuple[Reference | None, str]:
     return None, f"{python} (from {source}) failed its check: {tail}"
   commits = {k: values[f"JAXMIA_{k.upper()}_COMMIT"] for k in dirs if values.get(f"JAXMIA_{k.upper()}_COMMIT")}
   return Reference(python, dirs["ppa"], dirs["sg2"], source, commits, json.loads(lines[-1]), gmi_dir=dirs["gmi"],
-                   kedmi_dir=dirs["kedmi"]), ""
+                   kedmi_dir=dirs["kedmi"], rlb_dir=dirs["rlb"], brep_dir=dirs["brep"]), ""
 
 
 def no_reference_line(why: str) -> str:

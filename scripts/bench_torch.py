@@ -2,7 +2,7 @@
 
     $JAXMIA_TORCH_PYTHON scripts/bench_torch.py            # serve requests (jaxmia/benchmarks.py: serve, compare)
     $JAXMIA_TORCH_PYTHON scripts/bench_torch.py --check ppa,sg2   # import what the cases need, print versions
-    $JAXMIA_TORCH_PYTHON scripts/bench_torch.py --check gmi,kedmi # the same for scripts/bench_lowres.py
+    $JAXMIA_TORCH_PYTHON scripts/bench_torch.py --check gmi,kedmi,rlb,brep  # the same for scripts/bench_lowres.py
 
 It imports the unmodified reference modules at run time from the checkouts in `JAXMIA_SG2_DIR`
 (NVlabs/stylegan2-ada-pytorch: `training.networks.Generator`) and `JAXMIA_PPA_DIR` (LukasStruppek/Plug-and-
@@ -22,19 +22,32 @@ does not depend on them), float32, CPU. A case (a JSON object from the driver) i
   kedmi_gan        KED-MI's GAN iteration (`Generator`, `MinibatchDiscriminator`, `VGG16` target, `softXEnt`,
                    `log_sum_exp`, `HLoss` of SCccc21/Knowledge-Enriched-DMI, from `JAXMIA_KEDMI_DIR`), s/iteration;
   gmi_attack       GMI's attack iteration (identity + prior loss, momentum update), seconds per iteration;
-  kedmi_attack     KED-MI's attack iteration (reparameterised latents, prior + identity loss, Adam), s/iteration.
-The four low-resolution cases write the steps themselves around the imported networks and losses (the official
-train scripts and attack.py cannot be imported: they run their experiment, create folders or move tensors to
-CUDA at import), as the official code runs them: networks in train mode for the GAN steps (KED-MI's target too,
-its soft labels not detached, so its weight gradients are computed) and parameters left trainable in the
-attacks, so their weight gradients are computed as well. The official VGG16 targets build torchvision's
+  kedmi_attack     KED-MI's attack iteration (reparameterised latents, prior + identity loss, Adam), s/iteration;
+  rlb_episode      RLB-MI's episode (HanGyojin/RLB-MI, from `JAXMIA_RLB_DIR`: `SAC.Agent` with its `Actor`,
+                   `Critic` and `ReplayBuffer`, `generator.Generator`, `classify.VGG16`) for B agents, seconds
+                   per episode of all B;
+  brep_iteration   BREP-MI's boundary-repulsion iteration (m-kahla/Label-Only-Model-Inversion-Attacks-via-
+                   Boundary-Repulsion, from `JAXMIA_BREP_DIR`: `brep_mi.gen_points_on_sphere`,
+                   `brep_mi_utils.is_target_class` and `decision`, `generator.Generator`, `classify.VGG16`) for B
+                   latents, seconds per iteration of all B.
+The six low-resolution cases write the steps themselves around the imported networks and losses (the official
+train scripts, attack.py and main.py cannot be imported or run here: they run their experiment, create folders,
+save images or move tensors to CUDA), as the official code runs them: networks in train mode for the GAN steps
+(KED-MI's target too, its soft labels not detached, so its weight gradients are computed) and parameters left
+trainable in the attacks, so their weight gradients are computed as well. The official VGG16 targets build torchvision's
 vgg16_bn with `pretrained=True`; here it is built without weights (random, as everything else).
+The official RLB-MI and BREP-MI attack one class at a time (main.py: one fresh `Agent` and one `inversion` per
+class; `attack` calls `attack_single_target` per class), so B agents or latents here are B sequential ones, each
+with its own networks, optimisers and replay memory (RLB) or point and radius (BREP); jaxmia runs the B in
+lockstep (vmapped). See `rlb_episode` and `brep_iteration` for what each follows and leaves out.
 torchvision is only needed for its pure-Python ResNets and transforms: when its compiled operators do not
 load beside the installed torch (torch 2.13.0 CPU with torchvision 0.28.0, as scripts/setup_reference.sh
 installs), the two operator schemas its import registers fake kernels for are declared first.
 """
+import contextlib
 import importlib.util
 import json
+import math
 import os
 import pathlib
 import sys
@@ -70,14 +83,17 @@ def import_torchvision():
 
 
 LOWRES = {"gmi": ("JAXMIA_GMI_DIR", "Celeba", ("generator", "discri", "classify")),
-          "kedmi": ("JAXMIA_KEDMI_DIR", "", ("generator", "discri", "classify", "utils"))}
-_LOWRES_NAMES = ("generator", "discri", "classify", "utils", "evolve", "facenet", "dataloader", "losses")
+          "kedmi": ("JAXMIA_KEDMI_DIR", "", ("generator", "discri", "classify", "utils")),
+          "rlb": ("JAXMIA_RLB_DIR", "", ("generator", "classify", "SAC")),
+          "brep": ("JAXMIA_BREP_DIR", "", ("generator", "classify", "brep_mi_utils", "brep_mi"))}
+_LOWRES_NAMES = ("generator", "discri", "classify", "utils", "evolve", "facenet", "dataloader", "losses", "SAC",
+                 "brep_mi", "brep_mi_utils")
 
 
 def lowres_modules(repo):
-  """The official modules of GMI or KED-MI (`LOWRES`), imported unmodified from their checkout. Both repositories
-  have top-level `generator`, `discri`, `classify`, `utils`: each set is imported on its own path and kept here
-  (by name), not in sys.modules."""
+  """The official modules of GMI, KED-MI, RLB-MI or BREP-MI (`LOWRES`), imported unmodified from their checkout.
+  The repositories share top-level names (`generator`, `discri`, `classify`, `utils`, ...): each set is imported
+  on its own path and kept here (by name), not in sys.modules."""
   def build():
     variable, sub, names = LOWRES[repo]
     folder = os.path.join(os.environ[variable], sub) if sub else os.environ[variable]
@@ -111,7 +127,7 @@ def check(needs):
     import attacks.final_selection  # noqa: F401
     import attacks.initial_selection  # noqa: F401
     import attacks.optimize  # noqa: F401
-  for repo in ("gmi", "kedmi"):
+  for repo in LOWRES:
     if repo in needs:
       lowres_modules(repo)
   print(json.dumps(dict(torch=torch.__version__, torchvision=torchvision.__version__,
@@ -296,6 +312,132 @@ def lowres_attack(case):
   return run, case["steps"]
 
 
+def rlb_episode(case):
+  """RLB-MI's episode as the official `attack.inversion` runs one (`max_step` steps: the agent acts on the state z,
+  z' = alpha z + (1 - alpha) a, the images of z' and of a are scored by the target's softmax (both, also when
+  alpha = 0), the reward 2 log p_y(z') + 2 log p_y(a) + 8 log max(1e-7, margin), `Agent.step` stores the
+  transition and, with more than `SAC.BATCH_SIZE` (256) stored, runs one `Agent.learn`; then the test: a fresh
+  z, the policy's action, its image scored without gradients), for B agents in turn, `steps` episodes each. The
+  official `Agent` (SAC.py: hidden 256, batch 256, its replay memory, seeded as main.py seeds it) is used
+  unmodified; each agent's memory starts with `stored` transitions of the official types (random values) so that
+  every episode updates, as after the first 256 episodes of an attack. Left out: what the official loop does
+  when the test score improves (saving the image and the actor's weights to disk). Networks in eval mode, G
+  and T with trainable parameters, as loaded by main.py."""
+  m = lowres_modules("rlb")
+  b, latent, k, alpha, max_step = case["B"], case["latent_dim"], case["num_classes"], case["alpha"], case["max_step"]
+  if m.SAC.BATCH_SIZE != case["replay_batch"] or case["hidden_size"] != 256:
+    raise ValueError(f"the official SAC runs batch {m.SAC.BATCH_SIZE}, hidden 256; the case asks "
+                     f"{case['replay_batch']}, {case['hidden_size']}")
+  torch.manual_seed(0)
+  G = m.generator.Generator(latent).eval()
+  T = official_vgg16(m.classify, k).eval()
+  agents = [m.SAC.Agent(state_size=latent, action_size=latent, random_seed=case["seed"],
+                        hidden_size=case["hidden_size"], action_prior="uniform") for _ in range(b)]
+  for agent in agents:
+    for _ in range(case["stored"]):
+      agent.memory.add(torch.randn(1, latent).numpy(), torch.rand(latent) * 2 - 1, float(torch.randn(())),
+                       torch.randn(1, latent).numpy(), True)
+  labels = [int(c) for c in torch.arange(b) % k]
+  best = [0.0] * b
+  weights, floor = case["reward_weights"], case["margin_floor"]
+
+  def probabilities(z):
+    return F.softmax(T(G(z).detach())[1], dim=-1)
+
+  def episode(i):
+    agent, y = agents[i], labels[i]
+    z = torch.randn(1, latent)
+    state = z.numpy().copy()
+    for t in range(max_step):
+      action = agent.act(state)
+      a = action.detach().reshape(1, latent)
+      z = alpha * z + (1 - alpha) * a
+      next_state = z.numpy().copy()
+      p_state, p_action = probabilities(z).detach()[0], probabilities(a).detach()[0]
+      others = torch.cat((p_state[:y], p_state[y + 1:])).max()
+      reward = (weights[0] * float(torch.log(p_state[y])) + weights[1] * float(torch.log(p_action[y]))
+                + weights[2] * math.log(max(floor, float(p_state[y] - others))))
+      agent.step(state, action, reward, next_state, t == max_step - 1, t)
+      state = next_state
+    with torch.no_grad():
+      z_test = torch.randn(1, latent)
+      for _ in range(max_step):
+        z_test = alpha * z_test + (1 - alpha) * agent.act(z_test.numpy()).reshape(1, latent)
+      score = float(probabilities(z_test)[0, y])
+    best[i] = max(best[i], score)
+
+  def run():
+    for i in range(b):
+      for _ in range(case["steps"]):
+        episode(i)
+
+  for i in range(b):
+    episode(i)
+  return run, case["steps"]
+
+
+@contextlib.contextmanager
+def cuda_as_identity():
+  """`Tensor.cuda()` returns the tensor itself (CPU) while the official BREP-MI helpers run: they move their
+  random draws to the GPU with `.cuda()`, the only thing that keeps them from running on a CPU."""
+  original = torch.Tensor.cuda
+  torch.Tensor.cuda = lambda self, *args, **kwargs: self
+  try:
+    yield
+  finally:
+    torch.Tensor.cuda = original
+
+
+def brep_iteration(case):
+  """BREP-MI's iteration as the official `brep_mi.attack_single_target` runs one (its inner loop's body), for B
+  latents in turn, `steps` iterations each: `gen_points_on_sphere` (32 points at the current radius), their
+  labels by `is_target_class`, the radius times 1.3 when more than 75 % are inside, the repulsion direction
+  (repulsion_only), the step min(r / 3, 3) of the radius before growth, the moved point clamped to [-1.5, 1.5]
+  and labelled by `is_target_class`: rejected if outside (the official loop breaks to its outer loop and starts
+  again from the same point), else kept and its loss computed by `decision(score=True)` (one more forward of the
+  target on the same image, as officially). Left out: the evaluator's decision on every accepted point and the
+  log and image files (evaluation and output, not part of the search). Official functions imported unmodified
+  (their `.cuda()` calls made no-ops, `cuda_as_identity`); the loop body is written here. Each latent starts at
+  a z ~ N(0, I) clamped to [-1.5, 1.5], its class the target's label of it (as `gen_initial_points_untargeted`
+  chooses them), and every round starts again from these points at the initial radius (as jaxmia's side)."""
+  m = lowres_modules("brep")
+  b, latent, k, n = case["B"], case["latent_dim"], case["num_classes"], case["sphere_points"]
+  low, high = case["point_clamp"]
+  torch.manual_seed(0)
+  G = m.generator.Generator(latent).eval()
+  T = official_vgg16(m.classify, k).eval()
+  criterion = torch.nn.CrossEntropyLoss()
+  starts = torch.randn(b, latent).clamp(min=low, max=high)
+  with torch.no_grad():
+    labels = [int(c) for c in m.brep_mi_utils.decision(G(starts), T)]
+
+  def iteration(point, radius, label):
+    step_size = min(radius * case["step_size_ratio"], case["max_step_size"])
+    with cuda_as_identity():
+      points, directions = m.brep_mi.gen_points_on_sphere(point, n, radius)
+    inside = m.brep_mi_utils.is_target_class(G(points), label, T)
+    if inside.sum() > case["expansion_fraction"] * n:
+      radius = radius * case["radius_expansion"]
+    if case["repulsion_only"]:
+      inside = (inside - 1) / 2
+    moved = point + step_size * torch.mean(inside.unsqueeze(1) * directions, axis=0) / radius
+    moved = moved.clamp(min=low, max=high)
+    image = G(moved.unsqueeze(0))
+    if m.brep_mi_utils.is_target_class(image, label, T)[0] == -1:
+      return point, radius
+    m.brep_mi_utils.decision(image, T, score=True, criterion=criterion, target=torch.tensor([label]))
+    return moved, radius
+
+  def run():
+    for i in range(b):
+      point, radius = starts[i], float(case["initial_radius"])
+      for _ in range(case["steps"]):
+        point, radius = iteration(point, radius, labels[i])
+
+  iteration(starts[0], float(case["initial_radius"]), labels[0])
+  return run, case["steps"]
+
+
 # ---------------------------------------------------------------------------------------------------- cases
 
 
@@ -399,6 +541,10 @@ def build(case):
     return lowres_gan(case)
   if kind in ("gmi_attack", "kedmi_attack"):
     return lowres_attack(case)
+  if kind == "rlb_episode":
+    return rlb_episode(case)
+  if kind == "brep_iteration":
+    return brep_iteration(case)
   raise ValueError(f"unknown case kind {kind!r}")
 
 

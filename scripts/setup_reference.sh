@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Creates the PyTorch reference environment that scripts/bench_*.py measure jaxmia against, outside the project.
 #
-#   scripts/setup_reference.sh --ppa PATH --sg2 PATH [--gmi PATH] [--kedmi PATH] [--torch VERSION]
-#                              [--torchvision VERSION] [--python PY] [DIR]
+#   scripts/setup_reference.sh --ppa PATH --sg2 PATH [--gmi PATH] [--kedmi PATH] [--rlb PATH] [--brep PATH]
+#                              [--torch VERSION] [--torchvision VERSION] [--python PY] [DIR]
 #
 # DIR (default: $JAXMIA_REFERENCE, else ../reference beside this checkout; never inside it) gets
 #   DIR/venv           a virtual environment with torch, torchvision and what the reference modules import,
@@ -17,6 +17,10 @@
 # SCccc21/Knowledge-Enriched-DMI, extracted the same way into DIR/GMI-Attack and DIR/Knowledge-Enriched-DMI, and
 # written as JAXMIA_GMI_DIR / JAXMIA_KEDMI_DIR; KED-MI's `utils` (which its discriminator module imports) needs
 # pandas, scipy, matplotlib and OpenCV, installed with --kedmi.
+# --rlb and --brep (optional; scripts/bench_lowres.py's RLB-MI and BREP-MI rows) are checkouts of HanGyojin/RLB-MI
+# and m-kahla/Label-Only-Model-Inversion-Attacks-via-Boundary-Repulsion, extracted the same way into DIR/RLB-MI
+# and DIR/BREP-MI, and written as JAXMIA_RLB_DIR / JAXMIA_BREP_DIR (with JAXMIA_RLB_COMMIT / JAXMIA_BREP_COMMIT);
+# BREP-MI's `utils` (imported by its `brep_mi_utils`) needs pandas and scipy, installed (with KED-MI's) by --brep.
 #
 # torchvision is installed without its dependencies, beside the torch chosen here: with torch 2.13.0 (a CPU
 # build, the x86_64 default) torchvision 0.28.0's compiled operators do not load, and the benchmarks' PyTorch
@@ -30,7 +34,7 @@ case "$(uname -m)" in
   aarch64) torch_version=2.9.1 torchvision_version=0.24.1 ;;
   *) torch_version=2.13.0 torchvision_version=0.28.0 ;;
 esac
-python=python3 ppa='' sg2='' gmi='' kedmi='' dir=${JAXMIA_REFERENCE:-$here/../reference}
+python=python3 ppa='' sg2='' gmi='' kedmi='' rlb='' brep='' dir=${JAXMIA_REFERENCE:-$here/../reference}
 
 usage() { sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 while [[ $# -gt 0 ]]; do
@@ -39,6 +43,8 @@ while [[ $# -gt 0 ]]; do
     --sg2) sg2=$2; shift 2 ;;
     --gmi) gmi=$2; shift 2 ;;
     --kedmi) kedmi=$2; shift 2 ;;
+    --rlb) rlb=$2; shift 2 ;;
+    --brep) brep=$2; shift 2 ;;
     --torch) torch_version=$2; shift 2 ;;
     --torchvision) torchvision_version=$2; shift 2 ;;
     --python) python=$2; shift 2 ;;
@@ -83,6 +89,8 @@ sg2=$(checkout "$sg2" stylegan2-ada-pytorch training/networks.py)
 needs=''  # what the final check imports besides torchvision
 if [[ -n "$gmi" ]]; then gmi=$(checkout "$gmi" GMI-Attack Celeba/discri.py); needs+=gmi,; fi
 if [[ -n "$kedmi" ]]; then kedmi=$(checkout "$kedmi" Knowledge-Enriched-DMI discri.py); needs+=kedmi,; fi
+if [[ -n "$rlb" ]]; then rlb=$(checkout "$rlb" RLB-MI SAC.py); needs+=rlb,; fi
+if [[ -n "$brep" ]]; then brep=$(checkout "$brep" BREP-MI brep_mi.py); needs+=brep,; fi
 
 if [[ ! -x "$dir/venv/bin/python" ]]; then
   "$python" -m venv "$dir/venv"
@@ -90,7 +98,7 @@ fi
 pip=("$dir/venv/bin/python" -m pip install --disable-pip-version-check -q)
 "${pip[@]}" "torch==$torch_version" numpy pillow requests tqdm absl-py  # absl-py: the golden scripts' flags
 "${pip[@]}" --no-deps "torchvision==$torchvision_version"
-if [[ -n "$kedmi" ]]; then "${pip[@]}" pandas scipy matplotlib opencv-python-headless; fi
+if [[ -n "$kedmi" || -n "$brep" ]]; then "${pip[@]}" pandas scipy matplotlib opencv-python-headless; fi
 
 env_file=$dir/reference.env
 {
@@ -104,9 +112,12 @@ env_file=$dir/reference.env
   if [[ -n "$kedmi" ]]; then
     printf 'JAXMIA_KEDMI_DIR=%q\nJAXMIA_KEDMI_COMMIT=%q\n' "$kedmi" "$(commit "$kedmi")"
   fi
+  if [[ -n "$rlb" ]]; then printf 'JAXMIA_RLB_DIR=%q\nJAXMIA_RLB_COMMIT=%q\n' "$rlb" "$(commit "$rlb")"; fi
+  if [[ -n "$brep" ]]; then printf 'JAXMIA_BREP_DIR=%q\nJAXMIA_BREP_COMMIT=%q\n' "$brep" "$(commit "$brep")"; fi
 } > "$env_file.partial"
 mv "$env_file.partial" "$env_file"
 
-JAXMIA_PPA_DIR=$ppa JAXMIA_SG2_DIR=$sg2 JAXMIA_GMI_DIR=$gmi JAXMIA_KEDMI_DIR=$kedmi \
+JAXMIA_PPA_DIR=$ppa JAXMIA_SG2_DIR=$sg2 JAXMIA_GMI_DIR=$gmi JAXMIA_KEDMI_DIR=$kedmi JAXMIA_RLB_DIR=$rlb \
+  JAXMIA_BREP_DIR=$brep \
   "$dir/venv/bin/python" "$here/scripts/bench_torch.py" --check "$needs"
 echo "Reference environment ready: $env_file"

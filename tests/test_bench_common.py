@@ -12,7 +12,7 @@ import pytest
 from jaxmia import benchmarks
 
 REFERENCE_VARIABLES = ("JAXMIA_REFERENCE", "JAXMIA_TORCH_PYTHON") + tuple(
-    f"JAXMIA_{repo}_{key}" for repo in ("PPA", "SG2", "GMI", "KEDMI") for key in ("DIR", "COMMIT"))
+    f"JAXMIA_{repo}_{key}" for repo in ("PPA", "SG2", "GMI", "KEDMI", "RLB", "BREP") for key in ("DIR", "COMMIT"))
 COLUMNS = [benchmarks.Column("target", "arch", str), benchmarks.Column("jaxmia img/s", "jaxmia_rate"),
            benchmarks.Column("PPA img/s", "torch_rate", torch=True),
            benchmarks.Column("ratio", "ratio", benchmarks.times_cell, torch=True, ratio=True)]
@@ -231,6 +231,63 @@ def test_reference_needs_the_lowres_checkouts(tmp_path, no_reference_variables):
   assert reference.env()["JAXMIA_KEDMI_DIR"] == str(tmp_path / "kedmi") and reference.record()["gmi_dir"]
 
 
+def test_reference_needs_the_rlb_and_brep_checkouts(tmp_path, no_reference_variables):
+  fake_python = tmp_path / "python"
+  fake_python.write_text("#!/bin/sh\necho '{\"torch\": \"9.9\"}'\n")
+  fake_python.chmod(fake_python.stat().st_mode | stat.S_IXUSR)
+  for name in ("gmi", "kedmi", "rlb"):
+    (tmp_path / name).mkdir()
+  env = (f"JAXMIA_TORCH_PYTHON={fake_python}\nJAXMIA_GMI_DIR={tmp_path / 'gmi'}\n"
+         f"JAXMIA_KEDMI_DIR={tmp_path / 'kedmi'}\n")
+  (tmp_path / "reference.env").write_text(env)
+  for needs, missing in ((("rlb",), "JAXMIA_RLB_DIR"), (("gmi", "brep"), "JAXMIA_BREP_DIR")):
+    reference, why = benchmarks.find_reference(tmp_path, needs=needs)
+    assert reference is None and missing in why  # bench_lowres.py's RLB / BREP rows: jaxmia alone, no ratio
+  (tmp_path / "reference.env").write_text(env + f"JAXMIA_RLB_DIR={tmp_path / 'rlb'}\nJAXMIA_RLB_COMMIT=abc\n"
+                                          f"JAXMIA_BREP_DIR={tmp_path / 'missing'}\n")
+  reference, why = benchmarks.find_reference(tmp_path, needs=("rlb", "brep"))
+  assert reference is None and "missing" in why
+  reference, why = benchmarks.find_reference(tmp_path, needs=("rlb",))
+  assert why == "" and reference.rlb_dir == str(tmp_path / "rlb") and reference.commits == {"rlb": "abc"}
+  assert reference.env()["JAXMIA_RLB_DIR"] == str(tmp_path / "rlb") and reference.record()["rlb_dir"]
+
+
+def test_bench_lowres_rows_need_their_own_checkouts():
+  listing = subprocess.run(  # in a child: the script defines absl flags at import
+      [sys.executable, "-c", "import json, sys; sys.path.insert(0, 'scripts'); import bench_lowres as b; "
+       "print(json.dumps([b.REPOS, b.ROWS, b.torch_case('rlb_episode', 3, 2), b.torch_case('brep_iteration', 3, 2)]))"],
+      cwd=benchmarks.ROOT, capture_output=True, text=True, check=True)
+  repos, rows, rlb, brep = json.loads(listing.stdout.strip().splitlines()[-1])
+  assert set(repos) == set(rows) and repos["rlb_episode"] == "rlb" and repos["brep_iteration"] == "brep"
+  assert rlb["B"] == 3 and rlb["steps"] == 2 and rlb["replay_batch"] == 256 and rlb["stored"] > 256
+  assert brep["sphere_points"] == 32 and brep["point_clamp"] == [-1.5, 1.5]
+
+
+@pytest.mark.slow
+def test_bench_lowres_rlb_brep_without_checkouts_print_jaxmia_alone(tmp_path, no_reference_variables):
+  fake_python = tmp_path / "python"  # a reference interpreter with GMI / KED-MI but no RLB-MI / BREP-MI checkout
+  fake_python.write_text("#!/bin/sh\necho '{\"torch\": \"9.9\"}'\n")
+  fake_python.chmod(fake_python.stat().st_mode | stat.S_IXUSR)
+  (tmp_path / "gmi").mkdir()
+  (tmp_path / "kedmi").mkdir()
+  (tmp_path / "reference.env").write_text(f"JAXMIA_TORCH_PYTHON={fake_python}\nJAXMIA_GMI_DIR={tmp_path / 'gmi'}\n"
+                                          f"JAXMIA_KEDMI_DIR={tmp_path / 'kedmi'}\n")
+  result = subprocess.run(
+      [sys.executable, str(benchmarks.ROOT / "scripts" / "bench_lowres.py"), "--rows=rlb_episode,brep_iteration",
+       "--batch=2", "--attack_steps=1", f"--reference={tmp_path}", "--rounds=1", "--matmul_size=0", "--max_wait=0",
+       f"--json={tmp_path / 'l.json'}"], capture_output=True, text=True, check=True)
+  assert "No PyTorch reference environment" in result.stdout and "JAXMIA_RLB_DIR" in result.stdout
+  table = [line for line in result.stdout.splitlines() if line.startswith("|")]
+  assert table[0] == "| row | B | unit | jaxmia s/iter | jaxmia rate | other cores |"
+  assert table[2].startswith("| RLB-MI episode | 2 | episodes x agents/s |")
+  assert table[3].startswith("| BREP-MI iteration | 2 | queries/s |")
+  record = json.loads((tmp_path / "l.json").read_text())
+  assert record["reference"] is None and record["side_by_side"] is False
+  rows = record["tables"][0]["rows"]
+  assert all(row["ratio"] is None and "torch_rate" not in row for row in rows)
+  assert rows[1]["jaxmia_rate"] == pytest.approx(2 * 33 / rows[1]["jaxmia_s"])  # 33 target queries per latent
+
+
 @pytest.mark.slow
 def test_bench_lowres_without_reference_prints_jaxmia_alone(tmp_path, no_reference_variables):
   result = subprocess.run(
@@ -247,15 +304,16 @@ def test_bench_lowres_without_reference_prints_jaxmia_alone(tmp_path, no_referen
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (os.environ.get("JAXMIA_TORCH_PYTHON") and os.environ.get("JAXMIA_GMI_DIR")
-                         and os.environ.get("JAXMIA_KEDMI_DIR")), reason="needs the reference environment")
+@pytest.mark.skipif(not all(os.environ.get(f"JAXMIA_{name}") for name in (
+    "TORCH_PYTHON", "GMI_DIR", "KEDMI_DIR", "RLB_DIR", "BREP_DIR")), reason="needs the reference environment")
 def test_torch_worker_runs_the_lowres_cases():
   listing = subprocess.run(
       [sys.executable, "-c", "import json, sys; sys.path.insert(0, 'scripts'); import bench_lowres as b; "
        "print(json.dumps([b.torch_case(k, 2, 1) for k in b.ROWS]))"],
       cwd=benchmarks.ROOT, capture_output=True, text=True, check=True)
   cases = json.loads(listing.stdout.strip().splitlines()[-1])
-  assert [c["kind"] for c in cases] == ["gmi_gan", "kedmi_gan", "gmi_attack", "kedmi_attack"]
+  assert [c["kind"] for c in cases] == ["gmi_gan", "kedmi_gan", "gmi_attack", "kedmi_attack", "rlb_episode",
+                                        "brep_iteration"]
   with benchmarks.Worker("PyTorch", [os.environ["JAXMIA_TORCH_PYTHON"], str(benchmarks.TORCH_WORKER)]) as worker:
     for case in cases:
       assert worker.call("prepare", case=case)["setup_s"] > 0
