@@ -36,6 +36,7 @@ def get_config(arg=None):
   config.image_size = 64                # official
   config.generator.dim = 64             # official (the numbers GAN is narrower)
   config.discriminator.dim = 64         # official
+  config.generator.start_size = config.discriminator.end_size = 0  # official 64x64 networks (4x4 ends)
   config.num_epochs = 120.0             # official (468 iterations each of 30,000 images at batch 64)
   if arg == "smoke":
     config.num_epochs = 1.0             # 6 iterations of batch 8

@@ -90,8 +90,10 @@ def generator_loss(fake_scores):
 
 
 def generator_kwargs(config: ConfigDict) -> dict:
+  """`dcgan.Generator` kwargs; `generator.start_size` (optional, KED-MI's numbers GAN sets it) only when given."""
   g = config.generator
-  return dict(latent_dim=int(g.latent_dim), dim=int(g.dim), image_size=int(config.image_size), channels=3)
+  start = {"start_size": int(g.start_size)} if g.get("start_size") else {}
+  return dict(latent_dim=int(g.latent_dim), dim=int(g.dim), image_size=int(config.image_size), channels=3, **start)
 
 
 def discriminator_kwargs(config: ConfigDict) -> dict:

@@ -113,8 +113,9 @@ def generator_loss(fake_features, unlabelled_features, fake_logits, entropy_weig
 
 def discriminator_kwargs(config: ConfigDict, num_classes: int) -> dict:
   d = config.discriminator
+  end = {"end_size": int(d.end_size)} if d.get("end_size") else {}
   return dict(num_classes=int(num_classes), dim=int(d.dim), minibatch_kernels=int(d.minibatch_kernels),
-              minibatch_kernel_dim=int(d.minibatch_kernel_dim))
+              minibatch_kernel_dim=int(d.minibatch_kernel_dim), **end)
 
 
 def create_networks(config, num_classes: int):

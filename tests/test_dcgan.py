@@ -88,6 +88,26 @@ def test_bad_image_size():
     dcgan.Discriminator(image_size=16).init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
 
 
+def test_start_size_4_is_the_official_32x32_pattern():
+  """start_size=4: KED-MI's `GeneratorMNIST` layout (Linear to 4 dim x 4 x 4, two BN deconvs, the last deconv) at
+  32; at 64 it is the default network (same parameters, same images); a side that is not 4 doubled raises."""
+  g = dcgan.Generator(dim=8, image_size=32, start_size=4)
+  variables = g.init(jax.random.key(0), jnp.zeros((2, 100)))
+  shapes = {k: {n: a.shape for n, a in v.items()} for k, v in variables["params"].items()}
+  assert shapes == {"l1_0": {"kernel": (100, 32 * 16)}, "l1_1": {"scale": (512,), "bias": (512,)},
+                    "l2_5_0_0": {"kernel": (5, 5, 32, 16)}, "l2_5_0_1": {"scale": (16,), "bias": (16,)},
+                    "l2_5_1_0": {"kernel": (5, 5, 16, 8)}, "l2_5_1_1": {"scale": (8,), "bias": (8,)},
+                    "l2_5_2": {"kernel": (5, 5, 8, 3), "bias": (3,)}}
+  assert g.apply(variables, jnp.ones((2, 100))).shape == (2, 32, 32, 3)
+  z = jax.random.normal(jax.random.key(1), (2, 100))
+  default, explicit = dcgan.Generator(dim=4), dcgan.Generator(dim=4, start_size=4)
+  v = default.init(jax.random.key(2), z)
+  assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, explicit.init(jax.random.key(2), z))
+  np.testing.assert_array_equal(default.apply(v, z), explicit.apply(v, z))
+  with pytest.raises(ValueError, match="start_size=3"):
+    dcgan.Generator(image_size=32, start_size=3).init(jax.random.key(0), z)
+
+
 def test_stylegan2_rendering_interface():
   """Attack runs store z as [N, 1, latent_dim]; render.synthesize draws them as the generator does z."""
   generator = dcgan.Generator(latent_dim=6, dim=4, image_size=32)

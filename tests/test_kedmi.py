@@ -105,6 +105,26 @@ def test_discriminator_matches_the_official_pytorch_network():
   np.testing.assert_allclose(logits, arrays["output/logits"], rtol=1e-4, atol=1e-5)
 
 
+def test_discriminator_end_size():
+  """end_size=4: at 64 the official network (same parameters and outputs); at 32 two 5x5 layers and the 3x3
+  (dim, 2 dim, 4 dim channels) to 4 dim x 4 x 4 features; other sides raise."""
+  x64 = jnp.asarray(RNG.uniform(-1, 1, size=(3, 64, 64, 3)), jnp.float32)
+  official, explicit = MinibatchDiscriminator(num_classes=5, dim=4), MinibatchDiscriminator(5, 4, end_size=4)
+  v = official.init(jax.random.key(0), x64)
+  for a, b in zip(official.apply(v, x64), explicit.apply(v, x64)):
+    np.testing.assert_array_equal(a, b)
+  small = MinibatchDiscriminator(num_classes=5, dim=4, end_size=4)
+  x32 = x64[:, ::2, ::2]
+  variables = small.init(jax.random.key(0), x32)
+  kernels = [variables["params"][f"layer{i}_conv"]["kernel"].shape for i in (1, 2, 3)]
+  assert kernels == [(5, 5, 3, 4), (5, 5, 4, 8), (3, 3, 8, 16)] and "layer4_conv" not in variables["params"]
+  features, logits = small.apply(variables, x32)
+  assert features.shape == (3, 16 * 4 * 4) and logits.shape == (3, 5)
+  for bad in (3, 16):  # not a power-of-two fraction; a single halving
+    with pytest.raises(ValueError, match=f"end_size={bad}"):
+      MinibatchDiscriminator(5, 4, end_size=bad).init(jax.random.key(0), x32)
+
+
 def test_discriminator_loss_is_the_official_semi_supervised_loss():
   labelled, target, unlabelled, fake = (RNG.normal(size=(6, 5)).astype(np.float32) * 3 for _ in range(4))
   total, supervised, unsupervised = gan_kedmi.discriminator_loss(*map(jnp.asarray, (labelled, target, unlabelled,

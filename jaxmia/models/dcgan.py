@@ -34,6 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+import numpy as np
 
 from jaxmia.models import conv as conv_ops
 from jaxmia.models.resnet import BatchNorm
@@ -109,36 +110,52 @@ class InstanceNorm(nn.Module):
     return ((x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias).astype(x.dtype)
 
 
+def doublings(image_size: int, start_size: int) -> int:
+  """Stride-2 layers between a `start_size` square and `image_size` (0: image_size / 16, i.e. four)."""
+  if not start_size:
+    check_image_size(image_size)
+    return 4
+  count = int(round(np.log2(image_size / start_size)))
+  if count < 2 or start_size << count != image_size:
+    raise ValueError(f"image_size={image_size} is not start_size={start_size} doubled two or more times.")
+  return count
+
+
 class Generator(nn.Module):
   """GMI's generator: z `[B, latent_dim]` -> images `[B, image_size, image_size, channels]` in [-1, 1].
 
   Attributes:
     latent_dim: size of z (official: 100).
-    dim: channels of the last hidden layer; the first has `8 * dim` (official: 64).
-    image_size: output side, a multiple of 16 (official: 64).
+    dim: channels of the last hidden layer; the first has `dim * 2^(n - 1)` for n doublings (official: 64, 8 * 64).
+    image_size: output side (official: 64).
     channels: image channels (3).
+    start_size: side of the first map. 0 (default): `image_size / 16`, four doublings at every size (the official
+      64x64 network at 64). 4: doublings from 4x4 up to `image_size`, the official code's own 32x32 pattern
+      (KED-MI's `GeneratorMNIST`: `4 * dim` channels at 4x4, three doublings) at 32.
     dtype: compute dtype; parameters and BatchNorm statistics stay float32.
   """
   latent_dim: int = LATENT_DIM
   dim: int = 64
   image_size: int = 64
   channels: int = 3
+  start_size: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z, train: bool = False):
     """`train=True` normalises with batch statistics and updates `batch_stats` (pass `mutable=['batch_stats']`)."""
-    start = check_image_size(self.image_size)
-    width = self.dim * 8 * start * start
-    x = nn.Dense(width, use_bias=False, dtype=self.dtype, kernel_init=torch_uniform_init(self.latent_dim),
-                 name="l1_0")(jnp.asarray(z, jnp.float32))
+    n = doublings(self.image_size, self.start_size)
+    start = self.image_size >> n
+    channels = self.dim << (n - 1)
+    x = nn.Dense(channels * start * start, use_bias=False, dtype=self.dtype,
+                 kernel_init=torch_uniform_init(self.latent_dim), name="l1_0")(jnp.asarray(z, jnp.float32))
     x = nn.relu(BatchNorm(dtype=self.dtype, name="l1_1")(x, train))
     # PyTorch's y.view(B, -1, s, s) of the NCHW tensor, then NHWC.
-    x = jnp.transpose(x.reshape(x.shape[0], self.dim * 8, start, start), (0, 2, 3, 1))
-    for i, features in enumerate((self.dim * 4, self.dim * 2, self.dim)):
-      x = ConvTranspose(features, use_bias=False, dtype=self.dtype, name=f"l2_5_{i}_0")(x)
+    x = jnp.transpose(x.reshape(x.shape[0], channels, start, start), (0, 2, 3, 1))
+    for i in range(n - 1):
+      x = ConvTranspose(channels >> (i + 1), use_bias=False, dtype=self.dtype, name=f"l2_5_{i}_0")(x)
       x = nn.relu(BatchNorm(dtype=self.dtype, name=f"l2_5_{i}_1")(x, train))
-    x = ConvTranspose(self.channels, dtype=self.dtype, name="l2_5_3")(x)
+    x = ConvTranspose(self.channels, dtype=self.dtype, name=f"l2_5_{n - 1}")(x)
     return 2.0 * jax.nn.sigmoid(x.astype(jnp.float32)) - 1.0
 
   # The rendering interface of jaxmia's StyleGAN2 generator (`jaxmia.attack.render.synthesize`, the attack

@@ -41,8 +41,20 @@ from jaxmia.models.dcgan import conv_general_dilated
 from jaxmia.models.resnet import linear_bias_init, linear_kernel_init
 from jaxmia.models.vgg import flatten_nchw
 
-# (kernel, stride, padding, channel multiplier of `dim`) of the four convolutions.
+# (kernel, stride, padding, channel multiplier of `dim`) of the official four convolutions.
 LAYERS = ((5, 2, 2, 1), (5, 2, 2, 2), (5, 2, 2, 4), (3, 2, 1, 4))
+
+
+def layers(image_size: int, end_size: int = 0) -> tuple:
+  """The convolutions from `image_size` down to an `end_size` square: the official four (end_size 0 or
+  image_size / 16), or fewer 5x5 ones before the 3x3, whose `4 * dim` channels end every variant."""
+  if not end_size:
+    return LAYERS
+  count = int(round(np.log2(image_size / end_size)))
+  if count < 2 or count > len(LAYERS) or end_size << count != image_size:
+    raise ValueError(f"MinibatchDiscriminator: image side {image_size} is not end_size={end_size} halved 2 to "
+                     f"{len(LAYERS)} times.")
+  return LAYERS[:count - 1] + LAYERS[-1:]
 
 
 @jax.custom_vjp
@@ -101,6 +113,7 @@ class MinibatchDiscriminator(nn.Module):
   dim: int = 64                  # channels of the first convolution (official 64)
   minibatch_kernels: int = 64    # official 64
   minibatch_kernel_dim: int = 50  # official 50
+  end_size: int = 0              # side of the last map: 0 = image side / 16 (official); 4 at 32: three layers
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -108,7 +121,7 @@ class MinibatchDiscriminator(nn.Module):
     if images.shape[1] % 16 or images.shape[2] % 16:
       raise ValueError(f"MinibatchDiscriminator needs image sides divisible by 16, got {images.shape[1:3]}.")
     x = ((images.astype(jnp.float32) + 1.0) / 2.0).astype(self.dtype)
-    for index, (kernel, stride, padding, multiplier) in enumerate(LAYERS):
+    for index, (kernel, stride, padding, multiplier) in enumerate(layers(images.shape[1], self.end_size)):
       fan_in = x.shape[-1] * kernel * kernel
       x = nn.Conv(self.dim * multiplier, (kernel, kernel), strides=(stride, stride),
                   padding=((padding, padding), (padding, padding)), dtype=self.dtype, param_dtype=jnp.float32,
