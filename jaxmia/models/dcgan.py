@@ -15,7 +15,8 @@ Image size: the official networks are 64x64 only. Here `image_size` may be any m
 starts from an `image_size / 16` square (4 at 64) and the critic's last conv has an `image_size / 16` kernel (4
 at 64), so both are the official networks at 64 and keep their shape (four doublings / halvings, one score
 per image) at other sizes (32 for the embedded data sets, 128). The critic needs at least 32: at 16 its last
-InstanceNorm would see a 1x1 map and output a constant.
+InstanceNorm would see a 1x1 map and output a constant. `Generator(start_size=4)` instead doubles from 4x4 up to
+the image side: at 32 the official code's own 32x32 layout (KED-MI's `GeneratorMNIST`, three doublings).
 
 Pixel range: the official networks work in [0, 1] (the generator ends in a sigmoid, the critic is trained on
 `ToTensor()` images). jaxmia's images are `[B, H, W, C]` in [-1, 1], so the generator returns

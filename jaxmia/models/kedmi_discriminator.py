@@ -25,7 +25,9 @@ all of it), and the KED-MI attack scores each class's samples as their own batch
 
 Conventions: images `[B, H, W, 3]` in [-1, 1], mapped to the official [0, 1] inside (`(x + 1) / 2`, as the
 low-resolution VGG head does), so converted official weights see the values they were trained on. H and W
-must be multiples of 16 (four stride-2 layers); the flattened size follows them. Initialisers are PyTorch's
+must be multiples of 16 (four stride-2 layers); the flattened size follows them. `end_size=4` stops the
+halving at a 4x4 map instead (at 32x32: two 5x5 layers and the 3x3, the official code's 32x32 pattern, where
+the four layers would end on 2x2 maps that InstanceNorm reduces to a few values). Initialisers are PyTorch's
 defaults (conv and Linear U(+-1/sqrt(fan_in)), InstanceNorm scale 1 and bias 0, `T ~ N(0, 1)`), as the
 official code leaves them. `dtype` is the compute dtype of the convolutions; parameters and the head are
 float32.
