@@ -148,6 +148,10 @@ def query_count(summary: dict) -> float | None:
   return float(queries["per_class_mean"] if "per_class_mean" in queries else queries["per_class"])
 
 
+def _count(n: int, noun: str) -> str:
+  return f"{n} {noun}" + ("" if n == 1 else "es" if noun.endswith("s") else "s")
+
+
 def _percent(value) -> str:
   return "n/a" if value is None else f"{100 * value:.1f}"
 
@@ -177,8 +181,9 @@ def report_lines(config: ConfigDict, summary: dict, header: str) -> list[str]:
   n_seeds = len(config.seeds)
   return [
       header, "",
-      f"Acc@1: the evaluation model's top-1 accuracy on each attack's result images, mean ± sd over {n_seeds} "
-      f"seeds. Δ: the mean over seeds and classes of (Acc@1 of a class under α) − (Acc@1 of the same class and "
+      f"Acc@1: the evaluation model's top-1 accuracy on each attack's result images, mean ± sd over "
+      f"{_count(n_seeds, 'seed')}. Δ: the mean over seeds and classes of (Acc@1 of a class under α) − (Acc@1 of the "
+      f"same class and "
       f"seed under α = {base:g}), with a {conf}% percentile interval from {int(config.bootstrap.num_resamples)} "
       "hierarchical bootstrap resamples (seeds, then classes). The paper's columns are its Table 8 (64x64 CelebA, "
       "VGG-16 targets, 1,000 identities); its Δ is the difference of its means. Queries: target queries per "
@@ -235,7 +240,7 @@ def figure(config: ConfigDict, summary: dict, path: pathlib.Path) -> None:
   ax.set_xticks(np.arange(len(kinds)), [f"{NAMES[k]}\n({ACCESS[k]})" for k in kinds])
   ax.set_ylabel("Acc@1 (%)")
   ax.set_title(f"Low-resolution attacks on the {config.target.dataset.name} targets "
-               f"({len(config.seeds)} seeds; bars mean ± sd, dots seeds)", fontsize=10)
+               f"({_count(len(config.seeds), 'seed')}; bars mean ± sd, dots seeds)", fontsize=10)
   ax.legend(fontsize=8)
   ax.grid(axis="y", alpha=0.3)
   fig.tight_layout()
@@ -283,7 +288,7 @@ def write_report(config: ConfigDict, workdir: pathlib.Path, timings: dict) -> di
   samples_figure(config, workdir, workdir / SAMPLES_FILE)
   n_classes = max(r["num_classes"] for r in summary.values())
   header = (f"# Low-resolution attacks and label smoothing: {config.target.dataset.name} "
-            f"({len(config.seeds)} seeds × {n_classes} classes)")
+            f"({_count(len(config.seeds), 'seed')} × {_count(n_classes, 'class')})")
   lines = report_lines(config, summary, header)
   lines += ["## Findings", "", *findings(config, summary), "", f"![Acc@1 per attack and α]({FIGURE_FILE})", "",
             f"![result images per attack and α]({SAMPLES_FILE})", "",
