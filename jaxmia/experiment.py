@@ -238,7 +238,7 @@ def evaluate_config(config: ConfigDict, workdir: pathlib.Path, evaluation_model:
 # ----------------------------------------------------------------------------------------------- report
 
 
-def _mean_sd(values: list) -> tuple[float | None, float | None]:
+def mean_sd(values: list) -> tuple[float | None, float | None]:
   """(mean, sd) of the finite values; None for what cannot be computed (no values; sd of one value)."""
   stats = files.mean_sd([v for v in values if v is not None and math.isfinite(v)])
   return (stats["mean"] if stats["n"] else None), (stats["sd"] if stats["n"] > 1 else None)
@@ -253,7 +253,7 @@ def aggregate(config: ConfigDict, workdir: pathlib.Path) -> list[dict]:
     reports = [report.load_report(cell.attack_dir) for cell in runs]
     mean, sd = {}, {}
     for key in report.COLUMN_KEYS:
-      mean[key], sd[key] = _mean_sd([r["metrics"].get(key) for r in reports])
+      mean[key], sd[key] = mean_sd([r["metrics"].get(key) for r in reports])
     reasons = {k: v for r in reports for k, v in r["unavailable"].items() if mean[k] is None}
     rows.append({"variant": variant, "alpha": variant.alpha, "reports": reports, "mean": mean, "sd": sd,
                  "unavailable": reasons,
@@ -332,13 +332,14 @@ def attack_points(rows: list[dict]) -> list[dict]:
     points = {}
     for label, key in ATTACK_POINTS:
       values = [r["metrics"].get(key) if key in r["metrics"] else r.get("details", {}).get(key) for r in row["reports"]]
-      points[label] = _mean_sd(values)
+      points[label] = mean_sd(values)
     out.append(points)
   return out
 
 
-def _pct(mean_sd: tuple) -> str:
-  mean, sd = mean_sd
+def format_mean_sd(stats: tuple) -> str:
+  """`(mean, sd)` of fractions as percent: '52.4 ± 1.3', 'n/a' without a mean."""
+  mean, sd = stats
   if mean is None:
     return "n/a"
   return f"{100 * mean:.1f}" + ("" if sd is None else f" ± {100 * sd:.1f}")
@@ -348,7 +349,8 @@ def _first_column(config: ConfigDict) -> str:
   return "α / defense" if config.defenses else "α"
 
 
-def _delta(diff: dict | None) -> str:
+def format_delta(diff: dict | None) -> str:
+  """A `paired_difference` in pp with its interval ('+3.1 [-0.4, +6.5]'), 'baseline' for None."""
   if diff is None:
     return "baseline"
   return f"{100 * diff['mean']:+.1f} [{100 * diff['low']:+.1f}, {100 * diff['high']:+.1f}]"
@@ -362,9 +364,9 @@ def paired_section(config: ConfigDict, workdir: pathlib.Path, rows: list[dict], 
       [f"Δ Acc@1 to α = {config.baseline_alpha:g} (pp) [{conf}% CI]"]
   lines = []
   for row, point in zip(rows, points):
-    test = _pct((row["mean"].get("test_accuracy"), row["sd"].get("test_accuracy")))
-    lines.append([row["variant"].short, test, *(_pct(point[label]) for label, _ in ATTACK_POINTS),
-                  _delta(paired.get(row["variant"]))])
+    test = format_mean_sd((row["mean"].get("test_accuracy"), row["sd"].get("test_accuracy")))
+    lines.append([row["variant"].short, test, *(format_mean_sd(point[label]) for label, _ in ATTACK_POINTS),
+                  format_delta(paired.get(row["variant"]))])
   n_classes = max((d["num_classes"] for d in paired.values()), default=0)
   return [
       f"## Attack success and paired differences ({len(config.seeds)} seed{'s' if len(config.seeds) > 1 else ''} × "
@@ -545,7 +547,7 @@ def tradeoff_section(config: ConfigDict, rows: list[dict], paired: dict) -> list
     lines.append([row["variant"].short,
                   _interval(statistics.seed_interval(per_seed("test_accuracy"), conf / 100), 100, 1),
                   _interval(statistics.seed_interval(per_seed("acc_top1"), conf / 100), 100, 1),
-                  _delta(paired.get(row["variant"])),
+                  format_delta(paired.get(row["variant"])),
                   *(_interval(row["membership"][f"{section}.{metric}"], *((100, 1) if "tpr" in metric else ()))
                     for section, metric, _ in MEMBERSHIP_COLUMNS)])
   shadows = (f"offline LiRA with {m.lira.num_shadows} shadow model(s) trained like the α = {config.baseline_alpha:g} "

@@ -131,8 +131,8 @@ def summarize(config: ConfigDict, workdir: pathlib.Path) -> dict:
     for a in alphas:
       acc = [report.load_report(d)["metrics"]["acc_top1"] for d in dirs[a]]
       queries = [query_count(_load_json(d / "summary.json")) for d in dirs[a]]
-      stats = files.mean_sd(acc)
-      rows.append({"alpha": a, "acc_top1": acc, "mean": stats["mean"], "sd": stats["sd"] if len(acc) > 1 else None,
+      mean, sd = experiment.mean_sd(acc)
+      rows.append({"alpha": a, "acc_top1": acc, "mean": mean, "sd": sd,
                    "queries": None if None in queries else queries,
                    "paired": None if a == float(config.baseline_alpha) else experiment.paired_difference(
                        matrices[float(config.baseline_alpha)], matrices[a], config.bootstrap)})
@@ -152,16 +152,6 @@ def _count(n: int, noun: str) -> str:
   return f"{n} {noun}" + ("" if n == 1 else "es" if noun.endswith("s") else "s")
 
 
-def _percent(value) -> str:
-  return "n/a" if value is None else f"{100 * value:.1f}"
-
-
-def _interval(paired: dict | None) -> str:
-  if paired is None:
-    return "baseline"
-  return f"{100 * paired['mean']:+.1f} [{100 * paired['low']:+.1f}, {100 * paired['high']:+.1f}]"
-
-
 def report_lines(config: ConfigDict, summary: dict, header: str) -> list[str]:
   """lowres_report.md: the Table-8 comparison per attack and α, then the paired differences per class."""
   conf = int(round(100 * float(config.bootstrap.confidence)))
@@ -174,8 +164,8 @@ def report_lines(config: ConfigDict, summary: dict, header: str) -> list[str]:
                      else paper - PAPER_TABLE8[kind][base])
       queries = ("—" if row["queries"] is None else f"{np.mean(row['queries']):,.0f}")
       rows.append([f"{NAMES[kind]} ({ACCESS[kind]})", f"{row['alpha']:g}",
-                   _percent(row["mean"]) + ("" if row["sd"] is None else f" ± {100 * row['sd']:.1f}"),
-                   _interval(row["paired"]), "n/a" if paper is None else f"{paper:.1f}",
+                   experiment.format_mean_sd((row["mean"], row["sd"])), experiment.format_delta(row["paired"]),
+                   "n/a" if paper is None else f"{paper:.1f}",
                    "baseline" if row["alpha"] == base else ("n/a" if paper_delta is None else f"{paper_delta:+.1f}"),
                    queries])
   n_seeds = len(config.seeds)
@@ -204,7 +194,7 @@ def findings(config: ConfigDict, summary: dict) -> list[str]:
       paper_delta = paper.get(row["alpha"], np.nan) - paper.get(base, np.nan)
       paper_direction = ("about the same" if abs(paper_delta) < PAPER_NO_CHANGE else
                          "higher" if paper_delta > 0 else "lower")
-      numbers = f"({_interval(paired)} pp; paper {paper_delta:+.1f} pp)"
+      numbers = f"({experiment.format_delta(paired)} pp; paper {paper_delta:+.1f} pp)"
       if paired["low"] > 0 or paired["high"] < 0:
         found = "higher" if paired["low"] > 0 else "lower"
         verdict = "the paper's direction" if found == paper_direction else (
