@@ -144,6 +144,13 @@ def find_reference(directory=None, needs=()) -> tuple[Reference | None, str]:
                    kedmi_dir=dirs["kedmi"], rlb_dir=dirs["rlb"], brep_dir=dirs["brep"]), ""
 
 
+def references_per_row(directory, repos: dict) -> dict:
+  """{row: (reference, why)} for rows that each need one checkout (`repos`: {row: 'gmi', ...}), so a missing
+  checkout costs only its own rows their PyTorch side; each checkout is checked once."""
+  found = {repo: find_reference(directory, needs=(repo,)) for repo in dict.fromkeys(repos.values())}
+  return {row: found[repo] for row, repo in repos.items()}
+
+
 def no_reference_line(why: str) -> str:
   return f"No PyTorch reference environment ({why}): jaxmia's figures alone, no ratios."
 

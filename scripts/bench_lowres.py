@@ -44,8 +44,8 @@ imports the official networks, losses, agents and helpers unmodified and writes 
 (the official train and attack scripts cannot be imported); see its docstring for how closely they follow the
 official code (the official steps also compute weight gradients that jaxmia's do not: KED-MI's target in the GAN
 step, all networks in the GMI and KED-MI attacks). Each row alternates the two sides for `--rounds` rounds
-(`jaxmia.benchmarks`); without the reference environment or the checkouts the requested rows need (GMI, KED-MI,
-RLB-MI, BREP-MI) only jaxmia is timed, with no ratio.
+(`jaxmia.benchmarks`); a row whose checkout (GMI, KED-MI, RLB-MI, BREP-MI) the
+reference environment lacks times jaxmia alone, with no ratio and a line saying why; the other rows keep theirs.
 """
 from absl import app, flags
 import jax
@@ -302,12 +302,13 @@ def main(argv):
   if FLAGS.batch < 2:
     raise app.UsageError("error: --batch must be at least 2 (KED-MI's minibatch discrimination)")
   rows = [r for r in ROWS if r in FLAGS.rows]
-  needs = tuple(dict.fromkeys(REPOS[r] for r in rows))  # the checkouts of the requested rows, in order
-  reference, why = benchmarks.find_reference(FLAGS.reference, needs=needs)
+  per_row = benchmarks.references_per_row(FLAGS.reference, {r: REPOS[r] for r in rows})
+  found = [ref for ref, _ in per_row.values() if ref]  # the header names the environment any row found
+  reference, why = (found[0], "") if found else per_row[rows[0]]
   report = benchmarks.Report("bench_lowres", reference=reference, why=why, matmul_size=FLAGS.matmul_size,
                              json_path=FLAGS.json, settings=benchmarks.settings(
                                  FLAGS, ["rows", "batch", "attack_steps", "quick", "rounds", "max_wait", "threshold"]))
-  section = None
+  section, missing = None, []
   for kind in rows:
     search = kind in UNITS
     if section != search:
@@ -318,13 +319,19 @@ def main(argv):
              "torch": torch_case(kind, FLAGS.batch, FLAGS.attack_steps)}
     per_iteration = FLAGS.batch * (BREP["sphere_points"] + 1 if kind == "brep_iteration" else 1)
     fields = dict(name=NAMES[kind], B=FLAGS.batch, kind=kind, **({"unit": UNITS[kind]} if search else {}))
+    row_reference, row_why = per_row[kind]
+    if reference and not row_reference:
+      fields["no_reference_reason"] = row_why
+      missing.append(f"{NAMES[kind]}: {benchmarks.no_reference_line(row_why)}")
     try:
-      with benchmarks.sides(__file__, reference) as workers:
+      with benchmarks.sides(__file__, row_reference) as workers:
         summaries = benchmarks.compare(workers, {k: cases[k] for k in workers}, FLAGS.rounds,
                                        max_wait=FLAGS.max_wait, threshold=FLAGS.threshold)
       report.add(benchmarks.side_by_side_row(summaries, per_iteration, **fields))
     except benchmarks.WorkerError as e:
       report.add(dict(name=NAMES[kind], error=str(e)))
+  for line in missing:
+    report.print(line)
   report.finish()
 
 

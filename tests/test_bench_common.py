@@ -252,6 +252,20 @@ def test_reference_needs_the_rlb_and_brep_checkouts(tmp_path, no_reference_varia
   assert reference.env()["JAXMIA_RLB_DIR"] == str(tmp_path / "rlb") and reference.record()["rlb_dir"]
 
 
+def test_references_per_row_lose_only_the_rows_of_a_missing_checkout(tmp_path, no_reference_variables):
+  log = tmp_path / "checks"
+  fake_python = tmp_path / "python"  # answers the check and logs which checkouts it was asked for
+  fake_python.write_text(f"#!/bin/sh\necho \"$3\" >> {log}\necho '{{\"torch\": \"9.9\"}}'\n")
+  fake_python.chmod(fake_python.stat().st_mode | stat.S_IXUSR)
+  (tmp_path / "gmi").mkdir()
+  (tmp_path / "reference.env").write_text(f"JAXMIA_TORCH_PYTHON={fake_python}\nJAXMIA_GMI_DIR={tmp_path / 'gmi'}\n")
+  per_row = benchmarks.references_per_row(tmp_path, dict(gmi_gan="gmi", gmi_attack="gmi", rlb_episode="rlb"))
+  assert per_row["gmi_gan"][0].gmi_dir == str(tmp_path / "gmi") and per_row["gmi_gan"][1] == ""
+  assert per_row["gmi_attack"] == per_row["gmi_gan"]
+  assert per_row["rlb_episode"][0] is None and "JAXMIA_RLB_DIR" in per_row["rlb_episode"][1]
+  assert log.read_text().split() == ["gmi"]  # one check per checkout present; a missing folder needs none
+
+
 def test_bench_lowres_rows_need_their_own_checkouts():
   listing = subprocess.run(  # in a child: the script defines absl flags at import
       [sys.executable, "-c", "import json, sys; sys.path.insert(0, 'scripts'); import bench_lowres as b; "
