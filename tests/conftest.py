@@ -7,13 +7,32 @@ the tests that read them are skipped, with the reason: such tests reach them thr
 """
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import jax
 
 # Multi-device code is tested on forced CPU devices; single-device code simply runs on device 0.
 jax.config.update("jax_num_cpu_devices", 4)
+
+# One persistent compilation cache for the whole run, shared by the xdist workers and the programs the tests start
+# (both inherit os.environ): many tests compile the same smoke configs' programs again, here or in a child.
+# The process that made the folder (the xdist controller, or a plain pytest) removes it at the end.
+_OWN_XLA_CACHE = not os.environ.get("JAX_COMPILATION_CACHE_DIR")
+if _OWN_XLA_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxmia-tests-xla-cache-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+XLA_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"]
+jax.config.update("jax_compilation_cache_dir", XLA_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
+
+def pytest_unconfigure(config):
+  if _OWN_XLA_CACHE:
+    shutil.rmtree(XLA_CACHE, ignore_errors=True)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -25,21 +25,6 @@ from jaxmia.data import builders
 from jaxmia.models.stylegan2 import Generator
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """The training runs below compile the same programs: share them through JAX's persistent cache."""
-  from jax.experimental.compilation_cache import compilation_cache as cc
-  settings = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
-              "jax_persistent_cache_min_compile_time_secs": 0.0}
-  previous = {name: getattr(jax.config, name) for name in settings}
-  for name, value in settings.items():
-    jax.config.update(name, value)
-  yield
-  for name, value in previous.items():
-    jax.config.update(name, value)
-  cc.reset_cache()
-
-
 def config_of(module, variant="smoke", **overrides):
   return with_overrides(load_file(REPO / "configs" / f"{module}.py").get_config(variant), **overrides)
 

@@ -200,25 +200,14 @@ def test_batched_pads_the_last_batch():
 @pytest.mark.slow
 def test_program_on_a_digits_smoke_target(tmp_path):
   """A smoke target (160 digits, 2 epochs), one shadow trained by the program, every attack, the files."""
-  from jax.experimental.compilation_cache import compilation_cache  # noqa: PLC0415
   from jaxmia import config as config_lib, train  # noqa: PLC0415
 
-  # The shadow compiles the target's programs again (new jitted closures): share them through the cache.
-  settings = {"jax_compilation_cache_dir": str(tmp_path / "xla_cache"),
-              "jax_persistent_cache_min_compile_time_secs": 0.0}
-  previous = {name: getattr(jax.config, name) for name in settings}
-  try:
-    for name, value in settings.items():
-      jax.config.update(name, value)
-    target_config = config_lib.load_file(REPO / "configs" / "digits.py").get_config("smoke")
-    train.train_and_evaluate(target_config, tmp_path / "target")
-    config = config_lib.load_file(REPO / "configs" / "membership_digits.py").get_config("smoke")
-    config.target_workdir = str(tmp_path / "target")
-    report = membership.evaluate_membership(config, tmp_path / "membership")
-  finally:
-    for name, value in previous.items():
-      jax.config.update(name, value)
-    compilation_cache.reset_cache()
+  # The shadow compiles the target's programs again (new jitted closures): the run's XLA cache (conftest) has them.
+  target_config = config_lib.load_file(REPO / "configs" / "digits.py").get_config("smoke")
+  train.train_and_evaluate(target_config, tmp_path / "target")
+  config = config_lib.load_file(REPO / "configs" / "membership_digits.py").get_config("smoke")
+  config.target_workdir = str(tmp_path / "target")
+  report = membership.evaluate_membership(config, tmp_path / "membership")
   assert report["num_members"] == 48 and report["num_nonmembers"] == 48
   for name in ("loss_attack", "confidence_attack", "lira_offline", "dtc"):
     assert 0.0 <= report[name]["auc"] <= 1.0 and 0.5 <= report[name]["balanced_accuracy"] <= 1.0

@@ -16,22 +16,6 @@ from jaxmia import classifier, data, model_store, parallel, train
 from jaxmia.config import load_file
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """Runs of one config compile identical programs (init, train and eval steps): share them through JAX's
-  persistent compilation cache for this module, then restore the previous settings."""
-  from jax.experimental.compilation_cache import compilation_cache as cc
-  settings = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
-              "jax_persistent_cache_min_compile_time_secs": 0.0}
-  previous = {name: getattr(jax.config, name) for name in settings}
-  for name, value in settings.items():
-    jax.config.update(name, value)
-  yield settings["jax_compilation_cache_dir"]
-  for name, value in previous.items():
-    jax.config.update(name, value)
-  cc.reset_cache()
-
-
 def smoke_config(**overrides):
   return with_overrides(load_file(REPO / "configs" / "digits.py").get_config("smoke"), **overrides)
 
@@ -149,12 +133,12 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process(uninterrupted, compilation_cache, tmp_path):
+def test_two_processes_match_one_process(uninterrupted, tmp_path):
   """Two processes with 2 CPU devices each (joined by jax.distributed over localhost) train the smoke config
   through the CLI and end with the parameters of the single-process, 4-device run."""
   _, params, _ = uninterrupted
   env = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}", "JAX_NUM_PROCESSES": "2",
-         "JAX_NUM_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": compilation_cache}
+         "JAX_NUM_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu"}  # the run's XLA cache is in os.environ (conftest)
   command = [sys.executable, "-m", "jaxmia.train", "--config=configs/digits.py:smoke", f"--workdir={tmp_path}",
              *(f"--config.{key}={value}" for key, value in MID.items())]
   processes = [subprocess.Popen(command, cwd=REPO, env={**env, "JAX_PROCESS_ID": str(i)},
