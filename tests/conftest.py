@@ -30,6 +30,17 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs",
                   float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 
+# Files with minutes-long set-ups, the longest first. They are collected first so that xdist's --dist loadfile hands
+# them out at the start instead of leaving one worker alone with the quick studies at the end.
+LONGEST_FILES = ("test_experiment.py", "test_lowres_celeba.py", "test_train.py", "test_fault_injection.py",
+                 "test_gan.py", "test_gan_gmi.py", "test_bench_common.py", "test_gmi.py", "test_kedmi.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FILES)))  # stable: the rest keep their order
+
+
 def pytest_unconfigure(config):
   if _OWN_XLA_CACHE:
     shutil.rmtree(XLA_CACHE, ignore_errors=True)
