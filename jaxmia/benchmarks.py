@@ -88,9 +88,11 @@ class Reference:
     return dict(os.environ, **{k: v for k, v in extra.items() if v})
 
   def record(self) -> dict:
-    return dict(python=self.python, ppa_dir=self.ppa_dir, sg2_dir=self.sg2_dir, gmi_dir=self.gmi_dir,
-                kedmi_dir=self.kedmi_dir, rlb_dir=self.rlb_dir, brep_dir=self.brep_dir, source=self.source,
-                commits=self.commits, **self.versions)
+    """The JSON record's view: paths relative to the checkout, so a committed record names no machine's folders."""
+    paths = dict(python=self.python, ppa_dir=self.ppa_dir, sg2_dir=self.sg2_dir, gmi_dir=self.gmi_dir,
+                 kedmi_dir=self.kedmi_dir, rlb_dir=self.rlb_dir, brep_dir=self.brep_dir, source=self.source)
+    relative = {k: os.path.relpath(v, ROOT) if v and os.path.isabs(v) else v for k, v in paths.items()}
+    return dict(relative, commits=self.commits, **self.versions)
 
 
 def default_reference_dir() -> pathlib.Path:
