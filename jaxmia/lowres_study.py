@@ -173,9 +173,9 @@ def report_lines(config: ConfigDict, summary: dict, header: str) -> list[str]:
       header, "",
       f"Acc@1: the evaluation model's top-1 accuracy on each attack's result images, mean ± sd over "
       f"{_count(n_seeds, 'seed')}. Δ: the mean over seeds and classes of (Acc@1 of a class under α) − (Acc@1 of the "
-      f"same class and "
-      f"seed under α = {base:g}), with a {conf}% percentile interval from {int(config.bootstrap.num_resamples)} "
-      "hierarchical bootstrap resamples (seeds, then classes). The paper's columns are its Table 8 (64x64 CelebA, "
+      f"same class and seed under α = {base:g}), with a {conf}% percentile interval from "
+      f"{int(config.bootstrap.num_resamples)} hierarchical bootstrap resamples (seeds, then classes). The paper's "
+      "columns are its Table 8 (64x64 CelebA, "
       "VGG-16 targets, 1,000 identities); its Δ is the difference of its means. Queries: target queries per "
       "attacked class (mean over seeds), for the attacks that see only outputs.", "",
       tables.markdown_table(["attack", "α", "Acc@1 (%)", f"Δ to α = {base:g} (pp) [{conf}% CI]",

@@ -29,6 +29,15 @@ jax.config.update("jax_compilation_cache_dir", XLA_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs",
                   float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FIXTURES = pathlib.Path(os.environ.get("JAXMIA_FIXTURES", REPO.parent / "shared" / "fixtures"))
+MISSING_FIXTURES = None if (FIXTURES / "recipe.py").exists() else (
+    f"PyTorch parity fixtures not found at {FIXTURES}; set JAXMIA_FIXTURES to the folder holding recipe.py and "
+    "the *.npz files")
+
 
 # Files with minutes-long set-ups, the longest first. They are collected first so that xdist's --dist loadfile hands
 # them out at the start instead of leaving one worker alone with the quick studies at the end.
@@ -44,15 +53,6 @@ def pytest_collection_modifyitems(config, items):
 def pytest_unconfigure(config):
   if _OWN_XLA_CACHE:
     shutil.rmtree(XLA_CACHE, ignore_errors=True)
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-FIXTURES = pathlib.Path(os.environ.get("JAXMIA_FIXTURES", REPO.parent / "shared" / "fixtures"))
-MISSING_FIXTURES = None if (FIXTURES / "recipe.py").exists() else (
-    f"PyTorch parity fixtures not found at {FIXTURES}; set JAXMIA_FIXTURES to the folder holding recipe.py and "
-    "the *.npz files")
 
 
 def require_fixtures() -> None:
