@@ -1,0 +1,111 @@
+"""A study's finished work carried across machines: the workdir mirrored into a committed folder and back.
+
+A study (`jaxmia.experiment`, `jaxmia.lowres_study`) outlasts the machine it starts on: its stages take hours
+and its workdir is gone when the machine is. `pack` mirrors what a rerun needs into an archive folder (to be
+committed with the study's recipe); `unpack` puts it into a fresh workdir, where the study resumes as if it had
+never stopped (every stage is done when its output exists; attacks resume per batch, training from its
+checkpoint).
+
+    python -m jaxmia.study_archive --mode=pack --workdir=/work/runs/numbers_study --archive=studies/numbers_study
+    python -m jaxmia.study_archive --mode=unpack --workdir=/work/runs/numbers_study --archive=studies/numbers_study
+
+Left out (`skipped`): TensorBoard event files (what they hold is in the run's own JSON), files being written
+(`*.tmp`), and the training checkpoints of a model that is already exported (`<dir>/checkpoints` beside a
+complete `<dir>/model`): once the weights are exported nothing resumes from them. The checkpoints of an
+unfinished training are kept, so it resumes where it was.
+"""
+import filecmp
+import pathlib
+import shutil
+
+from absl import flags, logging
+
+from jaxmia import cli, model_store
+
+MODES = ("pack", "unpack")
+MAX_FILE_BYTES = 50 << 20  # a larger file is refused: it does not belong in a repository
+
+
+def _exported(folder: pathlib.Path) -> bool:
+  return (folder / model_store.INFO_FILE).exists()
+
+
+def skipped(relative: pathlib.Path, workdir: pathlib.Path) -> bool:
+  """Whether the workdir file at `relative` stays out of the archive (see the module docstring)."""
+  if relative.name.startswith("events.out.tfevents.") or relative.name.endswith(".tmp"):
+    return True
+  parts = relative.parts
+  for i, part in enumerate(parts[:-1]):
+    if part == "checkpoints" and _exported(workdir.joinpath(*parts[:i]) / "model"):
+      return True
+  return False
+
+
+def archived_files(workdir: pathlib.Path) -> list[pathlib.Path]:
+  """The workdir's files (relative paths, sorted) that `pack` copies."""
+  return sorted(p.relative_to(workdir) for p in workdir.rglob("*")
+                if p.is_file() and not skipped(p.relative_to(workdir), workdir))
+
+
+def _copy(source: pathlib.Path, destination: pathlib.Path) -> None:
+  """Copies through `<name>.tmp` and a rename, so an interrupted copy never leaves half a file."""
+  destination.parent.mkdir(parents=True, exist_ok=True)
+  tmp = destination.with_name(destination.name + ".tmp")
+  shutil.copy2(source, tmp)
+  tmp.replace(destination)
+
+
+def pack(workdir, archive) -> dict:
+  """Mirrors `workdir` into `archive`: copies new and changed files, removes archive files the workdir no longer
+  has (a finished batch's partial state, the checkpoints of a model since exported). Returns counts and bytes."""
+  workdir, archive = pathlib.Path(workdir), pathlib.Path(archive)
+  if not workdir.is_dir():
+    raise ValueError(f"--workdir={workdir} is not a folder; give the study's workdir.")
+  wanted = archived_files(workdir)
+  too_big = [(f, (workdir / f).stat().st_size) for f in wanted if (workdir / f).stat().st_size > MAX_FILE_BYTES]
+  if too_big:
+    raise ValueError(f"{too_big[0][0]} is {too_big[0][1] / 2**20:.0f} MiB (> {MAX_FILE_BYTES >> 20} MiB): too large "
+                     "to commit; leave it out of the study's workdir or archive by hand.")
+  copied = 0
+  for f in wanted:
+    if not (archive / f).exists() or not filecmp.cmp(workdir / f, archive / f, shallow=False):
+      _copy(workdir / f, archive / f)
+      copied += 1
+  keep = set(wanted)
+  stale = [p for p in archive.rglob("*") if p.is_file() and p.relative_to(archive) not in keep]
+  for p in stale:
+    p.unlink()
+  for folder in sorted((p for p in archive.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+    if not any(folder.iterdir()):
+      folder.rmdir()
+  return {"files": len(wanted), "copied": copied, "removed": len(stale),
+          "bytes": sum((workdir / f).stat().st_size for f in wanted)}
+
+
+def unpack(archive, workdir) -> dict:
+  """Copies the archive's files that `workdir` lacks into it; a file the workdir already has is its own (newer)
+  state and is never overwritten. Returns counts."""
+  workdir, archive = pathlib.Path(workdir), pathlib.Path(archive)
+  if not archive.is_dir():
+    raise ValueError(f"--archive={archive} is not a folder; give a study archive written by --mode=pack.")
+  files = sorted(p.relative_to(archive) for p in archive.rglob("*") if p.is_file())
+  missing = [f for f in files if not (workdir / f).exists()]
+  for f in missing:
+    _copy(archive / f, workdir / f)
+  return {"files": len(files), "copied": len(missing), "kept": len(files) - len(missing)}
+
+
+def main(argv):
+  cli.start(argv)
+  mode, workdir, archive = flags.FLAGS.mode, flags.FLAGS.workdir, flags.FLAGS.archive
+  counts = pack(workdir, archive) if mode == "pack" else unpack(archive, workdir)
+  logging.info("%s %s -> %s: %s", mode, *((workdir, archive) if mode == "pack" else (archive, workdir)), counts)
+  print(f"{mode}: {counts}")
+
+
+if __name__ == "__main__":
+  flags.DEFINE_enum("mode", None, MODES, "pack: workdir -> archive (to commit); unpack: archive -> workdir.")
+  flags.DEFINE_string("workdir", None, "The study's workdir.")
+  flags.DEFINE_string("archive", None, "The archive folder (committed), e.g. studies/numbers_study.")
+  flags.mark_flags_as_required(["mode", "workdir", "archive"])
+  cli.run(main, user_errors=(ValueError,))
