@@ -365,6 +365,42 @@ def cpu_model() -> str:
   return platform.processor() or platform.machine()
 
 
+# x86 microarchitectures by (vendor, family, model range): the machine kinds whose speeds differ (a Zen 3 host has
+# no AVX-512, a Zen 4 one has it; XLA:CPU's and oneDNN's kernels differ with it), told apart in every record.
+MICROARCHITECTURES = (
+    ("AuthenticAMD", 25, range(0x00, 0x10), "Zen 3"), ("AuthenticAMD", 25, range(0x10, 0x20), "Zen 4"),
+    ("AuthenticAMD", 25, range(0xA0, 0xB0), "Zen 4c"), ("AuthenticAMD", 26, range(0x00, 0x100), "Zen 5"),
+    ("AuthenticAMD", 23, range(0x30, 0x40), "Zen 2"), ("GenuineIntel", 6, range(85, 86), "Skylake/Cascade Lake"),
+    ("GenuineIntel", 6, range(106, 107), "Ice Lake"), ("GenuineIntel", 6, range(143, 144), "Sapphire Rapids"),
+    ("GenuineIntel", 6, range(207, 208), "Emerald Rapids"), ("GenuineIntel", 6, range(173, 174), "Granite Rapids"))
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx_vnni", "amx_tile")  # what the kernels branch on
+
+
+def cpu_kind(cpuinfo: str | None = None) -> str:
+  """`'Zen 3 (family 25, model 1; avx2)'`: the microarchitecture (when known), family, model and vector ISA of
+  the first CPU in `/proc/cpuinfo` (or the text `cpuinfo`); '' where there is none to read (not Linux/x86)."""
+  if cpuinfo is None:
+    try:
+      with open("/proc/cpuinfo") as f:
+        cpuinfo = f.read()
+    except OSError:
+      return ""
+  fields = {}
+  for line in cpuinfo.splitlines():
+    if not line.strip():
+      break  # the first CPU's block ends at the first empty line
+    key, _, value = line.partition(":")
+    fields[key.strip()] = value.strip()
+  try:
+    vendor, family, model = fields["vendor_id"], int(fields["cpu family"]), int(fields["model"])
+  except (KeyError, ValueError):
+    return ""
+  name = next((n for v, f, models, n in MICROARCHITECTURES if v == vendor and f == family and model in models), "")
+  present = set(fields.get("flags", "").split())
+  isa = ", ".join(flag for flag in ISA_FLAGS if flag in present) or "no AVX2"
+  return f"{name + ' ' if name else ''}(family {family}, model {model}; {isa})"
+
+
 def _version(package: str) -> str | None:
   try:
     return importlib.metadata.version(package)
@@ -378,8 +414,8 @@ def _git(*args) -> str:
 
 
 def machine_info() -> dict:
-  """CPU model, cores, versions, the commit and whether tracked files differ from it."""
-  return dict(cpu=cpu_model(), cores=os.cpu_count(), usable_cores=len(os.sched_getaffinity(0)),
+  """CPU model and kind, cores, versions, the commit and whether tracked files differ from it."""
+  return dict(cpu=cpu_model(), cpu_kind=cpu_kind(), cores=os.cpu_count(), usable_cores=len(os.sched_getaffinity(0)),
               machine=platform.machine(), python=platform.python_version(), jax=_version("jax"),
               jaxlib=_version("jaxlib"), commit=_git("rev-parse", "HEAD") or "unknown",
               dirty=bool(_git("status", "--porcelain", "--untracked-files=no")),
@@ -454,7 +490,8 @@ class Report:
     versions = f"jax {m['jax']} (jaxlib {m['jaxlib']})"
     if reference:
       versions += f", torch {reference.versions.get('torch')} (torchvision {reference.versions.get('torchvision')})"
-    self.print(f"{name}: {m['cpu']}, {m['cores']} cores; {versions}; commit {m['commit'][:10]}"
+    cpu = " ".join(filter(None, (m["cpu"], m["cpu_kind"])))
+    self.print(f"{name}: {cpu}, {m['cores']} cores; {versions}; commit {m['commit'][:10]}"
                f"{' (dirty tree)' if m['dirty'] else ''}; load average {m['load_average']:.2f}")
     self.print(f"XLA {matmul_size}^2 float32 matmul before the rows: {_rate(self.record['matmul']['gflops_before'])}")
     if reference:
