@@ -148,3 +148,37 @@ def test_xla_cpu_switch_default_follows_the_backend(monkeypatch, backend, expect
   monkeypatch.delenv(xla_cpu.ENV_VAR, raising=False)
   monkeypatch.setattr(jax, "default_backend", lambda: backend)
   assert xla_cpu.enabled() == expected
+
+
+def _library_fused_ops(options) -> set[str]:
+  """The ops XLA:CPU hands to a library fusion (YNNPACK's `ynn_fusion`) in a conv + matmul program."""
+  def f(x, w, m):
+    y = lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y.reshape(-1, 64) @ m
+  args = (jnp.ones((8, 32, 32, 64)), jnp.ones((3, 3, 64, 64)), jnp.ones((64, 64)))  # large enough for YNNPACK
+  text = jax.jit(f, compiler_options=options).lower(*args).compile().as_text()
+  called = {line.split("calls=")[1].split(",")[0].strip() for line in text.splitlines()
+            if "ynn_fusion" in line.split("=")[0] and "calls=" in line}
+  blocks, name = {}, None  # computation name -> its body
+  for line in text.splitlines():
+    if line.endswith("{") and "->" in line:
+      name = line.split()[1] if line.startswith("ENTRY") else line.split()[0]
+    elif name is not None:
+      blocks[name] = blocks.get(name, "") + line
+  return {op for c in called for op in ("convolution", "dot") if f" {op}(" in blocks.get(c, "")}
+
+
+def test_training_step_options_keep_convolutions_off_the_library(monkeypatch):
+  """The switch's training-step options (on XLA:CPU) leave matrix products to YNNPACK and convolutions to XLA;
+  off, there are none. A canary for the option's meaning in the installed jaxlib."""
+  monkeypatch.setenv(xla_cpu.ENV_VAR, "1")
+  options = xla_cpu.train_step_compiler_options()
+  assert options == {xla_cpu.YNN_FUSION_OPTION: xla_cpu.YNN_DOTS_ONLY}
+  assert _library_fused_ops(options) == {"dot"}
+  assert "convolution" in _library_fused_ops(None)  # XLA's default: convolutions to YNNPACK as well
+  monkeypatch.setenv(xla_cpu.ENV_VAR, "0")
+  assert xla_cpu.train_step_compiler_options() is None
+
+
+def test_unknown_compiler_options_compile_without_them():
+  assert not xla_cpu._supported(((xla_cpu.YNN_FUSION_OPTION, "NOT_A_FUSION_TYPE"),))

@@ -5,12 +5,25 @@ swapped kernel) and `models.materialize.materialize` (block outputs stored, not 
 rewrites that XLA:CPU runs faster (`scripts/bench_conv.py`, `scripts/bench_train.py`); with the switch off
 they are plain `lax.conv_general_dilated` and the identity, as XLA on GPU and TPU expects them.
 
+The switch also gives the compiler options of the classifiers' training step (`train_step_compiler_options`):
+XLA:CPU hands matrix products *and* convolutions to YNNPACK by default, and YNNPACK's convolution gradients are
+slower than XLA's own convolutions, much more so without AVX-512 (`scripts/bench_train.py` with
+`XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=individual_dot`); the step keeps YNNPACK for matrix products
+only. A jaxlib that does not know the option compiles the step without it.
+
 On by default on the CPU backend and off on any other; the environment variable `JAXMIA_XLA_CPU_FORMULATIONS`
 (`1` or `0`) forces either. It is read when a network is traced, so set it before the first jitted call.
 """
+import functools
 import os
 
+from absl import logging
 import jax
+import jax.numpy as jnp
+
+# XLA:CPU's libraries for its fusions: YNNPACK for matrix products only, convolutions on XLA's own emitter.
+YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+YNN_DOTS_ONLY = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
 
 ENV_VAR = "JAXMIA_XLA_CPU_FORMULATIONS"
 
@@ -24,3 +37,23 @@ def enabled() -> bool:
     raise ValueError(f"{ENV_VAR} must be 1 (on) or 0 (off), got {forced!r}; unset it for the default "
                      "(on for the CPU backend only).")
   return forced == "1"
+
+
+@functools.cache
+def _supported(options: tuple) -> bool:
+  """Whether this jaxlib's XLA:CPU accepts `options` (compiles a scalar function with them once)."""
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(jnp.float32(0)).compile()
+    return True
+  except Exception as e:  # an unknown option or value is an INVALID_ARGUMENT from the compiler
+    logging.warning("XLA:CPU does not take %s (%s); compiling without it.", dict(options), str(e).splitlines()[0])
+    return False
+
+
+def train_step_compiler_options() -> dict | None:
+  """`jax.jit(..., compiler_options=...)` of a classifier's training step: YNNPACK for matrix products only
+  when the switch is on and the compiler knows the option; None (XLA's defaults) otherwise."""
+  if not enabled() or jax.default_backend() != "cpu":
+    return None
+  options = ((YNN_FUSION_OPTION, YNN_DOTS_ONLY),)
+  return dict(options) if _supported(options) else None
