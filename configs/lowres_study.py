@@ -4,6 +4,10 @@
     python -m jaxmia.lowres_study --config=configs/lowres_study.py --workdir=runs/numbers_study
     python -m jaxmia.lowres_study --config=configs/lowres_study.py --workdir=runs/quick_lowres --config.quick=True
 
+The study takes longer than a machine lives here, so its finished stages are committed: before a session,
+`python -m jaxmia.study_archive --mode=unpack --workdir=runs/numbers_study --archive=studies/numbers_study`, after
+it `--mode=pack` (the same flags) and commit `studies/numbers_study` (`jaxmia.study_archive`).
+
 configs/numbers_study.py unchanged (its 3 seeds x α ∈ {0.1, 0, -0.05} slim ResNet-18 targets and its DenseNet-121
 evaluation model), attacked by the four attacks of `lowres.attacks` with the embedded settings of their own configs
 (configs/attack_*_numbers.py, the GANs of configs/gan_gmi_numbers.py and gan_kedmi_numbers.py). GMI, RLB-MI and
@@ -55,6 +59,7 @@ def get_config(arg=None):
   lowres.rlb = dcgan_latents(attack_rlb_numbers.get_config())
   lowres.brep = dcgan_latents(attack_brep_numbers.get_config())
   lowres.kedmi.attack.batch_size = 25  # classes per batch (2 batches of the 50; a batch is KED-MI's resume unit)
+  lowres.rlb.attack.batch_size = 25    # agents per batch: 2 batches of the 50 (20 would pad a third batch to 60)
   for kind in lowres.attacks:
     lowres[kind].output.images_per_class = 1  # images/class_XXXX.png: lowres_samples.png shows them
 
