@@ -83,7 +83,7 @@ def test_discriminator_outputs_and_batch_coupling():
   assert features.shape == (4, 16 * 2 * 2) and logits.shape == (4, 7)  # 4 dim channels on a 2x2 map
   assert variables["params"]["mbd1"]["T"].shape == (16 * 4, 3 * 2)
   # Features are per image; logits depend on the other images of the batch (minibatch discrimination) ...
-  np.testing.assert_allclose(alone_features, features[:1], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(alone_features, features[:1], rtol=1e-4, atol=1e-5)  # a batch of 1 rounds differently
   assert not np.allclose(alone_logits, logits[:1], atol=1e-4)
   # ... and alone, the minibatch features are 0: the logits are the head applied to [features, 0].
   head = variables["params"]["fc_layer"]
