@@ -6,13 +6,13 @@ committed with the study's recipe); `unpack` puts it into a fresh workdir, where
 never stopped (every stage is done when its output exists; attacks resume per batch, training from its
 checkpoint).
 
-    python -m jaxmia.study_archive --mode=pack --workdir=/work/runs/numbers_study --archive=studies/numbers_study
-    python -m jaxmia.study_archive --mode=unpack --workdir=/work/runs/numbers_study --archive=studies/numbers_study
+    python -m jaxmia.study_archive --mode=pack --workdir=runs/numbers_study --archive=studies/numbers_study
+    python -m jaxmia.study_archive --mode=unpack --workdir=runs/numbers_study --archive=studies/numbers_study
 
 Left out (`skipped`): TensorBoard event files (what they hold is in the run's own JSON), files being written
-(`*.tmp`), and the training checkpoints of a model that is already exported (`<dir>/checkpoints` beside a
-complete `<dir>/model`): once the weights are exported nothing resumes from them. The checkpoints of an
-unfinished training are kept, so it resumes where it was.
+(`*.tmp`), and the training checkpoints of networks that are already exported (`<dir>/checkpoints` beside a
+complete `<dir>/model`, or a GAN's complete `<dir>/generator` and `<dir>/discriminator`): once the weights are
+exported nothing resumes from them. The checkpoints of an unfinished training are kept, so it resumes where it was.
 """
 import filecmp
 import pathlib
@@ -30,13 +30,19 @@ def _exported(folder: pathlib.Path) -> bool:
   return (folder / model_store.INFO_FILE).exists()
 
 
+def _networks_exported(folder: pathlib.Path) -> bool:
+  """Whether the run in `folder` exported its networks: a classifier's `model`, or a GAN's `generator` and
+  `discriminator` (the GAN programs write both at the end)."""
+  return _exported(folder / "model") or (_exported(folder / "generator") and _exported(folder / "discriminator"))
+
+
 def skipped(relative: pathlib.Path, workdir: pathlib.Path) -> bool:
   """Whether the workdir file at `relative` stays out of the archive (see the module docstring)."""
   if relative.name.startswith("events.out.tfevents.") or relative.name.endswith(".tmp"):
     return True
   parts = relative.parts
   for i, part in enumerate(parts[:-1]):
-    if part == "checkpoints" and _exported(workdir.joinpath(*parts[:i]) / "model"):
+    if part == "checkpoints" and _networks_exported(workdir.joinpath(*parts[:i])):
       return True
   return False
 

@@ -79,3 +79,12 @@ def test_bad_folders_and_oversized_files_are_refused(workdir, tmp_path, monkeypa
   with pytest.raises(ValueError, match="too large to commit"):
     study_archive.pack(workdir, tmp_path / "archive")
   assert not (tmp_path / "archive").exists()  # refused before anything was copied
+
+
+def test_a_gan_s_checkpoints_go_once_both_networks_are_exported(tmp_path):
+  root = tmp_path / "work"
+  _write(root, "gan_gmi/checkpoints/7800/state", "needed until both networks are exported")
+  _write(root, f"gan_gmi/generator/{model_store.INFO_FILE}", "{}")
+  assert "gan_gmi/checkpoints/7800/state" in map(str, study_archive.archived_files(root))
+  _write(root, f"gan_gmi/discriminator/{model_store.INFO_FILE}", "{}")
+  assert "gan_gmi/checkpoints/7800/state" not in map(str, study_archive.archived_files(root))
