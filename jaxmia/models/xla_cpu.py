@@ -6,9 +6,10 @@ rewrites that XLA:CPU runs faster (`scripts/bench_conv.py`, `scripts/bench_train
 they are plain `lax.conv_general_dilated` and the identity, as XLA on GPU and TPU expects them.
 
 The switch also gives the compiler options of the classifiers' training step (`train_step_compiler_options`):
-XLA:CPU hands matrix products *and* convolutions to YNNPACK by default, and YNNPACK's convolution gradients are
-slower than XLA's own convolutions, much more so without AVX-512 (`scripts/bench_train.py` with
-`XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=individual_dot`); the step keeps YNNPACK for matrix products
+XLA:CPU hands matrix products *and* convolutions to YNNPACK by default; for ResNet-18's 3x3 layers YNNPACK's
+convolution gradients are slower than XLA's own convolutions, more so without AVX-512, while ResNet-152 (mostly
+1x1 layers, already matrix products) gains nothing (README, Speed: `scripts/bench_train.py` with
+`XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=individual_dot`). The step keeps YNNPACK for matrix products
 only. A jaxlib that does not know the option compiles the step without it.
 
 On by default on the CPU backend and off on any other; the environment variable `JAXMIA_XLA_CPU_FORMULATIONS`
