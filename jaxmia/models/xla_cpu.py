@@ -8,7 +8,7 @@ they are plain `lax.conv_general_dilated` and the identity, as XLA on GPU and TP
 The switch also gives the compiler options of the classifiers' training step (`train_step_compiler_options`):
 XLA:CPU hands matrix products *and* convolutions to YNNPACK by default; for ResNet-18's 3x3 layers YNNPACK's
 convolution gradients are slower than XLA's own convolutions, more so without AVX-512, while ResNet-152 (mostly
-1x1 layers, already matrix products) gains nothing (README, Speed: `scripts/bench_train.py` with
+1x1 layers, already matrix products) was slightly slower with it (README, Speed: `scripts/bench_train.py` with
 `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=individual_dot`). The step keeps YNNPACK for matrix products
 only. A jaxlib that does not know the option compiles the step without it.
 
