@@ -60,8 +60,8 @@ def test_four_devices_match_one_device():
 
 
 def test_bido_sees_the_global_batch_on_four_devices():
-  """BiDO's HSIC terms are of the whole batch's Gram matrices (a quarter batch's are ~1/4 as large). Compared at
-  the first step only: the normalized HSIC solves with K~ + 1e-5 m I (condition number up to ~1e5), which turns
+  """BiDO's HSIC terms are of the whole batch's Gram matrices, not a device's quarter of them. Compared at the
+  first step only: the normalized HSIC solves with K~ + 1e-5 m I (condition number up to ~1e5), which turns
   float32 rounding of another reduction order into percent-sized parameter differences within a few steps."""
   config = smoke_config(**{"defense.name": "bido"})
   (metrics_1,), _ = run_steps(config, parallel.make_mesh(1), 1)
