@@ -13,10 +13,13 @@ Left out (`skipped`): TensorBoard event files (what they hold is in the run's ow
 (`*.tmp`), and the training checkpoints of networks that are already exported (`<dir>/checkpoints` beside a
 complete `<dir>/model`, or a GAN's complete `<dir>/generator` and `<dir>/discriminator`): once the weights are
 exported nothing resumes from them. The checkpoints of an unfinished training are kept, so it resumes where it was.
+
+The programs record absolute paths (a run's inputs, its workdir) in their JSON, Markdown and text files. `pack`
+writes the workdir's absolute path there as `<workdir>`, so that the committed files name no machine's folders,
+and `unpack` writes the new workdir's absolute path in its place, so that the records point at the unpacked files.
 """
-import filecmp
 import pathlib
-import shutil
+import re
 
 from absl import flags, logging
 
@@ -24,6 +27,28 @@ from jaxmia import cli, model_store
 
 MODES = ("pack", "unpack")
 MAX_FILE_BYTES = 50 << 20  # a larger file is refused: it does not belong in a repository
+WORKDIR_TOKEN = "<workdir>"
+RECORD_SUFFIXES = (".json", ".md", ".txt")  # the files in which programs record paths
+
+
+def _workdir_pattern(workdir: pathlib.Path) -> re.Pattern:
+  """The workdir's absolute path where it is a whole path component (not `/runs/study` in `/runs/study_2`)."""
+  return re.compile(re.escape(str(workdir.resolve())) + r"(?![\w.-])")
+
+
+def portable(data: bytes, relative: pathlib.Path, workdir: pathlib.Path) -> bytes:
+  """The archived form of the workdir file `relative` holding `data`: a record's absolute workdir path as
+  `<workdir>`; other files unchanged."""
+  if relative.suffix not in RECORD_SUFFIXES:
+    return data
+  return _workdir_pattern(workdir).sub(WORKDIR_TOKEN, data.decode()).encode()
+
+
+def localized(data: bytes, relative: pathlib.Path, workdir: pathlib.Path) -> bytes:
+  """The inverse of `portable`: the unpacked form of the archive file `relative`, for `workdir`."""
+  if relative.suffix not in RECORD_SUFFIXES:
+    return data
+  return data.decode().replace(WORKDIR_TOKEN, str(workdir.resolve())).encode()
 
 
 def _exported(folder: pathlib.Path) -> bool:
@@ -53,11 +78,11 @@ def archived_files(workdir: pathlib.Path) -> list[pathlib.Path]:
                 if p.is_file() and not skipped(p.relative_to(workdir), workdir))
 
 
-def _copy(source: pathlib.Path, destination: pathlib.Path) -> None:
-  """Copies through `<name>.tmp` and a rename, so an interrupted copy never leaves half a file."""
+def _write(destination: pathlib.Path, data: bytes) -> None:
+  """Writes through `<name>.tmp` and a rename, so an interrupted copy never leaves half a file."""
   destination.parent.mkdir(parents=True, exist_ok=True)
   tmp = destination.with_name(destination.name + ".tmp")
-  shutil.copy2(source, tmp)
+  tmp.write_bytes(data)
   tmp.replace(destination)
 
 
@@ -74,8 +99,9 @@ def pack(workdir, archive) -> dict:
                      "to commit; leave it out of the study's workdir or archive by hand.")
   copied = 0
   for f in wanted:
-    if not (archive / f).exists() or not filecmp.cmp(workdir / f, archive / f, shallow=False):
-      _copy(workdir / f, archive / f)
+    data = portable((workdir / f).read_bytes(), f, workdir)
+    if not (archive / f).exists() or (archive / f).read_bytes() != data:
+      _write(archive / f, data)
       copied += 1
   keep = set(wanted)
   stale = [p for p in archive.rglob("*") if p.is_file() and p.relative_to(archive) not in keep]
@@ -97,7 +123,7 @@ def unpack(archive, workdir) -> dict:
   files = sorted(p.relative_to(archive) for p in archive.rglob("*") if p.is_file())
   missing = [f for f in files if not (workdir / f).exists()]
   for f in missing:
-    _copy(archive / f, workdir / f)
+    _write(workdir / f, localized((archive / f).read_bytes(), f, workdir))
   return {"files": len(files), "copied": len(missing), "kept": len(files) - len(missing)}
 
 

@@ -88,3 +88,21 @@ def test_a_gan_s_checkpoints_go_once_both_networks_are_exported(tmp_path):
   assert "gan_gmi/checkpoints/7800/state" in map(str, study_archive.archived_files(root))
   _write(root, f"gan_gmi/discriminator/{model_store.INFO_FILE}", "{}")
   assert "gan_gmi/checkpoints/7800/state" not in map(str, study_archive.archived_files(root))
+
+
+def test_records_name_no_machine_s_folders_and_point_at_the_unpacked_workdir(tmp_path):
+  root = tmp_path / "work"
+  absolute = str(root.resolve())
+  record = f'{{"target": "{absolute}/seed_0/target/model", "other": "{absolute}_2/x", "outside": "/data/x"}}'
+  _write(root, "seed_0/attack/summary.json", record)
+  _write(root, "seed_0/attack/weights.npz", absolute)  # not a record: bytes kept as they are
+  archive = tmp_path / "archive"
+  study_archive.pack(root, archive)
+  packed = _tree(archive)
+  assert packed["seed_0/attack/summary.json"] == (
+      f'{{"target": "<workdir>/seed_0/target/model", "other": "{absolute}_2/x", "outside": "/data/x"}}')
+  assert packed["seed_0/attack/weights.npz"] == absolute
+  assert study_archive.pack(root, archive)["copied"] == 0  # the rewritten record counts as unchanged
+  fresh = tmp_path / "elsewhere" / "fresh"
+  study_archive.unpack(archive, fresh)
+  assert _tree(fresh)["seed_0/attack/summary.json"] == record.replace(absolute + "/", str(fresh.resolve()) + "/")
