@@ -5,6 +5,7 @@ jaxmia's convolutions compare with PyTorch's (oneDNN) on the same shapes in the 
     python scripts/bench_conv.py --dtype=bfloat16
     python scripts/bench_conv.py --tables=1x1     # only the 1x1 (bottleneck) table
     python scripts/bench_conv.py --tables=small   # only the kernel-larger-than-input table
+    python scripts/bench_conv.py --tables=batchnorm,torch --shapes=BatchNorm   # train-mode BatchNorm only
     python scripts/bench_conv.py --tables=torch --shapes="stage 1"   # only jaxmia vs PyTorch, one shape
 
 For 3x3 convolutions of ResNet and StyleGAN2 FFHQ-256 shapes it prints GFLOP/s of
@@ -25,11 +26,16 @@ A third table ('small') times the same training pass for GMI's / KED-MI's 5x5 la
 kernel (their networks at 32x32), as `lax.conv_general_dilated` and as jaxmia's patches times a matrix
 (`as_patches=True`, what those networks use).
 
-A fourth table ('torch') times what jaxmia runs (`jaxmia.models.conv.conv_general_dilated`, NHWC) against
-PyTorch's `conv2d` and its gradients (NCHW, float32) on the same shapes: the 3x3 forward, input and weight
-gradients and the 1x1 training pass. Each side runs in its own process (PyTorch's is `scripts/bench_torch.py` in
-the reference environment of `scripts/setup_reference.sh`), alternating for `--rounds` rounds, each side's
-median reported (`jaxmia.benchmarks`); without the reference environment only jaxmia is timed.
+A fourth table ('batchnorm') times train-mode BatchNorm, forward and gradient in one jitted call, at the
+activation shapes of a ResNet-50/152 step at 224 px: the per-channel sums as reductions with JAX's gradient, and
+as `jaxmia.models.batch_norm`'s XLA:CPU formulation (products with a vector of ones, closed-form gradient).
+
+A fifth table ('torch') times what jaxmia runs (`jaxmia.models.conv.conv_general_dilated`, NHWC; its
+`BatchNorm`) against PyTorch's `conv2d` and its gradients (NCHW, float32) on the same shapes: the 3x3 forward,
+input and weight gradients, the 1x1 training pass, and train-mode `batch_norm` with its gradient. Each side runs
+in its own process (PyTorch's is `scripts/bench_torch.py` in the reference environment of
+`scripts/setup_reference.sh`), alternating for `--rounds` rounds, each side's median reported
+(`jaxmia.benchmarks`); without the reference environment only jaxmia is timed.
 """
 import functools
 import time
@@ -41,11 +47,14 @@ import numpy as np
 from jax import lax
 
 from jaxmia import benchmarks
+from jaxmia.models import batch_norm
 from jaxmia.models import conv as jaxmia_conv
+from jaxmia.models import xla_cpu
 
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "jaxmia's dtype (PyTorch runs float32).")
 flags.DEFINE_integer("repeats", 3, "Timed calls per cell of the 3x3 and 1x1 tables (median reported).")
-flags.DEFINE_list("tables", ["3x3", "1x1", "small", "torch"], "Tables to print: 3x3, 1x1, small, torch.")
+flags.DEFINE_list("tables", ["3x3", "1x1", "small", "batchnorm", "torch"],
+                  "Tables to print: 3x3, 1x1, small, batchnorm, torch.")
 flags.DEFINE_list("shapes", [], "Only the shapes whose names contain one of these (default: all).")
 flags.DEFINE_integer("calls", 2, "Calls per side and round in the torch table.")
 benchmarks.define_flags()
@@ -74,6 +83,14 @@ SMALL_SHAPES = [
     ("critic last 5x5 (32 px)", 64, 4, 256, 512, 2, ((2, 2), (2, 2)), 1),
     ("generator first 5x5^T (32 px)", 64, 2, 512, 256, 1, ((2, 3), (2, 3)), 2),
     ("critic last 5x5 (64 px; output 4x4)", 64, 8, 256, 512, 2, ((2, 2), (2, 2)), 1),
+]
+# Train-mode BatchNorm inputs of a ResNet-50/152 step at 224 px: (name, batch, height = width, channels)
+BATCHNORM_SHAPES = [
+    ("BatchNorm stem", 16, 112, 64),
+    ("BatchNorm layer1", 16, 56, 256),
+    ("BatchNorm layer2", 16, 28, 512),
+    ("BatchNorm layer3", 16, 14, 1024),
+    ("BatchNorm layer4", 16, 7, 2048),
 ]
 LOOP_ITERATIONS = 4
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
@@ -151,6 +168,36 @@ def pointwise_table(report, dtype, repeats: int):
                     jaxmia=flop / times[1] / 1e9, speedup=times[0] / times[1]))
 
 
+def batchnorm_pass(normalize):
+  """Train-mode BatchNorm's forward and its gradient for x, scale and bias (what a training step computes),
+  compiled with the classifiers' training-step options."""
+  def forward_and_gradients(x, scale, bias, g):
+    y, vjp = jax.vjp(lambda x, scale, bias: normalize(x, scale, bias, 1e-5, x.dtype)[0], x, scale, bias)
+    return y, vjp(g)
+
+  return jax.jit(forward_and_gradients, compiler_options=xla_cpu.train_step_compiler_options())
+
+
+def batchnorm_inputs(batch: int, size: int, channels: int, dtype):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((batch, size, size, channels)) + 1.0, dtype)
+  g = jnp.asarray(rng.standard_normal((batch, size, size, channels)), dtype)
+  return x, jnp.ones((channels,), jnp.float32), jnp.zeros((channels,), jnp.float32), g
+
+
+def batchnorm_table(report, dtype, repeats: int):
+  report.section("Train-mode BatchNorm: forward + gradient, ms per call", [
+      benchmarks.Column("shape", "shape", str), benchmarks.Column("B", "B", "d"),
+      benchmarks.Column("reductions", "reduce", ".1f"), benchmarks.Column("jaxmia (matmul sums)", "jaxmia", ".1f"),
+      benchmarks.Column("speed-up", "speedup", ".2f")])
+  for name, batch, size, channels in selected(BATCHNORM_SHAPES):
+    args = batchnorm_inputs(batch, size, channels, dtype)
+    times = [seconds(batchnorm_pass(normalize), *args, repeats=repeats)
+             for normalize in (batch_norm.normalize_with_reductions, batch_norm.normalize_with_matmul_sums)]
+    report.add(dict(shape=f"{name} {size}x{size}x{channels}", B=batch, reduce=times[0] * 1e3,
+                    jaxmia=times[1] * 1e3, speedup=times[0] / times[1]))
+
+
 def small_input_table(report, dtype, repeats: int):
   report.section("5x5 convolutions on maps smaller than the kernel: forward + input grad + weight grad, GFLOP/s "
                  "(XLA's cost analysis of lax's pass)", [
@@ -216,12 +263,21 @@ def torch_cases():
     out = -(-size // stride)
     cases.append((f"{name} {size}x{size}x{cin}->{cout}, stride {stride}", 3 * 2 * batch * out * out * cin * cout,
                   dict(B=batch, size=size, cin=cin, cout=cout, k=1, stride=stride, op="training")))
+  for name, batch, size, channels in selected(BATCHNORM_SHAPES):
+    # "GB/s": the activation bytes of x, dy, y and dx, one pass each (the least any implementation moves).
+    cases.append((f"{name} {size}x{size}x{channels}", 4 * 4 * batch * size * size * channels,
+                  dict(B=batch, size=size, cin=channels, op="batchnorm")))
   return cases
 
 
 def prepare(case: dict):
   """jaxmia's jitted convolution (or gradient) of a torch-table case, compiled: (a run of `calls` calls, calls)."""
-  dtype, k, stride = jnp.dtype(case["dtype"]), case["k"], case["stride"]
+  dtype = jnp.dtype(case["dtype"])
+  if case["op"] == "batchnorm":
+    fn, args = batchnorm_pass(batch_norm.normalize_train), batchnorm_inputs(case["B"], case["size"], case["cin"], dtype)
+    jax.block_until_ready(fn(*args))
+    return lambda: [jax.block_until_ready(fn(*args)) for _ in range(case["calls"])], case["calls"]
+  k, stride = case["k"], case["stride"]
   rng = np.random.default_rng(0)
   out = -(-case["size"] // stride)
   x = jnp.asarray(rng.standard_normal((case["B"], case["size"], case["size"], case["cin"])), dtype)
@@ -242,8 +298,9 @@ handle = benchmarks.case_handler(prepare)  # a worker request: `prepare` a case 
 
 
 def torch_table(report, reference):
-  title = ("jaxmia's convolutions (NHWC) beside PyTorch's (NCHW, float32), GFLOP/s, measured side by side"
-           if reference else "jaxmia's convolutions (NHWC), GFLOP/s")
+  title = ("jaxmia's convolutions and BatchNorm (NHWC) beside PyTorch's (NCHW, float32), GFLOP/s (BatchNorm: GB/s "
+           "of x, dy, y and dx), measured side by side" if reference else
+           "jaxmia's convolutions and BatchNorm (NHWC), GFLOP/s (BatchNorm: GB/s of x, dy, y and dx)")
   report.section(title, [
       benchmarks.Column("shape", "shape", str), benchmarks.Column("pass", "op", str),
       benchmarks.Column("B", "B", "d"), benchmarks.Column("jaxmia", "jaxmia_rate", ".0f"),
@@ -254,7 +311,7 @@ def torch_table(report, reference):
     with benchmarks.sides(__file__, reference) as workers:
       for shape, flop, case in torch_cases():
         cases = dict(jaxmia=dict(case, calls=FLAGS.calls, dtype=FLAGS.dtype),
-                     torch=dict(case, calls=FLAGS.calls, kind="conv"))
+                     torch=dict(case, calls=FLAGS.calls, kind="conv" if case["op"] != "batchnorm" else "batchnorm"))
         summaries = benchmarks.compare(workers, cases, FLAGS.rounds, max_wait=FLAGS.max_wait,
                                        threshold=FLAGS.threshold)
         report.add(benchmarks.side_by_side_row(summaries, flop / 1e9, shape=shape, **case))
@@ -274,7 +331,7 @@ def main(argv):
                              json_path=FLAGS.json, settings=benchmarks.settings(
                                  FLAGS, ["dtype", "repeats", "tables", "shapes", "calls", "rounds", "max_wait",
                                          "threshold"]))
-  report.print(f"{FLAGS.dtype}; median of {FLAGS.repeats} calls in the 3x3, 1x1 and small tables, of "
+  report.print(f"{FLAGS.dtype}; median of {FLAGS.repeats} calls in the 3x3, 1x1, small and batchnorm tables, of "
                f"{FLAGS.rounds} rounds in the torch table")
   if "3x3" in FLAGS.tables:
     three_by_three_table(report, dtype, FLAGS.repeats)
@@ -282,6 +339,8 @@ def main(argv):
     pointwise_table(report, dtype, FLAGS.repeats)
   if "small" in FLAGS.tables:
     small_input_table(report, dtype, FLAGS.repeats)
+  if "batchnorm" in FLAGS.tables:
+    batchnorm_table(report, dtype, FLAGS.repeats)
   if "torch" in FLAGS.tables:
     torch_table(report, reference)
   report.finish()

@@ -537,6 +537,19 @@ def build(case):
 
     calls()
     return calls, case["calls"]
+  if kind == "batchnorm":  # train mode: batch statistics, forward and the gradient of x, weight and bias
+    b, size, channels = case["B"], case["size"], case["cin"]
+    x = (torch.randn(b, channels, size, size) + 1.0).requires_grad_(True)
+    weight, bias = torch.ones(channels, requires_grad=True), torch.zeros(channels, requires_grad=True)
+    g = torch.randn(b, channels, size, size)
+    norm = lambda: torch.nn.functional.batch_norm(x, None, None, weight, bias, training=True, eps=1e-5)
+
+    def calls():
+      for _ in range(case["calls"]):
+        torch.autograd.grad(norm(), (x, weight, bias), g)
+
+    calls()
+    return calls, case["calls"]
   if kind in ("gmi_gan", "kedmi_gan"):
     return lowres_gan(case)
   if kind in ("gmi_attack", "kedmi_attack"):

@@ -8,7 +8,7 @@ import pytest
 from conftest import load_fixture, nchw_to_nhwc
 
 from jaxmia import convert, models, parallel
-from jaxmia.models.resnet import BatchNorm
+from jaxmia.models.batch_norm import BatchNorm
 
 ARCHS = ("resnet18", "resnet50", "resnet152", "resnext50_32x4d", "densenet121")
 

@@ -23,7 +23,8 @@ from flax import linen as nn
 
 from jaxmia import losses
 from jaxmia.files import mean_sd
-from jaxmia.models.resnet import BatchNorm, linear_bias_init, linear_kernel_init
+from jaxmia.models.batch_norm import BatchNorm
+from jaxmia.models.resnet import linear_bias_init, linear_kernel_init
 
 UNROLL = 1
 BLOB_CENTRES = ((0.0, -10.0), (-10.0, 10.0), (10.0, 10.0))

@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmia import models
-from jaxmia.models.resnet import BatchNorm
+from jaxmia.models.batch_norm import BatchNorm
 
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "none": lambda x: x}
 

@@ -38,7 +38,7 @@ from flax import linen as nn
 import numpy as np
 
 from jaxmia.models import conv as conv_ops
-from jaxmia.models.resnet import BatchNorm
+from jaxmia.models.batch_norm import BatchNorm
 
 LATENT_DIM = 100
 # jaxmia's convolution as patches times a matrix (`models.conv`: XLA:CPU is slow on these networks' small maps).

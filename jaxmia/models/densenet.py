@@ -11,7 +11,8 @@ from typing import Any, Sequence
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxmia.models.resnet import BatchNorm, conv, linear_kernel_init, max_pool_3x3_s2
+from jaxmia.models.batch_norm import BatchNorm
+from jaxmia.models.resnet import conv, linear_kernel_init, max_pool_3x3_s2
 
 # torchvision's DenseNet initialises convs with kaiming_normal_ (fan_in, ReLU gain) and the head bias with 0.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")

@@ -15,7 +15,8 @@ from jaxmia.models.conv import conv_general_dilated
 from jaxmia.models.materialize import materialize
 from jaxmia.models.pooling import max_pool
 from jaxmia.models.inception import BasicConv2d
-from jaxmia.models.resnet import BatchNorm, linear_bias_init, linear_kernel_init
+from jaxmia.models.batch_norm import BatchNorm
+from jaxmia.models.resnet import linear_bias_init, linear_kernel_init
 
 EMBEDDING_DIM = 512
 

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 
 from jaxmia.models.conv import conv_general_dilated
 from jaxmia.models.pooling import max_pool
-from jaxmia.models.resnet import BatchNorm, linear_bias_init, linear_kernel_init
+from jaxmia.models.batch_norm import BatchNorm
+from jaxmia.models.resnet import linear_bias_init, linear_kernel_init
 
 # Spatial size the FID network sees after its resize step.
 FID_RESOLUTION = 299

@@ -8,9 +8,8 @@ Inputs are `[B, H, W, 3]` images in [-1, 1]; any spatial size that survives the 
 `dtype` is the compute dtype (e.g. `jnp.bfloat16`); parameters, BatchNorm statistics, the pooled features and the
 classifier head stay float32.
 
-Data parallelism: in train mode BatchNorm normalises with the statistics of the whole batch it sees. Under
-`jax.jit` with the batch sharded over the `('data',)` mesh that is the global batch (XLA inserts the cross-device
-reductions), so no `axis_name` is needed; it differs from PyTorch DataParallel, which normalises per device.
+Data parallelism: in train mode BatchNorm (`models.batch_norm`) normalises with the statistics of the global batch
+under `jax.jit` with the batch sharded over the `('data',)` mesh, so no `axis_name` is needed.
 """
 import functools
 from typing import Any, Sequence
@@ -19,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxmia.models.batch_norm import BatchNorm
 from jaxmia.models.conv import conv_general_dilated
 from jaxmia.models.materialize import materialize
 from jaxmia.models.pooling import max_pool
@@ -33,42 +33,6 @@ def linear_bias_init(fan_in: int):
   """PyTorch nn.Linear's default bias initialiser, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
   bound = 1.0 / fan_in ** 0.5
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
-
-
-class BatchNorm(nn.Module):
-  """BatchNorm over the last axis with PyTorch's semantics (eps 1e-5, PyTorch momentum 0.1).
-
-  Variables are named as in `flax.linen.BatchNorm` (`params`: scale, bias; `batch_stats`: mean, var). Unlike it,
-  the running variance is updated with the unbiased batch variance (times n / (n - 1), n = elements per
-  channel), as PyTorch does; normalisation uses the biased one. Statistics are computed in float32 for any
-  compute `dtype`. `momentum` is the weight of the old running value (flax convention: 0.9 == PyTorch's 0.1).
-  """
-  epsilon: float = 1e-5
-  momentum: float = 0.9
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, train: bool):
-    channels = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
-    running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
-    running_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
-    if train:
-      axes = tuple(range(x.ndim - 1))
-      x32 = x.astype(jnp.float32)
-      mean = x32.mean(axes)
-      var = jnp.square(x32 - mean).mean(axes)
-      if not self.is_initializing():
-        n = x.size // channels
-        unbiased_var = var * (n / max(n - 1, 1))
-        running_mean.value = self.momentum * running_mean.value + (1.0 - self.momentum) * mean
-        running_var.value = self.momentum * running_var.value + (1.0 - self.momentum) * unbiased_var
-    else:
-      mean, var = running_mean.value, running_var.value
-    multiplier = scale * jax.lax.rsqrt(var + self.epsilon)
-    shift = bias - mean * multiplier
-    return x * multiplier.astype(self.dtype) + shift.astype(self.dtype)
 
 
 def conv(features: int, kernel: int, *, stride: int = 1, groups: int = 1, dtype: Any, name: str,

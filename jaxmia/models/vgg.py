@@ -42,7 +42,8 @@ from flax import linen as nn
 
 from jaxmia.models.conv import conv_general_dilated
 from jaxmia.models.pooling import max_pool
-from jaxmia.models.resnet import BatchNorm, linear_bias_init, linear_kernel_init
+from jaxmia.models.batch_norm import BatchNorm
+from jaxmia.models.resnet import linear_bias_init, linear_kernel_init
 
 # torchvision's configuration "D": output channels of each 3x3 conv, "M" for a 2x2 max pool.
 VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
