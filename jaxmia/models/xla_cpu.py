@@ -1,9 +1,10 @@
 """The one switch for jaxmia's XLA:CPU formulations of its networks' convolutions and residual trunks.
 
 `models.conv.conv_general_dilated` (1x1 convolutions as matrix products, input gradients on a materialised
-swapped kernel) and `models.materialize.materialize` (block outputs stored, not recomputed) are exact
-rewrites that XLA:CPU runs faster (`scripts/bench_conv.py`, `scripts/bench_train.py`); with the switch off
-they are plain `lax.conv_general_dilated` and the identity, as XLA on GPU and TPU expects them.
+swapped kernel), `models.materialize.materialize` (block outputs stored, not recomputed) and
+`models.batch_norm` (train-mode sums as matrix products, closed-form gradient) are rewrites that XLA:CPU runs
+faster (`scripts/bench_conv.py`, `scripts/bench_train.py`), exact up to summation order; with the switch off
+they are plain `lax.conv_general_dilated`, the identity and `jnp.mean`, as XLA on GPU and TPU expects them.
 
 The switch also gives the compiler options of the classifiers' training step (`train_step_compiler_options`):
 XLA:CPU hands matrix products *and* convolutions to YNNPACK by default; for ResNet-18's 3x3 layers YNNPACK's
