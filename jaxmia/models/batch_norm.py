@@ -23,7 +23,7 @@ from flax import linen as nn
 
 from jaxmia.models import xla_cpu
 
-SUM_BLOCKS = 64
+SUM_BLOCKS = 64  # the ones-vector products' length, which bounds their sequential rounding (`_channel_sum`)
 
 
 def _apply(x, mean, var, scale, bias, epsilon: float, dtype):
