@@ -270,13 +270,10 @@ def torch_cases():
   return cases
 
 
-def prepare(case: dict):
-  """jaxmia's jitted convolution (or gradient) of a torch-table case, compiled: (a run of `calls` calls, calls)."""
-  dtype = jnp.dtype(case["dtype"])
+def case_function(case: dict, dtype):
+  """(jaxmia's jitted function, its arguments) of a torch-table case: a convolution pass or a BatchNorm pass."""
   if case["op"] == "batchnorm":
-    fn, args = batchnorm_pass(batch_norm.normalize_train), batchnorm_inputs(case["B"], case["size"], case["cin"], dtype)
-    jax.block_until_ready(fn(*args))
-    return lambda: [jax.block_until_ready(fn(*args)) for _ in range(case["calls"])], case["calls"]
+    return batchnorm_pass(batch_norm.normalize_train), batchnorm_inputs(case["B"], case["size"], case["cin"], dtype)
   k, stride = case["k"], case["stride"]
   rng = np.random.default_rng(0)
   out = -(-case["size"] // stride)
@@ -284,12 +281,17 @@ def prepare(case: dict):
   w = jnp.asarray(rng.standard_normal((k, k, case["cin"], case["cout"])) / np.sqrt(k * k * case["cin"]), dtype)
   g = jnp.asarray(rng.standard_normal((case["B"], out, out, case["cout"])), dtype)
   conv = make_conv(jaxmia_conv.conv_general_dilated)
-  fn, args = {
+  return {
       "forward": (jax.jit(conv), (x, w)),
       "input_grad": (jax.jit(input_gradient(jaxmia_conv.conv_general_dilated)), (x, w, g)),
       "weight_grad": (jax.jit(lambda x, g: jax.vjp(lambda k: conv(x, k), w)[1](g)[0]), (x, g)),
       "training": (training_pass(jaxmia_conv.conv_general_dilated, stride), (x, w, g)),
   }[case["op"]]
+
+
+def prepare(case: dict):
+  """jaxmia's side of a torch-table case, compiled: (a run of `calls` calls, calls)."""
+  fn, args = case_function(case, jnp.dtype(case["dtype"]))
   jax.block_until_ready(fn(*args))
   return lambda: [jax.block_until_ready(fn(*args)) for _ in range(case["calls"])], case["calls"]
 
@@ -311,7 +313,7 @@ def torch_table(report, reference):
     with benchmarks.sides(__file__, reference) as workers:
       for shape, flop, case in torch_cases():
         cases = dict(jaxmia=dict(case, calls=FLAGS.calls, dtype=FLAGS.dtype),
-                     torch=dict(case, calls=FLAGS.calls, kind="conv" if case["op"] != "batchnorm" else "batchnorm"))
+                     torch=dict(case, calls=FLAGS.calls, kind="batchnorm" if case["op"] == "batchnorm" else "conv"))
         summaries = benchmarks.compare(workers, cases, FLAGS.rounds, max_wait=FLAGS.max_wait,
                                        threshold=FLAGS.threshold)
         report.add(benchmarks.side_by_side_row(summaries, flop / 1e9, shape=shape, **case))
