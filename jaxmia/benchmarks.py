@@ -216,8 +216,9 @@ class Worker:
 
 
 def case_handler(prepare):
-  """A worker's `handle` over `prepare(case) -> (run, units)`: `prepare` builds and keeps a case's `run`
-  (reply: its setup seconds), `round` times one `run()` (reply: `timed`'s seconds per unit)."""
+  """A worker's `handle` over `prepare(case) -> (run, units)` or `(run, units, info)`: `prepare` builds and keeps
+  a case's `run` (reply: its setup seconds and the `info` dict's fields, e.g. FLOPs per unit), `round` times one
+  `run()` (reply: `timed`'s seconds per unit)."""
   calls = {}
 
   def handle(request):
@@ -225,8 +226,9 @@ def case_handler(prepare):
     key = str(sorted(case.items()))
     if request["op"] == "prepare":
       start = time.perf_counter()
-      calls[key] = prepare(case)
-      return dict(setup_s=time.perf_counter() - start)
+      run, units, *info = prepare(case)
+      calls[key] = run, units
+      return dict(*info, setup_s=time.perf_counter() - start)
     return timed(*calls[key])
 
   return handle
@@ -450,6 +452,16 @@ def compiled_flops(fn, *args) -> float:
   return float(analysis.get("flops", 0.0))
 
 
+def flop_rate(summary: dict, matmul_gflops: float | None) -> dict:
+  """{'gflops': XLA-counted GFLOP/s of a side's median time, 'matmul_share': that over `matmul_gflops`} when
+  its `prepare` reported `flops_per_unit` (else {}): how much of the machine's dense-matmul rate a step reaches."""
+  flops = summary.get("flops_per_unit")
+  if not flops:
+    return {}
+  gflops = flops / summary["seconds"] / 1e9
+  return dict(gflops=gflops, matmul_share=gflops / matmul_gflops if matmul_gflops else None)
+
+
 @dataclasses.dataclass(frozen=True)
 class Column:
   """A table column: `key` of a row, its format (a format spec or a function), and whether it is PyTorch's
@@ -471,6 +483,10 @@ class Column:
 
 def times_cell(value) -> str:
   return f"**{value:.2f}x**"
+
+
+def percent_cell(value) -> str:
+  return f"{100 * value:.0f} %"
 
 
 class Report:

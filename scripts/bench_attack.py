@@ -6,7 +6,9 @@
 
 Stage 2 is `attack.optimize_latents` (the whole jitted on-device loop: synthesis, centre crop + resize, random
 resized crop, target, Poincaré loss, gradient w.r.t. w only, Adam), timed over `--steps` steps per round,
-against PPA's `Optimization.optimize` (which also computes the target's weight gradients, as PPA does). Stage 1
+against PPA's `Optimization.optimize` (which also computes the target's weight gradients, as PPA does); its "GFLOP/s"
+is XLA's floating-point operation count of one step (`cost_analysis` of a one-step compilation) over jaxmia's
+median step time, and "of matmul" that rate over XLA's 4096² matmul rate measured before the rows. Stage 1
 is `attack.select_initial_latents` (mapping, synthesis, crop + resize, target on image and mirror image) over
 a search space of 3 batches, against PPA's `find_initial_w`. Stage 3 is `attack.robustness_scores` (one
 synthesis per latent, then `--final_iterations` random resized crops + flips through the target) against PPA's
@@ -65,6 +67,8 @@ COLUMNS = [
     benchmarks.Column("B", "B", "d"),
     benchmarks.Column("jaxmia s/step", "s_per_step", ".3g"),
     benchmarks.Column("jaxmia img/s", "jaxmia_rate", ".3g"),
+    benchmarks.Column("jaxmia GFLOP/s", "gflops", ".3g"),
+    benchmarks.Column("of matmul", "matmul_share", benchmarks.percent_cell),
     benchmarks.Column("PPA img/s", "torch_rate", ".3g", torch=True),
     benchmarks.Column("ratio", "ratio", benchmarks.times_cell, torch=True, ratio=True),
     benchmarks.Column("jaxmia peak RSS GiB", "jaxmia_rss_gb", ".2f"),
@@ -155,10 +159,15 @@ def prepare(case: dict):
                                  truncation_psi=0.5, truncation_cutoff=8, method="mapping")[:, :1])
   models_kw = dict(generator=generator, generator_variables=generator_variables, target_model=target,
                    target_variables=target_variables)
+  info = {}
   if case["stage"] == "optimize":
     config = _attack_config(case["steps"], dtype, 0)
     run = lambda: attack.optimize_latents(w, targets, keys, config=config, **models_kw).block_until_ready()
     units = case["steps"]
+    # XLA counts a loop's body once; with one step XLA drops the loop, so this is one whole step's count.
+    one_step = _attack_config(1, dtype, 0)
+    info["flops_per_unit"] = benchmarks.compiled_flops(
+        lambda w: attack.optimize_latents(w, targets, keys, config=one_step, **models_kw), w)
   elif case["stage"] == "initial":
     config = ml_collections.ConfigDict(dict(search_space_size=3 * batch, batch_size=batch, truncation_psi=0.5,
                                             truncation_cutoff=8, clamp=True, center_crop=0, resize=224,
@@ -174,7 +183,7 @@ def prepare(case: dict):
                                                                              **models_kw))
     units = batch * case["iterations"]
   run()
-  return run, units
+  return run, units, info
 
 
 handle = benchmarks.case_handler(prepare)  # a worker request: `prepare` a configuration or time one `round`
@@ -195,8 +204,9 @@ def torch_case(case: dict) -> dict:
   return dict(common, kind="attack_optimize", generator=gen, crop=crop, steps=case["steps"])
 
 
-def measure(case: dict, reference) -> dict:
-  """One table row: both sides of `case` (jaxmia alone without `reference`) in interleaved rounds."""
+def measure(case: dict, reference, matmul_gflops=None) -> dict:
+  """One table row: both sides of `case` (jaxmia alone without `reference`) in interleaved rounds; for stage 2
+  also jaxmia's rate in XLA-counted GFLOP/s and its share of the machine's matmul rate `matmul_gflops`."""
   try:
     with benchmarks.sides(__file__, reference) as workers:
       summaries = benchmarks.compare(workers, dict(jaxmia=case, torch=torch_case(case)), FLAGS.rounds,
@@ -208,6 +218,7 @@ def measure(case: dict, reference) -> dict:
   row["setup_s"] = summaries["jaxmia"]["setup_s"]
   if case["stage"] == "optimize":
     row["s_per_step"] = row["jaxmia_s"]
+  row.update(benchmarks.flop_rate(summaries["jaxmia"], matmul_gflops))
   return row
 
 
@@ -229,7 +240,8 @@ def main(argv):
                                  FLAGS, ["quick", "generators", "targets", "dtypes", "batches", "initial_batches",
                                          "final_batch", "steps", "final_iterations", "memory_gb", "stages",
                                          "rounds", "max_wait", "threshold"]))
-  record = lambda case, reference=reference: report.add(measure(case, reference))
+  matmul = report.record["matmul"]["gflops_before"]
+  record = lambda case, reference=reference: report.add(measure(case, reference, matmul))
   for gen in FLAGS.generators:
     for target in FLAGS.targets:
       for dtype in FLAGS.dtypes:

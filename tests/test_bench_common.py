@@ -236,6 +236,19 @@ def test_case_handler_prepares_once_and_times_the_prepared_call():
   assert {"seconds", "cpu_seconds"} <= set(reply) and reply["seconds"] >= 0
 
 
+def test_case_handler_passes_prepare_info_and_flop_rate_divides_by_the_median():
+  handle = benchmarks.case_handler(lambda case: (lambda: None, 2, {"flops_per_unit": 3e9}))
+  reply = handle({"op": "prepare", "case": {"n": 1}})
+  assert reply["flops_per_unit"] == 3e9 and reply["setup_s"] >= 0
+  summary = benchmarks.summarize([{"seconds": s} for s in (0.5, 1.5, 1.0)], reply)
+  assert summary["flops_per_unit"] == 3e9  # the prepare reply's fields reach the side's summary
+  rate = benchmarks.flop_rate(summary, matmul_gflops=12.0)
+  assert rate == pytest.approx({"gflops": 3.0, "matmul_share": 0.25})  # 3e9 FLOPs in the median 1.0 s
+  assert benchmarks.flop_rate({"seconds": 1.0}, 12.0) == {}  # no count reported: no columns
+  assert benchmarks.flop_rate(summary, None)["matmul_share"] is None  # matmul not measured (--matmul_size=0)
+  assert benchmarks.percent_cell(0.254) == "25 %"
+
+
 def test_reference_needs_the_lowres_checkouts(tmp_path, no_reference_variables):
   fake_python = tmp_path / "python"
   fake_python.write_text("#!/bin/sh\necho '{\"torch\": \"9.9\"}'\n")
