@@ -216,7 +216,7 @@ def figure(config: ConfigDict, summary: dict, path: pathlib.Path) -> None:
   alphas = [float(a) for a in config.alphas]
   kinds = list(summary)
   width = 0.8 / len(alphas)
-  fig, ax = plt.subplots(figsize=(1.9 * len(kinds) + 2.0, 4.0))
+  fig, ax = plt.subplots(figsize=(1.9 * len(kinds) + 3.2, 4.2))
   colours = plt.cm.coolwarm_r(np.linspace(0.0, 1.0, len(alphas)))
   for j, alpha in enumerate(alphas):
     x = np.arange(len(kinds)) + (j - (len(alphas) - 1) / 2) * width
@@ -229,9 +229,10 @@ def figure(config: ConfigDict, summary: dict, path: pathlib.Path) -> None:
                label="paper (Table 8)" if j == 0 else None)
   ax.set_xticks(np.arange(len(kinds)), [f"{NAMES[k]}\n({ACCESS[k]})" for k in kinds])
   ax.set_ylabel("Acc@1 (%)")
-  ax.set_title(f"Low-resolution attacks on the {config.target.dataset.name} targets "
+  ax.set_title(f"Low-resolution attacks on the {config.target.dataset.name} targets\n"
                f"({_count(len(config.seeds), 'seed')}; bars mean ± sd, dots seeds)", fontsize=10)
-  ax.legend(fontsize=8)
+  ax.set_ylim(0, 103)  # Acc@1 is a percentage; a little room for the error bars' caps
+  ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the axes: never over a bar
   ax.grid(axis="y", alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
