@@ -17,6 +17,14 @@ import jax
 # Multi-device code is tested on forced CPU devices; single-device code simply runs on device 0.
 jax.config.update("jax_num_cpu_devices", 4)
 
+# The suite's time is mostly XLA:CPU compiling many small programs once each, and LLVM's optimisation passes are most
+# of that: at level 0 XLA's own loops run slower, while convolutions and matrix products run in the same precompiled
+# libraries. The tests compare values with tolerances, closed forms or runs under the same setting, so they hold at
+# any level. Set for the whole run before the backend starts (children inherit it); a level in XLA_FLAGS is kept.
+USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")  # for children that must run as users run (`start_program`)
+if "xla_backend_optimization_level" not in USER_XLA_FLAGS:
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+
 # One persistent compilation cache for the whole run, shared by the xdist workers and the programs the tests start
 # (both inherit os.environ): many tests compile the same smoke configs' programs again, here or in a child.
 # The process that made the folder (the xdist controller, or a plain pytest) removes it at the end.
@@ -127,7 +135,8 @@ def with_overrides(config, **overrides):
 
 def start_program(*args, env=None, cwd=REPO, **popen_kwargs) -> subprocess.Popen:
   """`python *args` (e.g. `-m jaxmia.train ...`) started in `cwd` (the checkout) on the CPU backend (one device:
-  the 4 forced devices are this process's setting), with `env` added to this process's environment."""
+  the 4 forced devices are this process's setting), with `env` added to this process's environment (pass
+  `{"XLA_FLAGS": USER_XLA_FLAGS}` to compile at XLA's default level, as users do)."""
   return subprocess.Popen([sys.executable, *args], cwd=cwd, env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})},
                           text=True, **popen_kwargs)
 
