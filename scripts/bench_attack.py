@@ -164,7 +164,7 @@ def prepare(case: dict):
     config = _attack_config(case["steps"], dtype, 0)
     run = lambda: attack.optimize_latents(w, targets, keys, config=config, **models_kw).block_until_ready()
     units = case["steps"]
-    # XLA counts a loop's body once; with one step XLA drops the loop, so this is one whole step's count.
+    # XLA's count takes a loop's body once: a one-step compilation counts one step, loop kept or not.
     one_step = _attack_config(1, dtype, 0)
     info["flops_per_unit"] = benchmarks.compiled_flops(
         lambda w: attack.optimize_latents(w, targets, keys, config=one_step, **models_kw), w)
