@@ -293,11 +293,11 @@ def jit_train_step(train_step: Callable, mesh: jax.sharding.Mesh) -> Callable:
   BatchNorm needs no cross-device code: the batch mean inside the jitted step is a mean over the *global*
   (sharded) batch, for which XLA inserts the all-reduce itself, so 1 device and N devices compute the same
   statistics and the same update (`tests/test_train.py` checks 4 devices against 1). On XLA:CPU the step is
-  compiled with `xla_cpu.train_step_compiler_options()` (convolutions on XLA's own emitter, not YNNPACK).
+  compiled with `xla_cpu.step_compiler_options()` (convolutions on XLA's own emitter, not YNNPACK).
   """
   repl, sharded = parallel.replicated(mesh), parallel.data_sharding(mesh)
   return jax.jit(train_step, in_shardings=(repl, sharded, repl, repl), out_shardings=(repl, repl),
-                 donate_argnums=(0,), compiler_options=xla_cpu.train_step_compiler_options())
+                 donate_argnums=(0,), compiler_options=xla_cpu.step_compiler_options())
 
 
 def make_eval_step(apply_fn: Callable, image_size: int, mesh: jax.sharding.Mesh) -> Callable:

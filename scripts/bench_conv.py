@@ -32,7 +32,9 @@ as `jaxmia.models.batch_norm`'s XLA:CPU formulation (products with a vector of o
 
 A fifth table ('torch') times what jaxmia runs (`jaxmia.models.conv.conv_general_dilated`, NHWC; its
 `BatchNorm`) against PyTorch's `conv2d` and its gradients (NCHW, float32) on the same shapes: the 3x3 forward,
-input and weight gradients, the 1x1 training pass, and train-mode `batch_norm` with its gradient. Each side runs
+input and weight gradients, the 1x1 training pass, and train-mode `batch_norm` with its gradient. Its 'compiled'
+column says how jaxmia's side is compiled: as jaxmia's training and attack steps are ('jaxmia': their compiler
+options, `jaxmia.models.xla_cpu.step_compiler_options`) or with XLA's defaults (the 3x3 passes only). Each side runs
 in its own process (PyTorch's is `scripts/bench_torch.py` in the reference environment of
 `scripts/setup_reference.sh`), alternating for `--rounds` rounds, each side's median reported
 (`jaxmia.benchmarks`); without the reference environment only jaxmia is timed.
@@ -92,6 +94,9 @@ BATCHNORM_SHAPES = [
     ("BatchNorm layer3", 16, 14, 1024),
     ("BatchNorm layer4", 16, 7, 2048),
 ]
+# The torch table's compilations: as jaxmia's training and attack steps compile (`xla_cpu.step_compiler_options`:
+# convolutions on XLA's own emitter on XLA:CPU), and with XLA's defaults (convolutions to YNNPACK on XLA:CPU).
+COMPILATIONS = {"jaxmia": xla_cpu.step_compiler_options, "XLA default": lambda: None}
 LOOP_ITERATIONS = 4
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
@@ -134,8 +139,8 @@ def tapwise_weight_gradient(x, g):
                                for dx in range(3)]) for dy in range(3)])
 
 
-def training_pass(impl, stride: int, padding="VALID", dilation: int = 1):
-  """Forward, input and weight gradient of a conv (what a training step computes per layer)."""
+def training_pass(impl, stride: int, padding="VALID", dilation: int = 1, jit=jax.jit):
+  """Forward, input and weight gradient of a conv (what a training step computes per layer), compiled by `jit`."""
   conv = lambda x, w: impl(x, w, (stride, stride), padding, lhs_dilation=(dilation, dilation),
                            dimension_numbers=DIMENSIONS)
 
@@ -143,7 +148,7 @@ def training_pass(impl, stride: int, padding="VALID", dilation: int = 1):
     out, vjp = jax.vjp(conv, x, w)
     return out, vjp(g)
 
-  return jax.jit(forward_and_gradients)
+  return jit(forward_and_gradients)
 
 
 def selected(shapes):
@@ -170,12 +175,12 @@ def pointwise_table(report, dtype, repeats: int):
 
 def batchnorm_pass(normalize):
   """Train-mode BatchNorm's forward and its gradient for x, scale and bias (what a training step computes),
-  compiled with the classifiers' training-step options."""
+  compiled as jaxmia's steps are."""
   def forward_and_gradients(x, scale, bias, g):
     y, vjp = jax.vjp(lambda x, scale, bias: normalize(x, scale, bias, 1e-5, x.dtype)[0], x, scale, bias)
     return y, vjp(g)
 
-  return jax.jit(forward_and_gradients, compiler_options=xla_cpu.train_step_compiler_options())
+  return jax.jit(forward_and_gradients, compiler_options=xla_cpu.step_compiler_options())
 
 
 def batchnorm_inputs(batch: int, size: int, channels: int, dtype):
@@ -257,16 +262,17 @@ def torch_cases():
   for name, batch, size, cin, cout in selected(SHAPES):
     flop = 2 * batch * size * size * cin * cout * 9
     for op in ("forward", "input_grad", "weight_grad"):
-      cases.append((f"{name} {size}x{size}x{cin}->{cout}", flop, dict(
-          B=batch, size=size, cin=cin, cout=cout, k=3, stride=1, op=op)))
+      for compiled in COMPILATIONS:
+        cases.append((f"{name} {size}x{size}x{cin}->{cout}", flop, dict(
+            B=batch, size=size, cin=cin, cout=cout, k=3, stride=1, op=op, compiled=compiled)))
   for name, batch, size, cin, cout, stride in selected(POINTWISE_SHAPES):
     out = -(-size // stride)
     cases.append((f"{name} {size}x{size}x{cin}->{cout}, stride {stride}", 3 * 2 * batch * out * out * cin * cout,
-                  dict(B=batch, size=size, cin=cin, cout=cout, k=1, stride=stride, op="training")))
+                  dict(B=batch, size=size, cin=cin, cout=cout, k=1, stride=stride, op="training", compiled="jaxmia")))
   for name, batch, size, channels in selected(BATCHNORM_SHAPES):
     # "GB/s": the activation bytes of x, dy, y and dx, one pass each (the least any implementation moves).
     cases.append((f"{name} {size}x{size}x{channels}", 4 * 4 * batch * size * size * channels,
-                  dict(B=batch, size=size, cin=channels, op="batchnorm")))
+                  dict(B=batch, size=size, cin=channels, op="batchnorm", compiled="jaxmia")))
   return cases
 
 
@@ -281,11 +287,12 @@ def case_function(case: dict, dtype):
   w = jnp.asarray(rng.standard_normal((k, k, case["cin"], case["cout"])) / np.sqrt(k * k * case["cin"]), dtype)
   g = jnp.asarray(rng.standard_normal((case["B"], out, out, case["cout"])), dtype)
   conv = make_conv(jaxmia_conv.conv_general_dilated)
+  jit = functools.partial(jax.jit, compiler_options=COMPILATIONS[case["compiled"]]())
   return {
-      "forward": (jax.jit(conv), (x, w)),
-      "input_grad": (jax.jit(input_gradient(jaxmia_conv.conv_general_dilated)), (x, w, g)),
-      "weight_grad": (jax.jit(lambda x, g: jax.vjp(lambda k: conv(x, k), w)[1](g)[0]), (x, g)),
-      "training": (training_pass(jaxmia_conv.conv_general_dilated, stride), (x, w, g)),
+      "forward": (jit(conv), (x, w)),
+      "input_grad": (jit(input_gradient(jaxmia_conv.conv_general_dilated)), (x, w, g)),
+      "weight_grad": (jit(lambda x, g: jax.vjp(lambda k: conv(x, k), w)[1](g)[0]), (x, g)),
+      "training": (training_pass(jaxmia_conv.conv_general_dilated, stride, jit=jit), (x, w, g)),
   }[case["op"]]
 
 
@@ -305,7 +312,8 @@ def torch_table(report, reference):
            "jaxmia's convolutions and BatchNorm (NHWC), GFLOP/s (BatchNorm: GB/s of x, dy, y and dx)")
   report.section(title, [
       benchmarks.Column("shape", "shape", str), benchmarks.Column("pass", "op", str),
-      benchmarks.Column("B", "B", "d"), benchmarks.Column("jaxmia", "jaxmia_rate", ".0f"),
+      benchmarks.Column("compiled", "compiled", str), benchmarks.Column("B", "B", "d"),
+      benchmarks.Column("jaxmia", "jaxmia_rate", ".0f"),
       benchmarks.Column("PyTorch", "torch_rate", ".0f", torch=True),
       benchmarks.Column("ratio", "ratio", benchmarks.times_cell, torch=True, ratio=True),
       benchmarks.Column("other cores", "other_cores", ".2f")])

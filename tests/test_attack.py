@@ -14,10 +14,11 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from jaxmia import attack, losses, model_store, models, parallel
-from jaxmia.attack import optimize
+from jaxmia.attack import optimize, render
 from jaxmia.attack import run as attack_run
 from jaxmia.data import image_ops
 from jaxmia.config import load_file
+from jaxmia.models import xla_cpu
 from jaxmia.models.stylegan2 import Generator
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -147,6 +148,26 @@ def test_final_selection_keeps_known_most_robust_latents(stand_ins):
   np.testing.assert_allclose(selection.scores, expected, rtol=1e-5)
   best = [np.flatnonzero(targets == c)[np.argsort(-expected[targets == c])[:2]] for c in (1, 3)]
   np.testing.assert_array_equal(selection.indices, np.concatenate(best))
+
+
+def test_the_three_stages_compile_with_the_step_compiler_options(stand_ins, monkeypatch):
+  """Stages 1-3 jit with `xla_cpu.step_compiler_options()`: options the compiler rejects make each one fail."""
+  generator, classifier, variables = stand_ins
+  monkeypatch.setattr(render, "_COMPILED", {})  # build the stages' jitted functions afresh
+  monkeypatch.setattr(xla_cpu, "step_compiler_options", lambda: {xla_cpu.YNN_FUSION_OPTION: "NO_SUCH_TYPE"})
+  config = load_config()
+  config.candidates.search_space_size, config.candidates.batch_size, config.candidates.resize = 4, 4, 8
+  config.final_selection.iterations, config.final_selection.batch_size, config.final_selection.resize = 1, 4, 8
+  config.attack.num_steps, config.attack.resize = 1, 8
+  w, targets = np.zeros((4, 1, 3), np.float32), np.arange(4)
+  keys = optimize.latent_keys(jax.random.key(0), np.arange(4))
+  models = dict(generator=generator, generator_variables={}, target_model=classifier, target_variables=variables)
+  stages = [lambda: attack.select_initial_latents(jax.random.key(1), targets, config=config.candidates, **models),
+            lambda: attack.optimize_latents(w, targets, keys, config=config.attack, **models),
+            lambda: attack.select_final_latents(w, targets, keys, config=config.final_selection, **models)]
+  for stage in stages:
+    with pytest.raises(Exception, match="NO_SUCH_TYPE"):
+      stage()
 
 
 class BatchCoupledDiscriminator(nn.Module):

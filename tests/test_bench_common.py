@@ -215,7 +215,9 @@ def test_bench_conv_without_reference_prints_jaxmia_alone(tmp_path, no_reference
        f"--json={tmp_path / 'conv.json'}"], capture_output=True, text=True, check=True)
   assert "No PyTorch reference environment" in result.stdout
   table = [line for line in result.stdout.splitlines() if line.startswith("|")]
-  assert table[0] == "| shape | pass | B | jaxmia | other cores |" and len(table) == 2 + 3
+  assert table[0] == "| shape | pass | compiled | B | jaxmia | other cores |"
+  assert [row.split(" | ")[1:3] for row in table[2:]] == [
+      [op, compiled] for op in ("forward", "input_grad", "weight_grad") for compiled in ("jaxmia", "XLA default")]
   record = json.loads((tmp_path / "conv.json").read_text())
   assert record["reference"] is None and record["side_by_side"] is False
   assert all(row["ratio"] is None and "torch_rate" not in row for row in record["tables"][0]["rows"])

@@ -179,12 +179,12 @@ def test_training_step_options_keep_convolutions_off_the_library(monkeypatch):
   """The switch's training-step options (on XLA:CPU) leave matrix products to YNNPACK and convolutions to XLA;
   off, there are none. A canary for the option's meaning in the installed jaxlib."""
   monkeypatch.setenv(xla_cpu.ENV_VAR, "1")
-  options = xla_cpu.train_step_compiler_options()
+  options = xla_cpu.step_compiler_options()
   assert options == {xla_cpu.YNN_FUSION_OPTION: xla_cpu.YNN_DOTS_ONLY}
   assert _library_fused_ops(options) == {"dot"}
   assert "convolution" in _library_fused_ops(None)  # XLA's default: convolutions to YNNPACK as well
   monkeypatch.setenv(xla_cpu.ENV_VAR, "0")
-  assert xla_cpu.train_step_compiler_options() is None
+  assert xla_cpu.step_compiler_options() is None
 
 
 def test_unknown_compiler_options_compile_without_them():

@@ -15,6 +15,7 @@ import numpy as np
 from jaxmia import parallel
 from jaxmia.attack import render
 from jaxmia.data import image_ops
+from jaxmia.models import xla_cpu
 
 
 class FinalSelection(NamedTuple):
@@ -97,7 +98,8 @@ def select_final_latents(w, targets, keys, *, generator, generator_variables, ta
   generator, target_model, variables = render.cast_and_replicate(
       generator, target_model, generator_variables, target_variables, settings.dtype, mesh)
   score = render.cached_jit("robustness_scores", (generator, target_model), settings, lambda: jax.jit(
-      functools.partial(robustness_scores, generator=generator, target_model=target_model, settings=settings)))
+      functools.partial(robustness_scores, generator=generator, target_model=target_model, settings=settings),
+      compiler_options=xla_cpu.step_compiler_options()))
   scores = parallel.map_arrays(
       lambda w, t, k: score(w, t, k, *variables),
       (np.asarray(w, np.float32), np.asarray(targets, np.int32), keys), int(config.batch_size),

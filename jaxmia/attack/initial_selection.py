@@ -14,6 +14,7 @@ import numpy as np
 
 from jaxmia import parallel
 from jaxmia.attack import render
+from jaxmia.models import xla_cpu
 
 
 class InitialLatents(NamedTuple):
@@ -100,7 +101,8 @@ def select_initial_latents(key, targets, *, generator, generator_variables, targ
 
   z = np.asarray(jax.random.normal(key, (int(config.search_space_size), generator.z_dim), jnp.float32))
   score = render.cached_jit("candidate_confidences", (generator, target_model), settings, lambda: jax.jit(
-      functools.partial(candidate_confidences, generator=generator, target_model=target_model, settings=settings)))
+      functools.partial(candidate_confidences, generator=generator, target_model=target_model, settings=settings),
+      compiler_options=xla_cpu.step_compiler_options()))
   confidences = parallel.map_arrays(lambda z: score(z, *variables), (z,), int(config.batch_size),
                                     mesh=mesh, progress=progress)
   indices = top_candidates_per_class(confidences, targets)

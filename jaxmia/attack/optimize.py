@@ -19,6 +19,7 @@ import optax
 from jaxmia import losses, parallel
 from jaxmia.attack import render
 from jaxmia.data import image_ops
+from jaxmia.models import xla_cpu
 
 IDENTITY_LOSSES = {
     "poincare": losses.poincare_loss,
@@ -237,7 +238,7 @@ def _compiled(generator, target_model, discriminator, settings: OptimizationSett
                        generator=generator, target_model=target_model, discriminator=discriminator,
                        settings=settings)
 
-    return jax.jit(init), jax.jit(run, donate_argnums=(0, 1))
+    return jax.jit(init), jax.jit(run, donate_argnums=(0, 1), compiler_options=xla_cpu.step_compiler_options())
 
   return render.cached_jit("optimize", (generator, target_model, discriminator), settings, build)
 

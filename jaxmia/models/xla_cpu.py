@@ -6,12 +6,13 @@ swapped kernel), `models.materialize.materialize` (block outputs stored, not rec
 faster (`scripts/bench_conv.py`, `scripts/bench_train.py`), exact up to summation order; with the switch off
 they are plain `lax.conv_general_dilated`, the identity and `jnp.mean`, as XLA on GPU and TPU expects them.
 
-The switch also gives the compiler options of the classifiers' training step (`train_step_compiler_options`):
-XLA:CPU hands matrix products *and* convolutions to YNNPACK by default; for ResNet-18's 3x3 layers YNNPACK's
-convolution gradients are slower than XLA's own convolutions, more so without AVX-512, while ResNet-152 (mostly
-1x1 layers, already matrix products) was slightly slower with it (README, Speed: `scripts/bench_train.py` with
-`XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=individual_dot`). The step keeps YNNPACK for matrix products
-only. A jaxlib that does not know the option compiles the step without it.
+The switch also gives the compiler options of jaxmia's jitted steps (`step_compiler_options`: the classifiers'
+training step and the PPA attack's three stages): XLA:CPU hands matrix products *and* convolutions to YNNPACK by
+default; YNNPACK's 3x3 convolutions and their gradients are slower than XLA's own convolutions on the ResNet and
+StyleGAN2 shapes measured, more so without AVX-512 (README, Speed: `scripts/bench_conv.py --tables=torch`, whose
+'step' column compiles both ways; `scripts/bench_train.py`, `scripts/bench_attack.py`). The steps keep YNNPACK
+for matrix products only. A jaxlib that does not know the option compiles without it. The low-resolution
+attacks and GAN trainings keep XLA's defaults (their study's cells all ran so).
 
 On by default on the CPU backend and off on any other; the environment variable `JAXMIA_XLA_CPU_FORMULATIONS`
 (`1` or `0`) forces either. It is read when a network is traced, so set it before the first jitted call.
@@ -52,9 +53,9 @@ def _supported(options: tuple) -> bool:
     return False
 
 
-def train_step_compiler_options() -> dict | None:
-  """`jax.jit(..., compiler_options=...)` of a classifier's training step: YNNPACK for matrix products only
-  when the switch is on and the compiler knows the option; None (XLA's defaults) otherwise."""
+def step_compiler_options() -> dict | None:
+  """`jax.jit(..., compiler_options=...)` of a training or attack step: YNNPACK for matrix products only when
+  the switch is on and the compiler knows the option; None (XLA's defaults) otherwise."""
   if not enabled() or jax.default_backend() != "cpu":
     return None
   options = ((YNN_FUSION_OPTION, YNN_DOTS_ONLY),)
