@@ -245,8 +245,9 @@ def serve(handle) -> None:
   for line in sys.stdin:
     try:
       reply = dict(handle(json.loads(line)))
-    except Exception:  # the driver reports it and stops the row
-      reply = {"error": traceback.format_exc().strip().splitlines()[-1], "traceback": traceback.format_exc()}
+    except Exception as e:  # the driver reports it and stops the row
+      message = str(e).strip().splitlines()  # not the traceback's last line: JAX appends a note after it
+      reply = {"error": f"{type(e).__name__}: {message[0] if message else ''}", "traceback": traceback.format_exc()}
     reply["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     replies.write(REPLY_MARK + json.dumps(reply) + "\n")
 

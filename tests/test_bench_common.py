@@ -370,3 +370,21 @@ def test_torch_worker_runs_the_lowres_cases():
     for case in cases:
       assert worker.call("prepare", case=case)["setup_s"] > 0
       assert worker.call("round", case=case)["seconds"] > 0
+
+
+def test_a_failing_request_reports_the_exception_not_a_trailing_note(tmp_path):
+  """JAX appends a note after an exception's traceback; the row's error names the exception itself."""
+  script = tmp_path / "worker.py"
+  script.write_text(
+      "from jaxmia import benchmarks\n"
+      "def handle(request):\n"
+      "  raise ValueError('compiler_options can only be passed to top-level jax.jit\\n----\\nFor simplicity')\n"
+      "benchmarks.serve(handle)\n")
+  worker = benchmarks.Worker("jaxmia", [sys.executable, str(script)])
+  try:
+    with pytest.raises(benchmarks.WorkerError) as failure:
+      worker.call("prepare", case={})
+  finally:
+    worker.close()
+  assert str(failure.value) == ("the jaxmia worker failed: ValueError: compiler_options can only be passed to "
+                                "top-level jax.jit")
