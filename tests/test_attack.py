@@ -350,7 +350,7 @@ def test_telemetry_matches_a_direct_computation(real):
 def test_telemetry_leaves_the_latents_bit_identical(real):
   """The latents equal, bit for bit, those of the attack's loop without telemetry (stage 2 as it was before:
   the gradient of the summed identity losses, `optimization_loop`, w and Adam state initialised in their own
-  jitted function), seeded as the attack seeds it."""
+  jitted function, compiled as the attack's step), seeded as the attack seeds it."""
   config = real["config"].attack
   generator, target_model = real["generator"], real["target_model"]
   settings = optimize.OptimizationSettings.from_config(config, generator.img_resolution)
@@ -366,7 +366,7 @@ def test_telemetry_leaves_the_latents_bit_identical(real):
 
   init = jax.jit(lambda w: (jnp.array(w, jnp.float32, copy=True),
                             optimize.make_optimizer(settings).init(jnp.asarray(w, jnp.float32))))
-  reference, _ = jax.jit(without_telemetry, donate_argnums=(0, 1))(
+  reference, _ = jax.jit(without_telemetry, donate_argnums=(0, 1), compiler_options=xla_cpu.step_compiler_options())(
       *init(real["w_init"]), jnp.asarray(real["targets"], jnp.int32), real["keys"], real["generator_variables"],
       real["target_variables"])
   w, _ = optimize_with_telemetry(real, config.num_steps)

@@ -13,6 +13,7 @@ import numpy as np
 
 from jaxmia import parallel
 from jaxmia.attack import optimize, render
+from jaxmia.models import xla_cpu
 
 
 def cosine_similarity(a, b, axis=None):
@@ -63,9 +64,11 @@ def _trajectory(w, targets, keys, generator_variables, target_variables, *, gene
 
 
 def compiled_trajectory(generator, target_model, settings):
-  """`fn(w, targets, keys, generator_variables, target_variables) -> (w, similarity)`, jitted once per setup."""
+  """`fn(w, targets, keys, generator_variables, target_variables) -> (w, similarity)`, jitted once per setup
+  (with the attack step's compiler options, so that its latents are the attack's)."""
   return render.cached_jit("gradient_similarity", (generator, target_model), settings, lambda: jax.jit(
-      functools.partial(_trajectory, generator=generator, target_model=target_model, settings=settings)))
+      functools.partial(_trajectory, generator=generator, target_model=target_model, settings=settings),
+      compiler_options=xla_cpu.step_compiler_options()))
 
 
 def resolve_settings(config, generator, target_model):
