@@ -7,7 +7,9 @@ convolution library (YNNPACK) takes; inside a `while` loop it does not, and fall
 several times slower — which made the attack's on-device `fori_loop` over steps slower than the same step
 outside a loop. Here the backward pass swaps the kernel's I/O axes physically (behind an
 `optimization_barrier`, so XLA cannot fold the swap back into the dimension numbers), and every convolution
-of the backward pass gets the fast path, in loops or not. A second barrier ties the copy to the cotangent, so
+of the backward pass gets the fast path, in loops or not. (That is XLA:CPU with its default libraries, as the
+low-resolution programs compile; jaxmia's training and PPA attack steps keep convolutions off YNNPACK,
+`xla_cpu.step_compiler_options`.) A second barrier ties the copy to the cotangent, so
 it is made when the backward pass reaches the layer, not all copies at once (peak memory). The weight
 gradient is JAX's own and is dropped by XLA when nothing uses it (frozen networks in the attack).
 
