@@ -10,9 +10,10 @@ The switch also gives the compiler options of jaxmia's jitted steps (`step_compi
 training step and the PPA attack's three stages): XLA:CPU hands matrix products *and* convolutions to YNNPACK by
 default; YNNPACK's 3x3 convolutions and their gradients are slower than XLA's own convolutions on the ResNet and
 StyleGAN2 shapes measured, more so without AVX-512 (README, Speed: `scripts/bench_conv.py --tables=torch`, whose
-'step' column compiles both ways; `scripts/bench_train.py`, `scripts/bench_attack.py`). The steps keep YNNPACK
-for matrix products only. A jaxlib that does not know the option compiles without it. The low-resolution
-attacks and GAN trainings keep XLA's defaults (their study's cells all ran so).
+'compiled' column compiles both ways; `scripts/bench_train.py`, `scripts/bench_attack.py`). The steps keep
+YNNPACK for matrix products only. A jaxlib that does not know the option compiles without it. JAX refuses
+compiler options on a nested `jax.jit`, so these steps are called at top level (as the programs do), not inside
+a caller's jit. The low-resolution attacks and GAN trainings keep XLA's defaults (their study's cells all ran so).
 
 On by default on the CPU backend and off on any other; the environment variable `JAXMIA_XLA_CPU_FORMULATIONS`
 (`1` or `0`) forces either. It is read when a network is traced, so set it before the first jitted call.
