@@ -23,7 +23,7 @@ jax.config.update("jax_num_cpu_devices", 4)
 # any level. Set for the whole run before the backend starts (children inherit it); a level in XLA_FLAGS is kept.
 USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")  # for children that must run as users run (`start_program`)
 if "xla_backend_optimization_level" not in USER_XLA_FLAGS:
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+  os.environ["XLA_FLAGS"] = (USER_XLA_FLAGS + " --xla_backend_optimization_level=0").strip()
 
 # One persistent compilation cache for the whole run, shared by the xdist workers and the programs the tests start
 # (both inherit os.environ): many tests compile the same smoke configs' programs again, here or in a child.
