@@ -447,7 +447,12 @@ def compiled_flops(fn, *args) -> float:
   """XLA's count of floating-point operations in the compiled `jax.jit(fn)(*args)` (its cost analysis)."""
   import jax  # noqa: PLC0415 (the reference interpreter loads this module and has no jax)
 
-  analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
+  return lowered_flops(jax.jit(fn).lower(*args))
+
+
+def lowered_flops(lowered) -> float:
+  """XLA's count of floating-point operations in a lowered computation (`jax.stages.Lowered`), once compiled."""
+  analysis = lowered.compile().cost_analysis()
   if isinstance(analysis, (list, tuple)):  # one entry per computation in older jax versions
     analysis = analysis[0]
   return float(analysis.get("flops", 0.0))

@@ -5,15 +5,16 @@
                                                     # bfloat16, B = 1, 4, 8, 32 and the largest that fits (hours)
 
 Stage 2 is `attack.optimize_latents` (the whole jitted on-device loop: synthesis, centre crop + resize, random
-resized crop, target, Poincaré loss, gradient w.r.t. w only, Adam), timed over `--steps` steps per round,
-against PPA's `Optimization.optimize` (which also computes the target's weight gradients, as PPA does); its "GFLOP/s"
-is XLA's floating-point operation count of one step (`cost_analysis` of a one-step compilation) over jaxmia's
-median step time, and "of matmul" that rate over XLA's 4096² matmul rate measured before the rows. Stage 1
-is `attack.select_initial_latents` (mapping, synthesis, crop + resize, target on image and mirror image) over
-a search space of 3 batches, against PPA's `find_initial_w`. Stage 3 is `attack.robustness_scores` (one
-synthesis per latent, then `--final_iterations` random resized crops + flips through the target) against PPA's
-`scores_by_transform`; its images/s counts augmented target inputs, synthesis included on jaxmia's side only
-(PPA's stage 3 gets ready images), so equal speed reads a little below 1x.
+resized crop, target, Poincaré loss, gradient w.r.t. w only, Adam), timed over `--steps` steps per round, against
+PPA's `Optimization.optimize` (which also computes the target's weight gradients, as PPA does); its "GFLOP/s" is
+XLA's floating-point operation count of the timed loop per step (`cost_analysis` of the executable that runs: the
+steps and the closing forward pass that scores the returned latents) over jaxmia's median step time, and "of matmul"
+that rate over XLA's 4096² matmul rate measured before the rows. Stage 1 is `attack.select_initial_latents`
+(mapping, synthesis, crop + resize, target on image and mirror image) over a search space of 3 batches, against
+PPA's `find_initial_w`. Stage 3 is `attack.robustness_scores` (one synthesis per latent, then `--final_iterations`
+random resized crops + flips through the target) against PPA's `scores_by_transform`; its images/s counts augmented
+target inputs, synthesis included on jaxmia's side only (PPA's stage 3 gets ready images), so equal speed reads a
+little below 1x.
 
 Every configuration starts a fresh jaxmia process (its own XLA caches and peak RSS from `getrusage`) and a
 fresh PyTorch process (`scripts/bench_torch.py` in the reference environment of `scripts/setup_reference.sh`,
@@ -29,7 +30,6 @@ import os
 import subprocess
 import sys
 import tempfile
-from unittest import mock
 
 from absl import app, flags
 
@@ -149,8 +149,7 @@ def prepare(case: dict):
   import numpy as np
 
   from jaxmia import attack
-  from jaxmia.attack import final_selection, render
-  from jaxmia.models import xla_cpu
+  from jaxmia.attack import final_selection, optimize
 
   generator, generator_variables = load_weights(case["gen"])
   target, target_variables = load_weights(case["target"])
@@ -166,13 +165,11 @@ def prepare(case: dict):
     config = _attack_config(case["steps"], dtype, 0)
     run = lambda: attack.optimize_latents(w, targets, keys, config=config, **models_kw).block_until_ready()
     units = case["steps"]
-    # XLA's count takes a loop's body once: a one-step compilation counts one step, loop kept or not. The count
-    # compiles the stage inside an outer jit, where JAX refuses the step's own compiler options; they only pick
-    # the library that runs each product, not the operations counted, so the count compiles without them.
-    one_step = _attack_config(1, dtype, 0)
-    with mock.patch.object(xla_cpu, "step_compiler_options", lambda: None), mock.patch.object(render, "_COMPILED", {}):
-      info["flops_per_unit"] = benchmarks.compiled_flops(
-          lambda w: attack.optimize_latents(w, targets, keys, config=one_step, **models_kw), w)
+    # XLA's count takes the loop's body once whatever its trip count, so the timed run's count (its steps and
+    # the closing forward pass that scores the returned latents) comes from compilations of no step and one step.
+    counts = [benchmarks.lowered_flops(optimize.lower_optimization(
+        w, targets, keys, config=_attack_config(n, dtype, 0), **models_kw)) for n in (0, 1)]
+    info["flops_per_unit"] = counts[1] - counts[0] + counts[0] / units
   elif case["stage"] == "initial":
     config = ml_collections.ConfigDict(dict(search_space_size=3 * batch, batch_size=batch, truncation_psi=0.5,
                                             truncation_cutoff=8, clamp=True, center_crop=0, resize=224,

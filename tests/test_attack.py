@@ -151,7 +151,8 @@ def test_final_selection_keeps_known_most_robust_latents(stand_ins):
 
 
 def test_the_three_stages_compile_with_the_step_compiler_options(stand_ins, monkeypatch):
-  """Stages 1-3 jit with `xla_cpu.step_compiler_options()`: options the compiler rejects make each one fail."""
+  """Stages 1-3 jit with `xla_cpu.step_compiler_options()`: options the compiler rejects make each one fail, and
+  stage 2's lowering for a cost analysis (`lower_optimization`) compiles as the stage runs."""
   generator, classifier, variables = stand_ins
   monkeypatch.setattr(render, "_COMPILED", {})  # build the stages' jitted functions afresh
   monkeypatch.setattr(xla_cpu, "step_compiler_options", lambda: {xla_cpu.YNN_FUSION_OPTION: "NO_SUCH_TYPE"})
@@ -164,6 +165,7 @@ def test_the_three_stages_compile_with_the_step_compiler_options(stand_ins, monk
   models = dict(generator=generator, generator_variables={}, target_model=classifier, target_variables=variables)
   stages = [lambda: attack.select_initial_latents(jax.random.key(1), targets, config=config.candidates, **models),
             lambda: attack.optimize_latents(w, targets, keys, config=config.attack, **models),
+            lambda: optimize.lower_optimization(w, targets, keys, config=config.attack, **models).compile(),
             lambda: attack.select_final_latents(w, targets, keys, config=config.final_selection, **models)]
   for stage in stages:
     with pytest.raises(Exception, match="NO_SUCH_TYPE"):

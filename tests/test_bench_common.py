@@ -238,6 +238,16 @@ def test_case_handler_prepares_once_and_times_the_prepared_call():
   assert {"seconds", "cpu_seconds"} <= set(reply) and reply["seconds"] >= 0
 
 
+def test_flop_counts_of_a_product_match_the_closed_form():
+  import jax
+  import jax.numpy as jnp
+
+  a, b = jnp.ones((8, 16)), jnp.ones((16, 4))
+  assert benchmarks.compiled_flops(jnp.matmul, a, b) == 2 * 8 * 16 * 4
+  lowered = jax.jit(lambda a, b: jnp.tanh(a @ b) @ b.T).lower(a, b)
+  assert benchmarks.lowered_flops(lowered) >= 2 * (2 * 8 * 16 * 4)  # both products (and the tanh)
+
+
 def test_case_handler_passes_prepare_info_and_flop_rate_divides_by_the_median():
   handle = benchmarks.case_handler(lambda case: (lambda: None, 2, {"flops_per_unit": 3e9}))
   reply = handle({"op": "prepare", "case": {"n": 1}})

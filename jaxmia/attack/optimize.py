@@ -270,6 +270,26 @@ def optimize_latents(w_init, targets, keys, *, generator, generator_variables, t
       to fill the batch); None counts all. It never changes `w`.
     return_telemetry: also return the `Telemetry` (the same compiled loop runs either way, so `w` is the same).
   """
+  init, run, w_init, arguments = _prepared(
+      w_init, targets, keys, generator=generator, generator_variables=generator_variables, target_model=target_model,
+      target_variables=target_variables, config=config, discriminator=discriminator,
+      discriminator_variables=discriminator_variables, mesh=mesh, counted=counted)
+  w, opt_state = init(w_init)
+  w, _, telemetry = run(w, opt_state, *arguments)
+  return (w, telemetry) if return_telemetry else w
+
+
+def lower_optimization(w_init, targets, keys, **kwargs) -> jax.stages.Lowered:
+  """The optimisation loop of `optimize_latents(w_init, targets, keys, **kwargs)` lowered for those arguments,
+  with the compiler options it runs with: `.compile().cost_analysis()` reads the executable that runs."""
+  init, run, w_init, arguments = _prepared(w_init, targets, keys, **kwargs)
+  return run.lower(*init(w_init), *arguments)
+
+
+def _prepared(w_init, targets, keys, *, generator, generator_variables, target_model, target_variables, config,
+              discriminator=None, discriminator_variables=None, mesh=None, counted=None):
+  """`(init, run, w_init, arguments)`: the compiled functions of `optimize_latents` and their checked, placed
+  inputs (`run(*init(w_init), *arguments)` is the optimisation)."""
   settings = OptimizationSettings.from_config(config, generator.img_resolution)
   if settings.discriminator_loss_weight > 0 and discriminator is None:
     raise ValueError("config.discriminator_loss_weight > 0 needs a discriminator; pass discriminator= and "
@@ -299,6 +319,4 @@ def optimize_latents(w_init, targets, keys, *, generator, generator_variables, t
   if discriminator is not None:
     discriminator = render.with_compute_dtype(discriminator, settings.dtype)
   init, run = _compiled(generator, target_model, discriminator, settings)
-  w, opt_state = init(w_init)
-  w, _, telemetry = run(w, opt_state, targets, keys, counted, *variables)
-  return (w, telemetry) if return_telemetry else w
+  return init, run, w_init, (targets, keys, counted, *variables)
