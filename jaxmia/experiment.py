@@ -53,7 +53,7 @@ import jax.numpy as jnp
 from ml_collections import ConfigDict, config_flags
 import numpy as np
 
-from jaxmia import chain, cli, data, defenses, files, gan, membership, model_store, report, train
+from jaxmia import chain, cli, data, defenses, files, gan, membership, model_store, provenance, report, train
 from jaxmia.analysis import statistics, tables
 from jaxmia.attack import render
 
@@ -610,6 +610,14 @@ def defense_description(config: ConfigDict) -> str:
   return ", ".join(f"{DEFENSE_LABELS[name]} ({settings[name]})" for name in config.defenses)
 
 
+def provenance_folders(config: ConfigDict, workdir: pathlib.Path) -> list[pathlib.Path]:
+  """The run folders behind the study's results: the evaluation model, the prior if trained here, every cell's
+  target, attack and membership runs (other programs' folders in the same workdir are not the study's)."""
+  prior = [workdir / "prior"] if config.retrain_prior else []
+  runs = [run for cell in cells(config, workdir) for run in (cell.target_dir, cell.attack_dir, cell.membership_dir)]
+  return [workdir / "evaluation_model", *prior, *runs]
+
+
 def write_report(config: ConfigDict, workdir: pathlib.Path, timings: dict) -> dict:
   """Builds report.md, study.json, samples.png and metrics.png (and tradeoff.png) from the evaluated cells."""
   rows = aggregate(config, workdir)
@@ -634,6 +642,7 @@ def write_report(config: ConfigDict, workdir: pathlib.Path, timings: dict) -> di
       f"α ∈ {{{', '.join(f'{a:g}' for a in alphas)}}}{defended}; "
       f"attack: PPA through the StyleGAN2 prior `{prior}`; evaluation model: {config.evaluation_model.model.arch}. "
       f"Seeds: {', '.join(str(s) for s in config.seeds)}{' (quick run)' if config.quick else ''}.", "",
+      provenance.summary_line(provenance_folders(config, workdir)), "",
       *paired_section(config, workdir, rows, paired),
       *(tradeoff_section(config, rows, paired) if config.run_membership else []),
       f"## Mean over {n} seed{'s' if n > 1 else ''} (differences to α = {config.baseline_alpha:g})", "",

@@ -1,6 +1,6 @@
 """Small output helpers shared by every stage: atomic writes, image conversion and grids, PNG files, file
 and array digests, mean ± sd, matplotlib for writing figures, and the workdir checks of the programs
-(`check_workdir`; `check_run_record`, the resume record `run.json`).
+(`check_workdir`; `check_run_record`, the resume record `run.json`, and `record_provenance`).
 
 Images inside jaxmia are floats in [-1, 1] (`data.augment.normalize`); `to_uint8` is the one way back to
 pixels. Files are written atomically (`atomic_write`), so an interrupted run never leaves half a file.
@@ -20,6 +20,7 @@ from etils import epath
 import numpy as np
 from PIL import Image
 
+from jaxmia import provenance
 from jaxmia.data import augment
 
 
@@ -180,12 +181,13 @@ def check_run_record(workdir, record: dict, *, program: str, state: tuple[str, .
 
   `state`: glob patterns of what a started run leaves (checkpoints, cached stages, exports); `outputs`: glob
   patterns of everything the program writes. When the records differ and state exists, a `ValueError` names the
-  differing fields (one line) and how to start fresh, or, with `overwrite`, the outputs are deleted (nothing
-  else in the folder is) and the run starts fresh. Without state the record is simply replaced (a run that
-  failed before doing anything never blocks its corrected rerun). A workdir with state but no record
-  (an older jaxmia) is compared on the fields of `legacy` (its recorded config, if any) and adopted.
+  differing fields (one line) and how to start fresh, or, with `overwrite`, the outputs are deleted (with the run
+  and provenance records; nothing else in the folder is) and the run starts fresh. Without state the record is
+  simply replaced (a run that failed before doing anything never blocks its corrected rerun). A workdir with state
+  but no record (an older jaxmia) is compared on the fields of `legacy` (its recorded config, if any) and adopted.
   `record['config']` holds the config part, compared field by field; other top-level entries likewise.
-  Only `primary` (process 0) writes.
+  Only `primary` (process 0) writes; it also appends this process to the folder's provenance record
+  (`record_provenance`).
   """
   workdir = pathlib.Path(workdir)
   current = {"version": RUN_RECORD_VERSION, "program": program, **json.loads(json.dumps(record, default=str))}
@@ -220,7 +222,7 @@ def check_run_record(workdir, record: dict, *, program: str, state: tuple[str, .
                        "rerun with its settings to resume it, or start fresh with another --workdir or with "
                        "--config.overwrite=True (deletes that run's outputs).")
     if primary:
-      removed = remove_outputs(workdir, outputs + (RUN_RECORD,))
+      removed = remove_outputs(workdir, outputs + (RUN_RECORD, provenance.PROVENANCE_FILE))
       logging.warning("config.overwrite: %s held a %s run with different settings (%s%s); deleted %s.", workdir,
                       program, "; ".join(shown), more, ", ".join(p.name for p in removed) or "nothing")
     started = False
@@ -231,7 +233,18 @@ def check_run_record(workdir, record: dict, *, program: str, state: tuple[str, .
   if primary and (not started or comparison != "recorded" or changed):
     workdir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(current, indent=2) + "\n")
+  if primary:
+    record_provenance(workdir, program)
   return started
+
+
+def record_provenance(folder, program: str) -> None:
+  """Appends this process's `provenance.entry(program)` (commit, machine, versions, start time) to
+  `folder/provenance.json`: the run's history of where it was computed, kept apart from the resume record."""
+  folder = pathlib.Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  entries = provenance.read(folder) + [provenance.entry(program)]
+  atomic_write_text(folder / provenance.PROVENANCE_FILE, json.dumps(entries, indent=2) + "\n")
 
 
 def remove_outputs(workdir, patterns) -> list[pathlib.Path]:

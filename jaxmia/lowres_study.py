@@ -30,7 +30,7 @@ from ml_collections import ConfigDict, config_flags
 import numpy as np
 from PIL import Image
 
-from jaxmia import chain, cli, data, experiment, files, gan_gmi, gan_kedmi, report
+from jaxmia import chain, cli, data, experiment, files, gan_gmi, gan_kedmi, provenance, report
 from jaxmia.attack import layout
 from jaxmia.analysis import tables
 
@@ -272,6 +272,17 @@ def samples_figure(config: ConfigDict, workdir: pathlib.Path, path: pathlib.Path
   plt.close(fig)
 
 
+def provenance_folders(config: ConfigDict, workdir: pathlib.Path) -> list[pathlib.Path]:
+  """The run folders behind the report's rows: the evaluation model, the targets, GMI's GAN and each attack's
+  runs (with KED-MI's GANs)."""
+  kinds = tuple(config.lowres.attacks)
+  folders = [workdir / "evaluation_model", gmi_gan_dir(workdir)]
+  for cell in experiment.cells(config, workdir):
+    folders += [cell.target_dir] + [attack_dir(cell, kind) for kind in kinds]
+    folders += [kedmi_gan_dir(cell)] if "kedmi" in kinds else []
+  return folders
+
+
 def write_report(config: ConfigDict, workdir: pathlib.Path, timings: dict) -> dict:
   """Writes lowres_report.md, lowres_study.json and lowres.png from the evaluated cells; returns the summary."""
   summary = summarize(config, workdir)
@@ -279,7 +290,8 @@ def write_report(config: ConfigDict, workdir: pathlib.Path, timings: dict) -> di
   samples_figure(config, workdir, workdir / SAMPLES_FILE)
   n_classes = max(r["num_classes"] for r in summary.values())
   header = (f"# Low-resolution attacks and label smoothing: {config.target.dataset.name} "
-            f"({_count(len(config.seeds), 'seed')} × {_count(n_classes, 'class')})")
+            f"({_count(len(config.seeds), 'seed')} × {_count(n_classes, 'class')})\n\n"
+            + provenance.summary_line(provenance_folders(config, workdir)))
   lines = report_lines(config, summary, header)
   lines += ["## Findings", "", *findings(config, summary), "", f"![Acc@1 per attack and α]({FIGURE_FILE})", "",
             f"![result images per attack and α]({SAMPLES_FILE})", "",

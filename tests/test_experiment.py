@@ -9,7 +9,7 @@ from PIL import Image
 import pytest
 
 from conftest import REPO
-from jaxmia import chain, experiment, model_store, report
+from jaxmia import chain, experiment, model_store, provenance, report
 from jaxmia.config import load_file
 
 defense_study = load_file(REPO / "configs" / "defense_study.py")
@@ -243,6 +243,9 @@ def test_quick_study_writes_a_complete_report(quick_numbers_study):
   text = (tmp_path / "report.md").read_text()
   header = "| Run | " + " | ".join(c.header for c in report.COLUMNS) + " |"
   assert text.count(header) == 1 + len(config.seeds)  # the mean table and one per seed
+  # Every run folder of the study (prior, evaluation model, targets, attacks) recorded this process's commit.
+  computed = next(line for line in text.splitlines() if line.startswith("Computed at jaxmia commit: "))
+  assert provenance.entry("")["commit"][:7] in computed and "older run folders" not in computed
   assert "| α = 0 (baseline) |" in text and "One seed: no standard deviation." in text
   for alpha in (0.1, -0.05):
     row = next(line for line in text.splitlines() if line.startswith(f"| α = {alpha:g} |"))

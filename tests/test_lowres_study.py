@@ -109,6 +109,7 @@ def test_report_pairs_seeds_and_classes_and_states_directions(tmp_path):
   assert brep[0.0]["queries"] == [330.0, 331.0, 332.0]
   assert brep[-0.05]["paired"]["low"] < 0 < brep[-0.05]["paired"]["high"]
   text = (tmp_path / lowres_study.REPORT_FILE).read_text()
+  assert "No folder here has a `provenance.json`. Report written at commit " in text  # the attacks were faked
   assert "| GMI (white-box) | 0.1 |" in text and "| 25.4 | +9.4 |" in text  # paper 25.4, 25.4 - 16.0
   assert "| BREP-MI (label-only) | 0 |" in text and "| 331 |" in text
   assert "- GMI, α = 0.1: higher than α = 0 (+20.0 [" in text and "the paper's direction." in text

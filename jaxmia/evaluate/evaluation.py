@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxmia import classifier, data, metrics, parallel, report, student
+from jaxmia import classifier, data, files, metrics, parallel, report, student
 from jaxmia.attack import render
 from jaxmia.evaluate import writers
 from jaxmia.evaluate.attack_run import AttackRun, load_attack_run
@@ -219,5 +219,6 @@ def evaluate_attack(config: ml_collections.ConfigDict, run_dir, out_dir=None, me
   }
   if jax.process_index() == 0:
     writers.write_report(out_dir, result, _per_class_rows(numbers, run, train_split, classes))
+    files.record_provenance(out_dir, "jaxmia.evaluate")
   logging.info("Evaluation of %s written to %s:\n%s", run.run_dir, out_dir, report.comparison_table([result]))
   return result
