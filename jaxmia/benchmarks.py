@@ -20,11 +20,9 @@ reference interpreter, where neither jaxmia's dependencies nor absl exist.
 import contextlib
 import dataclasses
 import datetime
-import importlib.metadata
 import json
 import os
 import pathlib
-import platform
 import resource
 import shlex
 import statistics
@@ -262,12 +260,24 @@ def _busy_seconds() -> float:
   return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def timed(fn, units: float = 1.0) -> dict:
-  """Runs `fn()` once: wall and process CPU seconds per unit, and the cores other processes used meanwhile."""
-  busy, cpu, start = _busy_seconds(), time.process_time(), time.perf_counter()
+def seconds_of(fn) -> float:
+  """Wall seconds of one `fn()` call (which blocks until its work is done)."""
+  start = time.perf_counter()
   fn()
+  return time.perf_counter() - start
+
+
+def timed(fn, units: float = 1.0) -> dict:
+  """Runs `fn()` once: wall and process CPU seconds per unit, and the cores other processes used meanwhile.
+
+  A `fn` whose call includes work outside what is compared times itself and returns the seconds of the
+  compared work (a number; its CPU seconds are taken in the same proportion); otherwise the call's wall time
+  counts."""
+  busy, cpu, start = _busy_seconds(), time.process_time(), time.perf_counter()
+  measured = fn()
   wall, own = time.perf_counter() - start, time.process_time() - cpu
-  return dict(seconds=wall / units, cpu_seconds=own / units,
+  seconds = measured if isinstance(measured, (int, float)) else wall
+  return dict(seconds=seconds / units, cpu_seconds=own * seconds / max(wall, 1e-9) / units,  # the compared share
               other_cores=max(_busy_seconds() - busy - own, 0.0) / max(wall, 1e-9))
 
 
@@ -357,74 +367,6 @@ def ratio(ours_per_second, theirs_per_second):
 # ------------------------------------------------------------------------------------------ machine, report
 
 
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
-# x86 microarchitectures by (vendor, family, model range): the machine kinds whose speeds differ (a Zen 3 host has
-# no AVX-512, a Zen 4 one has it; XLA:CPU's and oneDNN's kernels differ with it), told apart in every record.
-MICROARCHITECTURES = (
-    ("AuthenticAMD", 25, range(0x00, 0x10), "Zen 3"), ("AuthenticAMD", 25, range(0x10, 0x20), "Zen 4"),
-    ("AuthenticAMD", 25, range(0xA0, 0xB0), "Zen 4c"), ("AuthenticAMD", 26, range(0x00, 0x100), "Zen 5"),
-    ("AuthenticAMD", 23, range(0x30, 0x40), "Zen 2"), ("GenuineIntel", 6, range(85, 86), "Skylake/Cascade Lake"),
-    ("GenuineIntel", 6, range(106, 107), "Ice Lake"), ("GenuineIntel", 6, range(143, 144), "Sapphire Rapids"),
-    ("GenuineIntel", 6, range(207, 208), "Emerald Rapids"), ("GenuineIntel", 6, range(173, 174), "Granite Rapids"))
-ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx_vnni", "amx_tile")  # what the kernels branch on
-
-
-def cpu_kind(cpuinfo: str | None = None) -> str:
-  """`'Zen 3 (family 25, model 1; avx2)'`: the microarchitecture (when known), family, model and vector ISA of
-  the first CPU in `/proc/cpuinfo` (or the text `cpuinfo`); '' where there is none to read (not Linux/x86)."""
-  if cpuinfo is None:
-    try:
-      with open("/proc/cpuinfo") as f:
-        cpuinfo = f.read()
-    except OSError:
-      return ""
-  fields = {}
-  for line in cpuinfo.splitlines():
-    if not line.strip():
-      break  # the first CPU's block ends at the first empty line
-    key, _, value = line.partition(":")
-    fields[key.strip()] = value.strip()
-  try:
-    vendor, family, model = fields["vendor_id"], int(fields["cpu family"]), int(fields["model"])
-  except (KeyError, ValueError):
-    return ""
-  name = next((n for v, f, models, n in MICROARCHITECTURES if v == vendor and f == family and model in models), "")
-  present = set(fields.get("flags", "").split())
-  isa = ", ".join(flag for flag in ISA_FLAGS if flag in present) or "no AVX2"
-  return f"{name + ' ' if name else ''}(family {family}, model {model}; {isa})"
-
-
-def _version(package: str) -> str | None:
-  try:
-    return importlib.metadata.version(package)
-  except importlib.metadata.PackageNotFoundError:
-    return None
-
-
-def _git(*args) -> str:
-  result = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False)
-  return result.stdout.strip() if result.returncode == 0 else ""
-
-
-def machine_info() -> dict:
-  """CPU model and kind, cores, versions, the commit and whether tracked files differ from it."""
-  return dict(cpu=cpu_model(), cpu_kind=cpu_kind(), cores=os.cpu_count(), usable_cores=len(os.sched_getaffinity(0)),
-              machine=platform.machine(), python=platform.python_version(), jax=_version("jax"),
-              jaxlib=_version("jaxlib"), commit=_git("rev-parse", "HEAD") or "unknown",
-              dirty=bool(_git("status", "--porcelain", "--untracked-files=no")),
-              load_average=os.getloadavg()[0], date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
-
-
 def xla_matmul_gflops(size: int, repeats: int = 5) -> float | None:
   """XLA's float32 GFLOP/s on a `size`² matrix product, median of `repeats` (how fast the machine is now)."""
   if size <= 0:
@@ -435,11 +377,7 @@ def xla_matmul_gflops(size: int, repeats: int = 5) -> float | None:
   a = jnp.ones((size, size), jnp.float32)
   product = jax.jit(lambda a: a @ a)
   jax.block_until_ready(product(a))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(product(a))
-    times.append(time.perf_counter() - start)
+  times = [seconds_of(lambda: jax.block_until_ready(product(a))) for _ in range(repeats)]
   return 2 * size**3 / statistics.median(times) / 1e9
 
 
@@ -501,18 +439,20 @@ class Report:
 
   def __init__(self, name: str, columns=None, *, reference: Reference | None, why: str = "",
                matmul_size: int = 4096, json_path: str | None = None, settings: dict | None = None, out=None):
+    from jaxmia import provenance  # noqa: PLC0415 (the reference interpreter loads this file without jaxmia)
+
     self.out = out or sys.stdout
     self.reference, self.matmul_size = reference, matmul_size
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     self.json_path = pathlib.Path(json_path or pathlib.Path("runs", "bench", f"{name}-{stamp}.json"))
-    self.record = dict(benchmark=name, machine=machine_info(), settings=settings or {}, procedure=PROCEDURE,
+    self.record = dict(benchmark=name, machine=provenance.machine_info(), settings=settings or {}, procedure=PROCEDURE,
                        reference=reference.record() if reference else None, no_reference_reason=None if reference
                        else why, matmul=dict(size=matmul_size, gflops_before=xla_matmul_gflops(matmul_size)))
     m = self.record["machine"]
     versions = f"jax {m['jax']} (jaxlib {m['jaxlib']})"
     if reference:
       versions += f", torch {reference.versions.get('torch')} (torchvision {reference.versions.get('torchvision')})"
-    cpu = " ".join(filter(None, (m["cpu"], m["cpu_kind"])))
+    cpu = provenance.cpu_label(m)
     self.print(f"{name}: {cpu}, {m['cores']} cores; {versions}; commit {m['commit'][:10]}"
                f"{' (dirty tree)' if m['dirty'] else ''}; load average {m['load_average']:.2f}")
     self.print(f"XLA {matmul_size}^2 float32 matmul before the rows: {_rate(self.record['matmul']['gflops_before'])}")

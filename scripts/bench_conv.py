@@ -40,7 +40,6 @@ in its own process (PyTorch's is `scripts/bench_torch.py` in the reference envir
 (`jaxmia.benchmarks`); without the reference environment only jaxmia is timed.
 """
 import functools
-import time
 
 from absl import app, flags
 import jax
@@ -104,12 +103,7 @@ DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 def seconds(fn, *args, repeats: int) -> float:
   """Median wall time of `fn(*args)` after one compiling call."""
   jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+  return float(np.median([benchmarks.seconds_of(lambda: jax.block_until_ready(fn(*args))) for _ in range(repeats)]))
 
 
 def convolution_kind(fn, *args) -> str:

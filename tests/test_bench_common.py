@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -170,28 +171,6 @@ def test_matmul_rate_is_measured():
   assert benchmarks.xla_matmul_gflops(64, repeats=2) > 0
 
 
-ZEN3 = """processor\t: 0
-vendor_id\t: AuthenticAMD
-cpu family\t: 25
-model\t\t: 1
-model name\t: AMD EPYC
-flags\t\t: fpu sse2 avx avx2 fma
-
-processor\t: 1
-vendor_id\t: GenuineIntel
-"""
-
-
-def test_cpu_kind_tells_machine_kinds_with_one_model_name_apart():
-  assert benchmarks.cpu_kind(ZEN3) == "Zen 3 (family 25, model 1; avx2)"
-  zen4 = ZEN3.replace("model\t\t: 1", "model\t\t: 17").replace("avx2 fma", "avx2 fma avx512f avx512_bf16")
-  assert benchmarks.cpu_kind(zen4) == "Zen 4 (family 25, model 17; avx2, avx512f, avx512_bf16)"
-  sapphire = ZEN3.replace("AuthenticAMD", "GenuineIntel").replace("25", "6").replace(": 1\n", ": 143\n", 1)
-  assert benchmarks.cpu_kind(sapphire) == "Sapphire Rapids (family 6, model 143; avx2)"
-  assert benchmarks.cpu_kind(ZEN3.replace(": 25", ": 99")) == "(family 99, model 1; avx2)"  # unknown: numbers only
-  assert benchmarks.cpu_kind("processor: 0\nmodel name: Apple M2\n") == ""
-
-
 def test_env_file_parsing(tmp_path):
   path = tmp_path / "reference.env"
   path.write_text("# c\nA=/x/y\nB='/with space'\nC=\n\nnot a line\nD=a=b\n")
@@ -236,6 +215,12 @@ def test_case_handler_prepares_once_and_times_the_prepared_call():
   reply = handle({"op": "round", "case": dict(reversed(list(case.items())))})  # same case, other key order
   assert made == [3] and runs == [3]
   assert {"seconds", "cpu_seconds"} <= set(reply) and reply["seconds"] >= 0
+
+
+def test_a_call_that_times_itself_reports_its_own_seconds():
+  assert benchmarks.timed(lambda: 0.25, units=2)["seconds"] == 0.125  # e.g. the steps without a fixed closing pass
+  assert 0.02 <= benchmarks.timed(lambda: time.sleep(0.02), units=1)["seconds"] < 1.0  # else the call's wall time
+  assert 0.02 <= benchmarks.seconds_of(lambda: time.sleep(0.02)) < 1.0
 
 
 def test_flop_counts_of_a_product_match_the_closed_form():
