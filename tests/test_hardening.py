@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_program, start_program, with_overrides
-from jaxmia import classifier, cli, files, gan, models, train
+from jaxmia import classifier, cli, files, gan, models, provenance, train
 from jaxmia.attack import optimize
 from jaxmia.attack import run as attack_run
 from jaxmia.config import load_file
@@ -186,7 +186,8 @@ def test_run_record_rules(tmp_path, caplog):
   (tmp_path / "out").mkdir()
   (tmp_path / "keep.txt").write_text("")
   assert check({"seed": 4}, overwrite=True) is False  # a run with other settings: deleted, started fresh
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "run.json"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "provenance.json", "run.json"]
+  assert len(provenance.read(tmp_path)) == 1  # the deleted run's history went with it; this start is recorded
 
 
 # ------------------------------------------------------------------------------------------------------------
