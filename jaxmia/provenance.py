@@ -86,11 +86,13 @@ def _git(*args) -> str:
 
 def machine_info() -> dict:
   """CPU model and kind, cores, versions, the commit and whether tracked files differ from it, the load now."""
-  return dict(cpu=cpu_model(), cpu_kind=cpu_kind(), cores=os.cpu_count(), usable_cores=len(os.sched_getaffinity(0)),
+  usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # Linux only
+  load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # not on Windows
+  return dict(cpu=cpu_model(), cpu_kind=cpu_kind(), cores=os.cpu_count(), usable_cores=usable,
               machine=platform.machine(), python=platform.python_version(), jax=package_version("jax"),
               jaxlib=package_version("jaxlib"), commit=_git("rev-parse", "HEAD") or "unknown",
               dirty=bool(_git("status", "--porcelain", "--untracked-files=no")),
-              load_average=os.getloadavg()[0], date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
+              load_average=load, date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
 
 
 # ------------------------------------------------------------------------------------------ run folders
