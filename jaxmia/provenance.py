@@ -102,7 +102,7 @@ _ENTRY_FIELDS = ("commit", "dirty", "cpu", "cpu_kind", "cores", "usable_cores", 
 
 @functools.cache
 def _process_entry() -> dict:
-  """This process's machine and software (computed once: git and /proc are read at the first `record`)."""
+  """This process's machine and software (computed once: git and /proc are read at the first `entry`)."""
   info = machine_info()
   return {**{k: info[k] for k in _ENTRY_FIELDS}, "jaxmia": package_version("jaxmia")}
 

@@ -164,7 +164,7 @@ def prepare(case: dict):
                    target_variables=target_variables)
   info = {}
   if case["stage"] == "optimize":
-    loops = {n: _attack_config(n, dtype, 0) for n in (0, case["steps"])}
+    loops = {n: _attack_config(n, dtype, 0) for n in {0, 1, case["steps"]}}  # steps per compiled loop
     optimize_seconds = lambda n: benchmarks.seconds_of(
         lambda: attack.optimize_latents(w, targets, keys, config=loops[n], **models_kw).block_until_ready())
     # The compared work is the steps: the loop of `steps` steps minus the loop of none, whose closing forward pass
@@ -172,8 +172,8 @@ def prepare(case: dict):
     run = lambda: optimize_seconds(case["steps"]) - optimize_seconds(0)
     units = case["steps"]
     # XLA's count takes the loop's body once whatever its trip count: a step is the one-step loop minus none.
-    counts = [benchmarks.lowered_flops(optimize.lower_optimization(
-        w, targets, keys, config=_attack_config(n, dtype, 0), **models_kw)) for n in (0, 1)]
+    counts = [benchmarks.lowered_flops(optimize.lower_optimization(w, targets, keys, config=loops[n], **models_kw))
+              for n in (0, 1)]
     info["flops_per_unit"] = counts[1] - counts[0]
   elif case["stage"] == "initial":
     config = ml_collections.ConfigDict(dict(search_space_size=3 * batch, batch_size=batch, truncation_psi=0.5,
