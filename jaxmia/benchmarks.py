@@ -351,6 +351,7 @@ def side_by_side_row(summaries: dict, per_unit: float = 1.0, **fields) -> dict:
     row[f"{name}_rate"] = per_unit / summary["seconds"]
     row[f"{name}_rss_gb"] = summary["peak_rss_gb"]
   row["ratio"] = ratio(row.get("jaxmia_rate"), row.get("torch_rate"))
+  row["round_ratios"] = round_ratios(summaries)
   row["side_by_side"] = row["ratio"] is not None
   row["other_cores"] = max(summary["other_cores"] for summary in summaries.values())
   row["sides"] = summaries
@@ -362,6 +363,16 @@ def ratio(ours_per_second, theirs_per_second):
   if ours_per_second is None or not theirs_per_second:
     return None
   return ours_per_second / theirs_per_second
+
+
+def round_ratios(summaries: dict) -> list[float] | None:
+  """jaxmia's speed over PyTorch's in each round (a round's two runs are adjacent in time, so a host whose
+  speed drifts between rounds moves both); their range shows how far the median ratio can be trusted. None
+  without both sides."""
+  ours, theirs = (summaries.get(name, {}).get("round_seconds") for name in ("jaxmia", "torch"))
+  if not ours or not theirs or len(ours) != len(theirs):
+    return None
+  return [t / o for o, t in zip(ours, theirs, strict=True)]
 
 
 # ------------------------------------------------------------------------------------------ machine, report
@@ -429,8 +440,17 @@ def times_cell(value) -> str:
   return f"**{value:.2f}x**"
 
 
+def range_cell(values) -> str:
+  return f"{min(values):.2f}–{max(values):.2f}"
+
+
 def percent_cell(value) -> str:
   return f"{100 * value:.0f} %"
+
+
+# The side-by-side columns every script's table ends with: the ratio of the medians and its range over rounds.
+RATIO_COLUMNS = (Column("ratio", "ratio", times_cell, torch=True, ratio=True),
+                 Column("per round", "round_ratios", range_cell, torch=True))
 
 
 class Report:

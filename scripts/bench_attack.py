@@ -73,7 +73,7 @@ COLUMNS = [
     benchmarks.Column("jaxmia GFLOP/s", "gflops", ".3g"),
     benchmarks.Column("of matmul", "matmul_share", benchmarks.percent_cell),
     benchmarks.Column("PPA img/s", "torch_rate", ".3g", torch=True),
-    benchmarks.Column("ratio", "ratio", benchmarks.times_cell, torch=True, ratio=True),
+    *benchmarks.RATIO_COLUMNS,
     benchmarks.Column("jaxmia peak RSS GiB", "jaxmia_rss_gb", ".2f"),
     benchmarks.Column("PPA peak RSS GiB", "torch_rss_gb", ".2f", torch=True),
     benchmarks.Column("jaxmia setup s", "setup_s", ".0f"),

@@ -309,7 +309,7 @@ def torch_table(report, reference):
       benchmarks.Column("compiled", "compiled", str), benchmarks.Column("B", "B", "d"),
       benchmarks.Column("jaxmia", "jaxmia_rate", ".0f"),
       benchmarks.Column("PyTorch", "torch_rate", ".0f", torch=True),
-      benchmarks.Column("ratio", "ratio", benchmarks.times_cell, torch=True, ratio=True),
+      *benchmarks.RATIO_COLUMNS,
       benchmarks.Column("other cores", "other_cores", ".2f")])
   try:
     with benchmarks.sides(__file__, reference) as workers:

@@ -54,7 +54,7 @@ COLUMNS = [
     benchmarks.Column("jaxmia CPU s/img", "jaxmia_cpu_s_per_img", ".3f"),
     benchmarks.Column("NVlabs img/s", "torch_rate", ".3g", torch=True),
     benchmarks.Column("NVlabs CPU s/img", "torch_cpu_s_per_img", ".3f", torch=True),
-    benchmarks.Column("ratio", "ratio", benchmarks.times_cell, torch=True, ratio=True),
+    *benchmarks.RATIO_COLUMNS,
     benchmarks.Column("other cores", "other_cores", ".2f"),
 ]
 

@@ -91,7 +91,7 @@ COLUMNS = [
     benchmarks.Column("jaxmia img/s", "jaxmia_rate", ".3g"),
     benchmarks.Column("official s/iter", "torch_s", ".3f", torch=True),
     benchmarks.Column("official img/s", "torch_rate", ".3g", torch=True),
-    benchmarks.Column("ratio", "ratio", benchmarks.times_cell, torch=True, ratio=True),
+    *benchmarks.RATIO_COLUMNS,
     benchmarks.Column("other cores", "other_cores", ".2f"),
 ]
 SEARCH_COLUMNS = [
@@ -102,7 +102,7 @@ SEARCH_COLUMNS = [
     benchmarks.Column("jaxmia rate", "jaxmia_rate", ".3g"),
     benchmarks.Column("official s/iter", "torch_s", ".3f", torch=True),
     benchmarks.Column("official rate", "torch_rate", ".3g", torch=True),
-    benchmarks.Column("ratio", "ratio", benchmarks.times_cell, torch=True, ratio=True),
+    *benchmarks.RATIO_COLUMNS,
     benchmarks.Column("other cores", "other_cores", ".2f"),
 ]
 

@@ -36,7 +36,7 @@ COLUMNS = [
     benchmarks.Column("jaxmia s/step", "jaxmia_s", ".3g"),
     benchmarks.Column("jaxmia img/s", "jaxmia_rate", ".3g"),
     benchmarks.Column("PPA img/s (float32)", "torch_rate", ".3g", torch=True),
-    benchmarks.Column("ratio", "ratio", benchmarks.times_cell, torch=True, ratio=True),
+    *benchmarks.RATIO_COLUMNS,
     benchmarks.Column("other cores", "other_cores", ".2f"),
 ]
 

@@ -16,7 +16,7 @@ REFERENCE_VARIABLES = ("JAXMIA_REFERENCE", "JAXMIA_TORCH_PYTHON") + tuple(
     f"JAXMIA_{repo}_{key}" for repo in ("PPA", "SG2", "GMI", "KEDMI", "RLB", "BREP") for key in ("DIR", "COMMIT"))
 COLUMNS = [benchmarks.Column("target", "arch", str), benchmarks.Column("jaxmia img/s", "jaxmia_rate"),
            benchmarks.Column("PPA img/s", "torch_rate", torch=True),
-           benchmarks.Column("ratio", "ratio", benchmarks.times_cell, torch=True, ratio=True)]
+           *benchmarks.RATIO_COLUMNS]
 
 
 @pytest.fixture
@@ -59,12 +59,13 @@ def test_compare_prepares_all_sides_then_alternates_and_takes_medians():
   assert summaries["jaxmia"]["setup_s"] == 1.0 and summaries["jaxmia"]["peak_rss_gb"] == 2.0
   row = benchmarks.side_by_side_row(summaries, 4, arch="resnet18")
   assert row["jaxmia_rate"] == 2.0 and row["torch_rate"] == 0.5 and row["ratio"] == 4.0 and row["side_by_side"]
+  assert row["round_ratios"] == [8.0 / 3.0, 4.0, 50.0]  # round by round, not a ratio of the two ranges
 
 
 def test_row_without_torch_side_has_no_ratio():
   summary = benchmarks.summarize([dict(seconds=2.0, other_cores=0.0)])
   row = benchmarks.side_by_side_row(dict(jaxmia=summary), 4, arch="resnet18")
-  assert row["jaxmia_rate"] == 2.0 and row["ratio"] is None and not row["side_by_side"]
+  assert row["jaxmia_rate"] == 2.0 and row["ratio"] is None and row["round_ratios"] is None and not row["side_by_side"]
   assert "torch_rate" not in row
 
 
@@ -161,7 +162,7 @@ def test_report_without_reference_prints_no_ratio(tmp_path, no_reference_variabl
 def test_report_with_reference_prints_the_measured_ratio(tmp_path):
   reference = benchmarks.Reference("python", "ppa", "sg2", "test", {}, dict(torch="9.9", torchvision="1.0"))
   text, record = run_report(tmp_path, reference)
-  assert "| resnet18 | 8 | 4 | **2.00x** |" in text and "torch 9.9" in text
+  assert "| resnet18 | 8 | 4 | **2.00x** | 2.00–2.00 |" in text and "torch 9.9" in text
   assert record["side_by_side"] is True and record["tables"][0]["side_by_side"] == ["ratio"]
   assert record["reference"]["torch"] == "9.9" and record["tables"][0]["rows"][0]["ratio"] == 2.0
 
