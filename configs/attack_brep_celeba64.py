@@ -40,6 +40,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     config.candidates.search_space_size = 100_000  # random z at most (one target query each)
     config.candidates.batch_size = 256  # official batch of the initial draws
     config.attack.batch_size = 60       # latents searched together (one resume unit)
+    config.attack.sphere_points_per_call = 8  # 480 images of 64x64 per VGG16-BN call (all 32 points: ~4x the memory)
     config.attack.max_iterations = 100_000  # safety cap; the official search ends at max_iterations_at_radius
     config.output.images_per_class = 1  # one grid image per class
   return config

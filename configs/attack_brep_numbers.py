@@ -67,6 +67,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.attack.max_radius = 0.0        # stop once the radius exceeds this (0: none, as the official code)
   config.attack.repulsion_only = True   # only sphere points outside the class move the point
   config.attack.point_clamp = ()        # (low, high) clamp of the moved point; the official +-1.5 is for z, not w
+  config.attack.sphere_points_per_call = 0  # memory: sphere points per latent per target call (0: all; same result)
 
   config.output = ml_collections.ConfigDict()
   config.output.images_per_class = 0   # images in each class's grid (0: no grids; 100 classes)

@@ -155,6 +155,30 @@ def test_a_latent_does_not_depend_on_its_batch_and_seeds_decide():
                                 jax.random.key_data(brep.class_keys(jax.random.key(7), [9], 2)))
 
 
+@pytest.mark.parametrize("per_call", [1, 5, 32, 40])
+def test_labelling_the_sphere_in_calls_changes_only_the_call_size(per_call):
+  """`sphere_points_per_call` bounds the images per target call (B x per_call) and leaves every result bit-equal,
+  also when it does not divide the 32 sphere points (the last call is padded)."""
+  sizes = []
+
+  def recorded_labels(points):
+    sizes.append(points.shape[0])  # at trace time: the static size of each call
+    return half_space_labels(points)
+
+  w = start_points([0.3, 0.1, 1.0], seed=4)
+  targets, keys = jnp.ones(3, jnp.int32), brep.class_keys(jax.random.key(5), [1, 2, 3], 1)
+  results = {}
+  for setting in (0, per_call):
+    settings = toy_settings(max_iterations=25, sphere_points_per_call=setting)
+    state = brep.init_state(jnp.asarray(w), np.ones(3, bool), settings)
+    sizes.clear()
+    results[setting] = jax.jit(lambda s: brep.search(s, targets, keys, recorded_labels, settings))(state)
+    assert set(sizes) == {3, 3 * min(setting or 32, 32)}  # the moved points, and the sphere per call
+  for name in brep.BrepState._fields:
+    np.testing.assert_array_equal(getattr(results[0], name), getattr(results[per_call], name), err_msg=name)
+  assert int(results[0].growths.sum()) > 0  # the labels steered the search (the comparison is not vacuous)
+
+
 def test_assign_starts_takes_the_first_draws_of_each_class():
   labels = np.array([3, 1, 3, 0, 1, 3])
   np.testing.assert_array_equal(brep.assign_starts(labels, [1, 1, 3, 3, 2]), [1, 4, 0, 2, -1])
@@ -231,7 +255,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(weights, full_run, 
 def test_command_line_runs_the_smoke_config_as_on_four_devices(weights, full_run, tmp_path):
   args = ["--config=configs/attack_brep_numbers.py:smoke", f"--workdir={tmp_path / 'run'}",
           f"--config.generator={weights / 'generator'}", f"--config.target={weights / 'target'}",
-          "--config.attack.center_crop=16", "--config.attack.resize=16"]
+          "--config.attack.center_crop=16", "--config.attack.resize=16", "--config.attack.sphere_points_per_call=5"]
   code, stderr = run_program("jaxmia.attack", *args, timeout=300)
   assert code == 0, stderr[-3000:]
   summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -239,7 +263,8 @@ def test_command_line_runs_the_smoke_config_as_on_four_devices(weights, full_run
   assert summary["queries"] == json.loads(json.dumps(full_run[1]["queries"]))
   assert sorted(p.name for p in (tmp_path / "run" / "images").iterdir()) == [f"class_000{c}.png" for c in range(3)]
   assert TINY_GENERATOR_KWARGS["w_dim"] == load_attack_run(tmp_path / "run").optimized_w.shape[-1]
-  # One device (the child process) and the 4 forced devices (this process) give the same attack.
+  # One device labelling 5 sphere points per call (the child process) and the 4 forced devices labelling all 32
+  # at once (this process) give the same attack.
   with np.load(tmp_path / "run" / "latents.npz") as one, np.load(full_run[0] / "latents.npz") as four:
     for name in ("targets", "initial_indices", "queries", "iterations", "growths", "rejected"):
       np.testing.assert_array_equal(one[name], four[name], err_msg=name)

@@ -16,7 +16,9 @@ point the target already labels as its class and walks away from the class bound
 5. the search ends after `max_iterations_at_radius` accepted moves without a radius growth (the official
    termination), or at a budget: `max_iterations` sphere samplings, `max_queries` queries, `max_radius`.
 
-Every iteration costs `sphere_points + 1` target queries (the sphere and the moved point); `BrepState.queries`
+The target labels each latent's sphere points `sphere_points_per_call` at a time when that is set (memory only:
+the labels, and so the search, are unchanged). Every iteration costs `sphere_points + 1` target queries (the
+sphere and the moved point); `BrepState.queries`
 counts them per latent. The result of a latent is the point at its last radius growth (what the official code
 evaluates; its current point if the radius never grew). Defaults (`BrepSettings`) are the official
 `config2.yaml`'s: 32 sphere points, initial radius 2, growth x1.3 when > 75 % of the sphere is inside, step
@@ -69,6 +71,7 @@ class BrepSettings:
   max_radius: float = 0.0            # stop once the radius exceeds this (0: no limit, as the official code)
   repulsion_only: bool = True        # official True: only points outside the class move the point
   point_clamp: tuple[float, ...] = ()  # (low, high) clamp of every coordinate of the moved point; () none
+  sphere_points_per_call: int = 0    # sphere points of each latent the target labels per call (0: all at once)
 
   @classmethod
   def from_config(cls, config) -> "BrepSettings":
@@ -79,7 +82,8 @@ class BrepSettings:
         step_size_ratio=float(config.step_size_ratio), max_step_size=float(config.max_step_size),
         max_iterations_at_radius=int(config.max_iterations_at_radius), max_iterations=int(config.max_iterations),
         max_queries=int(config.max_queries), max_radius=float(config.max_radius),
-        repulsion_only=bool(config.repulsion_only), point_clamp=clamp)
+        repulsion_only=bool(config.repulsion_only), point_clamp=clamp,
+        sphere_points_per_call=int(config.get("sphere_points_per_call", 0)))
     settings.check()
     return settings
 
@@ -95,6 +99,8 @@ class BrepSettings:
       problems.append(f"expansion_fraction={self.expansion_fraction} must be in [0, 1)")
     if not (self.step_size_ratio > 0 and self.max_step_size > 0):
       problems.append("step_size_ratio and max_step_size must be > 0")
+    if self.sphere_points_per_call < 0:
+      problems.append(f"sphere_points_per_call={self.sphere_points_per_call} must be >= 0 (0: all at once)")
     if self.max_iterations_at_radius < 1 or self.max_iterations < 0 or self.max_queries < 0:
       problems.append("max_iterations_at_radius must be >= 1, max_iterations and max_queries >= 0")
     if not self.max_radius >= 0:
@@ -177,6 +183,26 @@ def repulsion_step(w, directions, inside, radius, settings: BrepSettings):
   return moved, new_radius, grew
 
 
+def sphere_labels(points, labels_fn: Callable, per_call: int = 0):
+  """The target's labels `[B, N]` of sphere points `[B, N, *latent]`, `labels_fn` called on `B * per_call`
+  points at a time (0: all `B * N` at once).
+
+  Why: the target's activations for all `B * N` images at once can exceed the host's memory (64 latents x 32
+  points through a 64x64 VGG16-BN did). Calls go over the point axis, so the latents' axis B stays the leading
+  (sharded) one; a last partial call repeats the last point and drops its labels.
+  """
+  batch, num = points.shape[:2]
+  latent = points.shape[2:]
+  if not per_call or per_call >= num:
+    return labels_fn(points.reshape(batch * num, *latent)).reshape(batch, num)
+  calls = -(-num // per_call)
+  padded = jnp.concatenate([points, jnp.repeat(points[:, -1:], calls * per_call - num, axis=1)], axis=1)
+  chunks = jnp.moveaxis(padded.reshape(batch, calls, per_call, *latent), 1, 0)  # [calls, B, per_call, *latent]
+  labels = jax.lax.map(lambda chunk: labels_fn(chunk.reshape(batch * per_call, *latent)).reshape(batch, per_call),
+                       chunks)
+  return jnp.moveaxis(labels, 0, 1).reshape(batch, calls * per_call)[:, :num]
+
+
 def search_iteration(state: BrepState, targets, keys, labels_fn: Callable, settings: BrepSettings) -> BrepState:
   """One BREP-MI iteration of every latent not done. `labels_fn(points [K, *latent]) -> int labels [K]` is the
   target's label of each point's image (the only access to the target); `keys` `[B]` are the latents' keys."""
@@ -185,7 +211,7 @@ def search_iteration(state: BrepState, targets, keys, labels_fn: Callable, setti
   directions = jax.vmap(sphere_directions, in_axes=(0, 0, 0, None))(iteration_keys, state.w, state.radius,
                                                                      num_points)
   points = state.w[:, None] + directions                         # [B, N, *latent]
-  inside = labels_fn(points.reshape(-1, *state.w.shape[1:])).reshape(-1, num_points) == targets[:, None]
+  inside = sphere_labels(points, labels_fn, settings.sphere_points_per_call) == targets[:, None]
   moved, radius, grew = jax.vmap(repulsion_step, in_axes=(0, 0, 0, 0, None))(
       state.w, directions, inside, state.radius, settings)
   accept = labels_fn(moved) == targets
@@ -397,6 +423,7 @@ CONFIG_RULES = (
     ("attack.max_queries", "an integer >= 0 (0: no limit)", number(0, integer=True)),
     ("attack.max_radius", ">= 0 (0: no limit)", number(0)),
     ("attack.repulsion_only", "True or False", layout.flag),
+    ("attack.sphere_points_per_call", "an integer >= 0 (0: all at once)", number(0, integer=True)),
     ("attack.point_clamp", "() or (low, high) with low < high",
      lambda v: len(v) == 0 or (len(v) == 2 and number()(v[0]) and number()(v[1]) and v[0] < v[1])),
     ("output.images_per_class", "an integer >= 0 (0: no grids)", number(0, integer=True)),
