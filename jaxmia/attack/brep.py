@@ -18,11 +18,11 @@ point the target already labels as its class and walks away from the class bound
 
 The target labels each latent's sphere points `sphere_points_per_call` at a time when that is set (memory only:
 the labels, and so the search, are unchanged). Every iteration costs `sphere_points + 1` target queries (the
-sphere and the moved point); `BrepState.queries`
-counts them per latent. The result of a latent is the point at its last radius growth (what the official code
-evaluates; its current point if the radius never grew). Defaults (`BrepSettings`) are the official
-`config2.yaml`'s: 32 sphere points, initial radius 2, growth x1.3 when > 75 % of the sphere is inside, step
-min(r / 3, 3), 1000 accepted moves at one radius; the official search has no radius or query limit besides them.
+sphere and the moved point); `BrepState.queries` counts them per latent. The result of a latent is the point
+at its last radius growth (what the official code evaluates; its current point if the radius never grew).
+Defaults (`BrepSettings`) are the official `config2.yaml`'s: 32 sphere points, initial radius 2, growth x1.3
+when > 75 % of the sphere is inside, step min(r / 3, 3), 1000 accepted moves at one radius; the official search
+has no radius or query limit besides them.
 
 Latent space: the w space of a StyleGAN2 prior (points `[1 or num_ws, w_dim]`, rendered by
 `render.synthesize`), as every jaxmia attack optimises w and the evaluation renders w; starting points are
