@@ -35,7 +35,8 @@ n_critic 5, 1,000 classes, VGG16-BN target with the low-resolution head):
                 imported unmodified, the body of `attack_single_target`'s loop written in bench_torch.py; B latents
                 in sequence (one class at a time, as officially). Rate: target queries per second (33 per latent
                 per iteration; the official loop also recomputes an accepted point's loss, one more forward not
-                counted, and asks an evaluation model, left out).
+                counted, and asks an evaluation model, left out). jaxmia labels `--brep_points_per_call` sphere
+                points of every latent per target call (B x that many images; the official code 32 of one latent).
 A round times `n_critic` (5) GAN iterations, or `--attack_steps` attack iterations (episodes for RLB-MI); rates
 are images per second (B per iteration) in the first table, the unit of each row in the second. The PyTorch side
 is `scripts/bench_torch.py` (cases gmi_gan, kedmi_gan, gmi_attack, kedmi_attack, rlb_episode, brep_iteration) in
@@ -69,6 +70,8 @@ UNITS = {"rlb_episode": "episodes x agents/s", "brep_iteration": "queries/s"}  #
 flags.DEFINE_list("rows", list(ROWS), f"Rows to measure ({', '.join(ROWS)}).")
 flags.DEFINE_integer("batch", 64, "Batch: images per GAN iteration, latents (GMI) or classes (KED-MI) per attack.")
 flags.DEFINE_integer("attack_steps", 5, "Attack iterations per round.")
+flags.DEFINE_integer("brep_points_per_call", 8, "BREP-MI: sphere points of each latent per target call (memory; "
+                     "configs/attack_brep_celeba64.py's setting; 0: all 32 at once).")
 flags.DEFINE_bool("quick", False, "Smoke run: batch 8, 2 rounds, 2 attack iterations, 1024^2 matmul, 2 s wait "
                   "(flags given explicitly win).")
 benchmarks.define_flags()
@@ -240,7 +243,7 @@ def prepare_brep(case):
   generator, g_vars = dcgan_generator()
   target, t_vars = target_network()
   view = ViewSettings(clamp=True, center_crop=IMAGE_SIZE, resize=IMAGE_SIZE, dtype="float32")
-  settings = brep.BrepSettings(**BREP)
+  settings = brep.BrepSettings(**BREP, sphere_points_per_call=case["points_per_call"])
   labels = lambda gv, tv: lambda w: brep.image_labels(w, gv, tv, generator=generator, target_model=target, view=view)
   starts = jnp.clip(jax.random.normal(jax.random.key(2), (batch, 1, LATENT)), *BREP["point_clamp"])
   targets = jax.jit(lambda w, gv, tv: labels(gv, tv)(w))(starts, g_vars, t_vars)
@@ -307,7 +310,8 @@ def main(argv):
   reference, why = (found[0], "") if found else per_row[rows[0]]
   report = benchmarks.Report("bench_lowres", reference=reference, why=why, matmul_size=FLAGS.matmul_size,
                              json_path=FLAGS.json, settings=benchmarks.settings(
-                                 FLAGS, ["rows", "batch", "attack_steps", "quick", "rounds", "max_wait", "threshold"]))
+                                 FLAGS, ["rows", "batch", "attack_steps", "brep_points_per_call", "quick", "rounds",
+                                         "max_wait", "threshold"]))
   section, missing = None, []
   for kind in rows:
     search = kind in UNITS
@@ -315,7 +319,8 @@ def main(argv):
       report.section("RLB-MI and BREP-MI (rate in the row's unit; an iteration is an episode of all B agents or an "
                      "iteration of all B latents)" if search else None, SEARCH_COLUMNS if search else COLUMNS)
       section = search
-    cases = {"jaxmia": dict(kind=kind, B=FLAGS.batch, steps=FLAGS.attack_steps),
+    cases = {"jaxmia": dict(kind=kind, B=FLAGS.batch, steps=FLAGS.attack_steps,
+                            **({"points_per_call": FLAGS.brep_points_per_call} if kind == "brep_iteration" else {})),
              "torch": torch_case(kind, FLAGS.batch, FLAGS.attack_steps)}
     per_iteration = FLAGS.batch * (BREP["sphere_points"] + 1 if kind == "brep_iteration" else 1)
     fields = dict(name=NAMES[kind], B=FLAGS.batch, kind=kind, **({"unit": UNITS[kind]} if search else {}))
