@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_GENERATOR_KWARGS, run_program, save_random_classifier, save_tiny_generator
+from jaxmia import parallel
 from jaxmia.attack import brep
 from jaxmia.attack import run as attack_run
 from jaxmia.config import load_file
@@ -165,17 +166,24 @@ def test_labelling_the_sphere_in_calls_changes_only_the_call_size(per_call):
     sizes.append(points.shape[0])  # at trace time: the static size of each call
     return half_space_labels(points)
 
-  w = start_points([0.3, 0.1, 1.0], seed=4)
-  targets, keys = jnp.ones(3, jnp.int32), brep.class_keys(jax.random.key(5), [1, 2, 3], 1)
+  w = start_points([0.3, 0.1, 1.0, 0.5], seed=4)
+  targets, keys = jnp.ones(4, jnp.int32), brep.class_keys(jax.random.key(5), [1, 2, 3, 4], 1)
   results = {}
   for setting in (0, per_call):
     settings = toy_settings(max_iterations=25, sphere_points_per_call=setting)
-    state = brep.init_state(jnp.asarray(w), np.ones(3, bool), settings)
+    state = brep.init_state(jnp.asarray(w), np.ones(4, bool), settings)
     sizes.clear()
     results[setting] = jax.jit(lambda s: brep.search(s, targets, keys, recorded_labels, settings))(state)
-    assert set(sizes) == {3, 3 * min(setting or 32, 32)}  # the moved points, and the sphere per call
+    assert set(sizes) == {4, 4 * min(setting or 32, 32)}  # the moved points, and the sphere per call
+  # The latents sharded over the 4 forced devices, labelled in calls: the same search.
+  sharding = parallel.data_sharding(parallel.make_mesh())
+  state, targets, keys = jax.device_put((brep.init_state(jnp.asarray(w), np.ones(4, bool), settings), targets, keys),
+                                        sharding)
+  assert len(state.w.sharding.device_set) == 4
+  results["sharded"] = jax.jit(lambda s: brep.search(s, targets, keys, half_space_labels, settings))(state)
   for name in brep.BrepState._fields:
     np.testing.assert_array_equal(getattr(results[0], name), getattr(results[per_call], name), err_msg=name)
+    np.testing.assert_array_equal(getattr(results[0], name), getattr(results["sharded"], name), err_msg=name)
   assert int(results[0].growths.sum()) > 0  # the labels steered the search (the comparison is not vacuous)
 
 
