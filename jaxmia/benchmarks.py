@@ -216,13 +216,16 @@ class Worker:
 def case_handler(prepare):
   """A worker's `handle` over `prepare(case) -> (run, units)` or `(run, units, info)`: `prepare` builds and keeps
   a case's `run` (reply: its setup seconds and the `info` dict's fields, e.g. FLOPs per unit), `round` times one
-  `run()` (reply: `timed`'s seconds per unit)."""
+  `run()` (reply: `timed`'s seconds per unit). The jaxmia side keeps freed host memory for reuse, as jaxmia's
+  programs do (`jaxmia.host_allocator`; set before the first case builds anything)."""
   calls = {}
 
   def handle(request):
     case = request["case"]
     key = str(sorted(case.items()))
     if request["op"] == "prepare":
+      from jaxmia import host_allocator  # noqa: PLC0415 (the PyTorch worker loads this file by path)
+      host_allocator.keep_freed_memory()
       start = time.perf_counter()
       run, units, *info = prepare(case)
       calls[key] = run, units

@@ -1,7 +1,7 @@
-"""What every `python -m jaxmia.<program>` does before its work: checks argv, joins the other processes
-(`jax.distributed` when launched multi-host) and drops orbax's per-checkpoint INFO lines from the log (its
-warnings and errors still show). TensorFlow is not imported (not a dependency; `jaxmia.data` keeps it off the
-accelerators when it is installed).
+"""What every `python -m jaxmia.<program>` does before its work: checks argv, keeps freed host memory for
+reuse (`jaxmia.host_allocator`), joins the other processes (`jax.distributed` when launched multi-host) and
+drops orbax's per-checkpoint INFO lines from the log (its warnings and errors still show). TensorFlow is not
+imported (not a dependency; `jaxmia.data` keeps it off the accelerators when it is installed).
 
 The one error path for user mistakes: `cli.run(main)` (in place of `absl.app.run(main)`) reports a bad flag,
 an unknown config field, an invalid setting or a file problem as one line `error: <what is wrong and what to
@@ -25,7 +25,7 @@ import traceback
 import jax
 from absl import app, flags, logging
 
-from jaxmia import parallel
+from jaxmia import host_allocator, parallel
 
 TRACEBACK_ENV = "JAXMIA_TRACEBACK"
 USER_ERROR_EXIT_CODE = 2
@@ -47,6 +47,7 @@ def start(argv) -> None:
     raise flags.ValidationError(f"unexpected arguments {' '.join(argv[1:])!r}; this program takes only --flags "
                                 "(see --help).")
   logging.get_absl_handler().addFilter(_WithoutOrbaxInfo())
+  host_allocator.keep_freed_memory()  # before the backend starts its threads
   parallel.initialize_distributed()
   logging.info("JAX process %d/%d, %d local / %d global devices.", jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
