@@ -3,9 +3,9 @@
 XLA:CPU allocates each call's temporary buffer and outputs with `posix_memalign` on its worker threads. glibc
 serves a large request from a worker thread's arena with a fresh `mmap` and returns it with `munmap` on free,
 so every call of a jitted step touches its buffers' pages for the first time again: the kernel zero-fills
-each 4 KiB page on a fault (a ResNet-152 training step at B = 16 faults in ~3.4 GB per step). With one arena,
-no `mmap` for large blocks and no trimming of the heap's top, freed blocks stay mapped and the next call
-reuses them; the process keeps its peak heap (as PyTorch's and XLA's GPU caching allocators do).
+each 4 KiB page on a fault (README, Speed, has what it cost). With one arena, no `mmap` for large blocks and
+no trimming of the heap's top, freed blocks stay mapped and the next call reuses them; the process keeps its
+peak heap (as PyTorch's and XLA's GPU caching allocators do).
 
 Process-wide and only for glibc (Linux); elsewhere a no-op. Call it before the JAX backend starts its threads
 (`jaxmia.cli.start` and the benchmark workers do): a thread that has already allocated keeps its arena.
@@ -26,13 +26,18 @@ M_ARENA_MAX = -8
 SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))  # -1: never trim the heap's top
 
 
+def available() -> bool:
+  """Whether this process's malloc is glibc's (Linux), the one `keep_freed_memory` knows how to set."""
+  return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def keep_freed_memory() -> bool:
   """Sets glibc's malloc to keep freed memory mapped (module docstring); whether it did."""
   setting = os.environ.get(ENV_VAR, "1")
   if setting not in ("0", "1"):
     raise ValueError(f"{ENV_VAR} must be 1 (keep freed host memory, the default) or 0 (glibc's defaults), "
                      f"got {setting!r}.")
-  if setting == "0" or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+  if setting == "0" or not available():
     return False
   mallopt = ctypes.CDLL(None).mallopt
   mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int

@@ -5,7 +5,6 @@ Each case runs in a child process (the setting is process-wide) and counts the m
 calls made from the main thread and from a new thread (glibc gives threads their own arenas).
 """
 import json
-import platform
 import subprocess
 
 import pytest
@@ -13,8 +12,7 @@ import pytest
 from conftest import start_program
 from jaxmia import host_allocator
 
-pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                                reason="glibc's malloc only")
+pytestmark = pytest.mark.skipif(not host_allocator.available(), reason="glibc's malloc only")
 
 CHILD = r"""
 import json, resource, threading
