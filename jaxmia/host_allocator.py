@@ -3,7 +3,7 @@
 XLA:CPU allocates each call's temporary buffer and outputs with `posix_memalign` on its worker threads. glibc
 serves a large request from a worker thread's arena with a fresh `mmap` and returns it with `munmap` on free,
 so every call of a jitted step touches its buffers' pages for the first time again: the kernel zero-fills
-each 4 KiB page on a fault (README, Speed, has what it cost). With one arena, no `mmap` for large blocks and
+each 4 KiB page on a fault (`docs/speed.md` has what it cost). With one arena, no `mmap` for large blocks and
 no trimming of the heap's top, freed blocks stay mapped and the next call reuses them; the process keeps its
 peak heap (as PyTorch's and XLA's GPU caching allocators do).
 

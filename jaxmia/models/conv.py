@@ -32,7 +32,7 @@ the weight gradient of their other layers, fall back to a generic convolution fa
 at 32 px take the same slow path, but switching them changes the rounding of the targets the committed studies
 trained; they follow when those studies are regenerated.
 
-The README's speed section has the measured figures.
+`docs/speed.md` has the measured figures.
 
 `conv_transpose2x` (stride-2 transposed convolutions: StyleGAN2's up-sampling convs, GMI's generator) is an
 exact polyphase rewrite used on every backend.

@@ -6,8 +6,8 @@ A residual network's trunk is such a chain: block k's output `relu(bn(conv) + ou
 elementwise in the previous output, so each consumer of a block's output — the next block's convolution,
 its residual add, the backward pass's ReLU mask and the weight-gradient convolution's input transpose —
 recomputed the whole stage's trunk from its start. In a ResNet-152 training step on XLA:CPU one such fusion
-took in all 36 blocks of `layer3`, and these recomputations were a large share of the step (the README's speed
-section has the figures).
+took in all 36 blocks of `layer3`, and these recomputations were a large share of the step (`docs/speed.md` has
+the figures).
 
 `materialize` divides by 1.0 hidden behind an `optimization_barrier`, so XLA's simplifier cannot drop the
 division before fusion decides what to duplicate. Division by one is exact in every floating dtype, so values

@@ -9,7 +9,7 @@ they are plain `lax.conv_general_dilated`, the identity and `jnp.mean`, as XLA o
 The switch also gives the compiler options of jaxmia's jitted steps (`step_compiler_options`: the classifiers'
 training step and the PPA attack's three stages): XLA:CPU hands matrix products *and* convolutions to YNNPACK by
 default; YNNPACK's 3x3 convolutions and their gradients are slower than XLA's own convolutions on the ResNet and
-StyleGAN2 shapes measured, more so without AVX-512 (README, Speed: `scripts/bench_conv.py --tables=torch`, whose
+StyleGAN2 shapes measured, more so without AVX-512 (`docs/speed.md`: `scripts/bench_conv.py --tables=torch`, whose
 'compiled' column compiles both ways; `scripts/bench_train.py`, `scripts/bench_attack.py`). The steps keep
 YNNPACK for matrix products only. A jaxlib that does not know the option compiles without it. JAX refuses
 compiler options on a nested `jax.jit`, so these steps are called at top level (as the programs do), not inside
