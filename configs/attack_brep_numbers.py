@@ -50,6 +50,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.attack.resize = 32             # the target's input size
   config.attack.clamp = True            # clamp images to [-1, 1] (a label-only attacker submits valid images)
   config.attack.dtype = "float32"       # compute dtype of generator and target: 'float32' or 'bfloat16'
+  # XLA:CPU compilation of the attack's core: 'step' as the training and PPA steps (faster at the official 64x64
+  # shapes on an Intel Xeon, docs/speed.md), 'default' XLA's own choices (configs/lowres_study.py's cells ran so)
+  config.attack.xla_cpu_options = "step"
   config.attack.batch_size = 20         # latents searched together (one resume unit; divisible by the devices)
   config.attack.single_w = True         # search one w per image (broadcast to all layers); False = W+
   config.attack.restarts = 1            # latents per class, each from its own start (official: 1)

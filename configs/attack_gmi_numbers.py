@@ -36,6 +36,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.attack.resize = 32            # the target's input size
   config.attack.clamp = True           # clamp to [-1, 1] (G's sigmoid output is inside already)
   config.attack.dtype = "float32"      # compute dtype of G, D and the target: 'float32' or 'bfloat16'
+  # XLA:CPU compilation of the attack's core: 'default' XLA's own choices (faster for this gradient attack at the
+  # official 64x64 shapes on an Intel Xeon, docs/speed.md), 'step' as the training and PPA steps compile
+  config.attack.xla_cpu_options = "default"
   config.attack.batch_size = 100       # latents optimised together (one resume unit; divisible by the devices)
   config.attack.steps_per_call = 100   # iterations per jitted call (progress at most every 30 s)
   config.attack.restarts = 5           # random starting latents per class (official: 5 seeds)

@@ -37,6 +37,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.attack.resize = 32            # the target's input side
   config.attack.clamp = True           # the generator's images are in [-1, 1] already; harmless
   config.attack.dtype = "float32"      # compute dtype of the three networks: 'float32' or 'bfloat16'
+  # XLA:CPU compilation of the attack's core: 'default' XLA's own choices (faster for this gradient attack at the
+  # official 64x64 shapes on an Intel Xeon, docs/speed.md), 'step' as the training and PPA steps compile
+  config.attack.xla_cpu_options = "default"
   config.attack.batch_size = 20        # classes optimised together (one resume unit; divisible by the devices)
   config.attack.steps_per_call = 100   # steps per jitted call (progress with ETA after each)
   # The optimisation (jaxmia.attack.kedmi.KedmiSettings); official values.

@@ -45,6 +45,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.attack.resize = 32             # the target's input size
   config.attack.clamp = True            # clamp images to [-1, 1] (a black-box attacker submits valid images)
   config.attack.dtype = "float32"       # compute dtype of generator and target: 'float32' or 'bfloat16'
+  # XLA:CPU compilation of the attack's core: 'step' as the training and PPA steps (faster at the official 64x64
+  # shapes on an Intel Xeon, docs/speed.md), 'default' XLA's own choices (configs/lowres_study.py's cells ran so)
+  config.attack.xla_cpu_options = "step"
   # Agents (classes) run together: one resume unit, divisible by the devices; each holds a replay buffer of
   # min(buffer_size, max_episodes * max_step) transitions.
   config.attack.batch_size = 20         # agents per batch

@@ -62,6 +62,7 @@ def get_config(arg=None):
   lowres.rlb.attack.batch_size = 25    # agents per batch: 2 batches of the 50 (20 would pad a third batch to 60)
   for kind in lowres.attacks:
     lowres[kind].output.images_per_class = 1  # images/class_XXXX.png: lowres_samples.png shows them
+    lowres[kind].attack.xla_cpu_options = "default"  # XLA's own choices: every committed cell ran so
 
   quick = config.quick_settings  # numbers_study's quick run (seconds-long targets), plus smoke attacks and GANs
   quick.lowres = ConfigDict(dict(
@@ -69,4 +70,6 @@ def get_config(arg=None):
       gmi=attack_gmi_numbers.get_config("smoke"), kedmi=attack_kedmi_numbers.get_config("smoke"),
       rlb=dcgan_latents(attack_rlb_numbers.get_config("smoke")),
       brep=dcgan_latents(attack_brep_numbers.get_config("smoke"))))
+  for kind in lowres.attacks:
+    quick.lowres[kind].attack.xla_cpu_options = "default"
   return config

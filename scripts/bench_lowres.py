@@ -4,6 +4,10 @@ in the same run.
     python scripts/bench_lowres.py                  # the six rows at batch 64
     python scripts/bench_lowres.py --quick          # batch 8, 2 rounds, 2 attack iterations per round: a smoke run
     python scripts/bench_lowres.py --rows=rlb_episode,brep_iteration   # the black-box and label-only attacks
+    python scripts/bench_lowres.py --rows=gmi_attack --xla_cpu_options=step   # another compilation of a row
+
+Each attack row compiles its jitted core as its attack's config does (`attack.xla_cpu_options`, 'step' or
+'default', of configs/attack_<kind>_numbers.py); `--xla_cpu_options` overrides it for all of them.
 
 Rows (float32, CPU, random weights, the official 64x64 settings: z 100, widths 64, Adam 2e-4 (0.5, 0.999),
 n_critic 5, 1,000 classes, VGG16-BN target with the low-resolution head):
@@ -57,7 +61,8 @@ import numpy as np
 from jaxmia import benchmarks, gan_gmi, gan_kedmi, parallel
 from jaxmia.attack import brep, gmi, kedmi, rlb
 from jaxmia.attack.render import ViewSettings
-from jaxmia.models import dcgan, vgg
+from jaxmia.config import load_file
+from jaxmia.models import dcgan, vgg, xla_cpu
 from jaxmia.models.kedmi_discriminator import MinibatchDiscriminator
 
 ROWS = ("gmi_gan", "kedmi_gan", "gmi_attack", "kedmi_attack", "rlb_episode", "brep_iteration")
@@ -72,6 +77,9 @@ flags.DEFINE_integer("batch", 64, "Batch: images per GAN iteration, latents (GMI
 flags.DEFINE_integer("attack_steps", 5, "Attack iterations per round.")
 flags.DEFINE_integer("brep_points_per_call", 8, "BREP-MI: sphere points of each latent per target call (memory; "
                      "configs/attack_brep_celeba64.py's setting; 0: all 32 at once).")
+flags.DEFINE_enum("xla_cpu_options", "config", ["config", "step", "default"], "How the four attack rows compile: "
+                  "'config' as each attack's configs/attack_<kind>_numbers.py says (`attack.xla_cpu_options`), or "
+                  "'step' / 'default' for all four.")
 flags.DEFINE_bool("quick", False, "Smoke run: batch 8, 2 rounds, 2 attack iterations, 1024^2 matmul, 2 s wait "
                   "(flags given explicitly win).")
 benchmarks.define_flags()
@@ -163,7 +171,9 @@ def prepare_attack(case):
   generator = dcgan.Generator(latent_dim=LATENT, dim=64, image_size=IMAGE_SIZE, channels=3)
   g_vars = jax.jit(generator.init)(jax.random.key(0), jnp.zeros((1, LATENT)))
   target, t_vars = target_network()
-  view = ViewSettings(clamp=True, center_crop=IMAGE_SIZE, resize=IMAGE_SIZE, dtype="float32")
+  view = ViewSettings(clamp=True, center_crop=IMAGE_SIZE, resize=IMAGE_SIZE, dtype="float32",
+                      xla_cpu_options=case["xla_cpu_options"])
+  options = xla_cpu.compiler_options(view.xla_cpu_options)  # as the attack compiles its core
   targets = jnp.arange(batch, dtype=jnp.int32) % NUM_CLASSES
   if case["kind"] == "gmi_attack":
     discriminator = dcgan.Discriminator(dim=64, image_size=IMAGE_SIZE)
@@ -173,7 +183,7 @@ def prepare_attack(case):
     losses = gmi.network_losses(generator, discriminator, target, view, settings)
     variables = (g_vars, d_vars, t_vars)
     optimize = jax.jit(lambda state, targets, variables: gmi.optimize(
-        state, targets, lambda z, t: losses(z, t, variables), settings, steps))
+        state, targets, lambda z, t: losses(z, t, variables), settings, steps), compiler_options=options)
     state = gmi.init_state(gmi.initial_latents(jax.random.split(jax.random.key(2), batch), LATENT))
     advance = lambda state: optimize(state, targets, variables)
   else:
@@ -185,7 +195,7 @@ def prepare_attack(case):
     keys = kedmi.class_keys(jax.random.key(2), np.arange(batch))
     variables = (g_vars, d_vars, t_vars)
     optimize = jax.jit(lambda state, targets, keys, variables: kedmi.optimize(
-        state, targets, keys, variables, fns, settings, steps)[0])
+        state, targets, keys, variables, fns, settings, steps)[0], compiler_options=options)
     state = kedmi.init_state(batch, LATENT, settings)
     advance = lambda state: optimize(state, targets, keys, variables)
   holder = dict(state=state)
@@ -210,7 +220,9 @@ def prepare_rlb(case):
   batch, steps = case["B"], case["steps"]
   generator, g_vars = dcgan_generator()
   target, t_vars = target_network()
-  view = ViewSettings(clamp=True, center_crop=IMAGE_SIZE, resize=IMAGE_SIZE, dtype="float32")
+  view = ViewSettings(clamp=True, center_crop=IMAGE_SIZE, resize=IMAGE_SIZE, dtype="float32",
+                      xla_cpu_options=case["xla_cpu_options"])
+  options = xla_cpu.compiler_options(view.xla_cpu_options)  # as the attack compiles its core
   probs_fn = rlb.black_box_probabilities(rlb.latent_renderer(generator), target, view)
   sac = rlb.SacSettings(hidden_size=RLB["hidden_size"], batch_size=RLB["replay_batch"])
   settings = rlb.RlbSettings(sac=sac, max_episodes=RLB_HISTORY, max_step=RLB["max_step"], alpha=RLB["alpha"],
@@ -225,7 +237,7 @@ def prepare_rlb(case):
   keys = rlb.class_keys(jax.random.key(2), np.arange(batch))
   variables = (g_vars, t_vars)
   episodes = jax.jit(lambda state, targets, keys, variables, count: rlb.run_episodes(
-      state, targets, keys, lambda z: probs_fn(variables, z), settings, count))
+      state, targets, keys, lambda z: probs_fn(variables, z), settings, count), compiler_options=options)
   holder = dict(state=state)
 
   def run():
@@ -242,7 +254,9 @@ def prepare_brep(case):
   batch, steps = case["B"], case["steps"]
   generator, g_vars = dcgan_generator()
   target, t_vars = target_network()
-  view = ViewSettings(clamp=True, center_crop=IMAGE_SIZE, resize=IMAGE_SIZE, dtype="float32")
+  view = ViewSettings(clamp=True, center_crop=IMAGE_SIZE, resize=IMAGE_SIZE, dtype="float32",
+                      xla_cpu_options=case["xla_cpu_options"])
+  options = xla_cpu.compiler_options(view.xla_cpu_options)  # as the attack compiles its core
   settings = brep.BrepSettings(**BREP, sphere_points_per_call=case["points_per_call"])
   labels = lambda gv, tv: lambda w: brep.image_labels(w, gv, tv, generator=generator, target_model=target, view=view)
   starts = jnp.clip(jax.random.normal(jax.random.key(2), (batch, 1, LATENT)), *BREP["point_clamp"])
@@ -250,7 +264,7 @@ def prepare_brep(case):
   keys = brep.class_keys(jax.random.key(3), np.arange(batch), 1)
   state = jax.jit(lambda w: brep.init_state(w, jnp.ones(batch, bool), settings))(starts)
   search = jax.jit(lambda state, targets, keys, gv, tv: brep.search(
-      state, targets, keys, labels(gv, tv), settings, max_iterations=steps))
+      state, targets, keys, labels(gv, tv), settings, max_iterations=steps), compiler_options=options)
 
   def run():
     jax.block_until_ready(search(state, targets, keys, g_vars, t_vars))
@@ -285,6 +299,17 @@ def torch_case(kind: str, batch: int, steps: int) -> dict:
   return dict(common, steps=steps, **(GMI_ATTACK if kind == "gmi_attack" else KEDMI_ATTACK))
 
 
+def row_compilation(kind: str, choice: str) -> str | None:
+  """An attack row's `xla_cpu_options` ('step' or 'default'): `choice`, or for 'config' its attack config's; None
+  for the GAN rows (GAN trainings compile with XLA's defaults)."""
+  if kind.endswith("_gan"):
+    return None
+  if choice != "config":
+    return choice
+  attack = kind.split("_")[0]
+  return load_file(benchmarks.ROOT / "configs" / f"attack_{attack}_numbers.py").get_config().attack.xla_cpu_options
+
+
 def apply_quick():
   """--quick's defaults for the flags not given explicitly."""
   for name, value in dict(batch=8, rounds=2, attack_steps=2, matmul_size=1024, max_wait=2.0).items():
@@ -310,8 +335,8 @@ def main(argv):
   reference, why = (found[0], "") if found else per_row[rows[0]]
   report = benchmarks.Report("bench_lowres", reference=reference, why=why, matmul_size=FLAGS.matmul_size,
                              json_path=FLAGS.json, settings=benchmarks.settings(
-                                 FLAGS, ["rows", "batch", "attack_steps", "brep_points_per_call", "quick", "rounds",
-                                         "max_wait", "threshold"]))
+                                 FLAGS, ["rows", "batch", "attack_steps", "brep_points_per_call", "xla_cpu_options",
+                                         "quick", "rounds", "max_wait", "threshold"]))
   section, missing = None, []
   for kind in rows:
     search = kind in UNITS
@@ -320,6 +345,7 @@ def main(argv):
                      "iteration of all B latents)" if search else None, SEARCH_COLUMNS if search else COLUMNS)
       section = search
     cases = {"jaxmia": dict(kind=kind, B=FLAGS.batch, steps=FLAGS.attack_steps,
+                            xla_cpu_options=row_compilation(kind, FLAGS.xla_cpu_options),
                             **({"points_per_call": FLAGS.brep_points_per_call} if kind == "brep_iteration" else {})),
              "torch": torch_case(kind, FLAGS.batch, FLAGS.attack_steps)}
     per_iteration = FLAGS.batch * (BREP["sphere_points"] + 1 if kind == "brep_iteration" else 1)

@@ -151,8 +151,9 @@ def test_final_selection_keeps_known_most_robust_latents(stand_ins):
 
 
 def test_the_three_stages_compile_with_the_step_compiler_options(stand_ins, monkeypatch):
-  """Stages 1-3 jit with `xla_cpu.step_compiler_options()`: options the compiler rejects make each one fail, and
-  stage 2's lowering for a cost analysis (`lower_optimization`) compiles as the stage runs."""
+  """Stages 1-3 jit with `xla_cpu.step_compiler_options()` unless a section says 'default': options the compiler
+  rejects make each one fail, and stage 2's lowering for a cost analysis (`lower_optimization`) compiles as the
+  stage runs."""
   generator, classifier, variables = stand_ins
   monkeypatch.setattr(render, "_COMPILED", {})  # build the stages' jitted functions afresh
   monkeypatch.setattr(xla_cpu, "step_compiler_options", lambda: {xla_cpu.YNN_FUSION_OPTION: "NO_SUCH_TYPE"})
@@ -170,6 +171,11 @@ def test_the_three_stages_compile_with_the_step_compiler_options(stand_ins, monk
   for stage in stages:
     with pytest.raises(Exception, match="NO_SUCH_TYPE"):
       stage()
+  # A section's `xla_cpu_options = 'default'` compiles with XLA's own choices: the rejected options go unused.
+  for section in (config.candidates, config.attack, config.final_selection):
+    section.xla_cpu_options = "default"
+  for stage in stages:
+    stage()
 
 
 class BatchCoupledDiscriminator(nn.Module):

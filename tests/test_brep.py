@@ -292,6 +292,10 @@ def test_config_has_the_official_defaults_and_bad_values_are_named(variant, tmp_
   config.attack.sphere_points, config.attack.point_clamp = 0, (1.5, -1.5)
   with pytest.raises(ValueError, match="attack.sphere_points.*attack.point_clamp|attack.point_clamp.*sphere_points"):
     attack_run.run_attack(config, tmp_path / "bad")
+  config = load_file(CONFIGS / "attack_brep_numbers.py").get_config(variant)
+  config.attack.xla_cpu_options = "fast"
+  with pytest.raises(ValueError, match=r"config.attack.xla_cpu_options='fast' must be one of \('step', 'default'\)"):
+    attack_run.run_attack(config, tmp_path / "bad")
   config.kind = "no_such_attack"
   with pytest.raises(ValueError, match="config.kind='no_such_attack' is not an attack"):
     attack_run.run_attack(config, tmp_path / "bad")

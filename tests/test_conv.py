@@ -150,6 +150,14 @@ def test_xla_cpu_switch_rejects_other_values(monkeypatch):
     xla_cpu.enabled()
 
 
+def test_a_config_chooses_between_the_step_options_and_xla_defaults(monkeypatch):
+  monkeypatch.setattr(xla_cpu, "step_compiler_options", lambda: {"an": "option"})
+  assert xla_cpu.compiler_options("step") == {"an": "option"}
+  assert xla_cpu.compiler_options("default") is None
+  with pytest.raises(ValueError, match="xla_cpu_options must be one of"):
+    xla_cpu.compiler_options("fast")
+
+
 @pytest.mark.parametrize("backend,expected", [("cpu", True), ("gpu", False), ("tpu", False)])
 def test_xla_cpu_switch_default_follows_the_backend(monkeypatch, backend, expected):
   monkeypatch.delenv(xla_cpu.ENV_VAR, raising=False)

@@ -17,7 +17,11 @@ from PIL import Image
 
 from conftest import REPO, start_program, write_fake_celeba
 from jaxmia import data, model_store
+from jaxmia.attack import render
+from jaxmia.attack import run as attack_run
+from jaxmia.config import load_file
 from jaxmia.evaluate.attack_run import load_attack_run
+from jaxmia.models import xla_cpu
 
 PRIVATE = {101 + i: 10 for i in range(6)}  # identity -> images: the 6 with most images are the target's classes
 PUBLIC = {201 + i: 6 for i in range(8)}    # 48 public images, the GAN smoke configs' `public_subset`
@@ -141,3 +145,18 @@ def test_a_rerun_in_a_fresh_workdir_gives_the_same_latents(runs):
   with first, again:
     for name in ("targets", "selected_indices", "initial_w", "optimized_w"):
       np.testing.assert_array_equal(first[name], again[name], err_msg=name)
+
+
+@pytest.mark.parametrize("kind", ["gmi", "kedmi", "rlb", "brep"])
+def test_each_attack_compiles_its_core_as_its_config_says(runs, kind, monkeypatch, tmp_path):
+  """`attack.xla_cpu_options` 'step' hands the step options to the attack's jitted core: options the compiler
+  rejects make the run fail there. RLB-MI's and BREP-MI's configs ask for them, GMI's and KED-MI's for XLA's
+  defaults."""
+  monkeypatch.chdir(runs.parent)  # the configs' default paths, `runs/...`
+  monkeypatch.setattr(render, "_COMPILED", {})  # build the attacks' jitted functions afresh
+  monkeypatch.setattr(xla_cpu, "step_compiler_options", lambda: {xla_cpu.YNN_FUSION_OPTION: "NO_SUCH_TYPE"})
+  config = load_file(REPO / "configs" / f"attack_{kind}_celeba64.py").get_config("smoke")
+  assert config.attack.xla_cpu_options == ("step" if kind in ("rlb", "brep") else "default")
+  config.attack.xla_cpu_options = "step"
+  with pytest.raises(Exception, match="NO_SUCH_TYPE"):
+    attack_run.run_attack(config, tmp_path / kind)

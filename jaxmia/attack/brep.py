@@ -54,6 +54,7 @@ from jaxmia import cli, files, parallel, report
 from jaxmia.attack import layout, render
 from jaxmia.attack.render import ViewSettings
 from jaxmia.cli import number
+from jaxmia.models import xla_cpu
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,7 +279,7 @@ def _compiled(generator, target_model, view: ViewSettings, settings: BrepSetting
       return search(state, targets, keys, labels_fn, settings, max_iterations=chunk)
 
     init = jax.jit(lambda w, active: init_state(w, active, settings))
-    return init, jax.jit(run)
+    return init, jax.jit(run, compiler_options=xla_cpu.compiler_options(view.xla_cpu_options))
 
   return render.cached_jit("brep", (generator, target_model), (view, settings, chunk), build)
 
@@ -372,7 +373,7 @@ def draw_starts(key, targets, *, generator, generator_variables, target_model, t
       return image_labels(to_w(index, key, generator_variables), generator_variables, target_variables,
                           generator=generator_c, target_model=target_c, view=view)
 
-    return jax.jit(to_w), jax.jit(labels)
+    return jax.jit(to_w), jax.jit(labels, compiler_options=xla_cpu.compiler_options(view.xla_cpu_options))
 
   to_w, labels = render.cached_jit(
       "brep_starts", (generator, target_model),

@@ -50,6 +50,7 @@ class FinalSelectionSettings:
   center_crop: int
   resize: int
   dtype: str
+  xla_cpu_options: str = "step"
 
   @classmethod
   def from_config(cls, config, resolution: int) -> "FinalSelectionSettings":
@@ -99,7 +100,7 @@ def select_final_latents(w, targets, keys, *, generator, generator_variables, ta
       generator, target_model, generator_variables, target_variables, settings.dtype, mesh)
   score = render.cached_jit("robustness_scores", (generator, target_model), settings, lambda: jax.jit(
       functools.partial(robustness_scores, generator=generator, target_model=target_model, settings=settings),
-      compiler_options=xla_cpu.step_compiler_options()))
+      compiler_options=xla_cpu.compiler_options(settings.xla_cpu_options)))
   scores = parallel.map_arrays(
       lambda w, t, k: score(w, t, k, *variables),
       (np.asarray(w, np.float32), np.asarray(targets, np.int32), keys), int(config.batch_size),

@@ -45,6 +45,7 @@ from jaxmia import cli, files, parallel, report
 from jaxmia.attack import brep, layout, render
 from jaxmia.attack.render import ViewSettings
 from jaxmia.cli import number, one_of
+from jaxmia.models import xla_cpu
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +151,8 @@ def _compiled(generator, discriminator, target_model, view: ViewSettings, settin
     def run(state, targets, variables):
       return optimize(state, targets, lambda z, t: losses(z, t, variables), settings, chunk)
 
-    return jax.jit(run), jax.jit(losses)
+    options = xla_cpu.compiler_options(view.xla_cpu_options)
+    return jax.jit(run, compiler_options=options), jax.jit(losses, compiler_options=options)
 
   return render.cached_jit("gmi", (generator, discriminator, target_model), (view, settings, chunk), build)
 

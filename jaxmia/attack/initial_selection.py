@@ -53,6 +53,7 @@ class CandidateSettings:
   resize: int
   horizontal_flip: bool
   dtype: str
+  xla_cpu_options: str = "step"
 
   @classmethod
   def from_config(cls, config, resolution: int) -> "CandidateSettings":
@@ -102,7 +103,7 @@ def select_initial_latents(key, targets, *, generator, generator_variables, targ
   z = np.asarray(jax.random.normal(key, (int(config.search_space_size), generator.z_dim), jnp.float32))
   score = render.cached_jit("candidate_confidences", (generator, target_model), settings, lambda: jax.jit(
       functools.partial(candidate_confidences, generator=generator, target_model=target_model, settings=settings),
-      compiler_options=xla_cpu.step_compiler_options()))
+      compiler_options=xla_cpu.compiler_options(settings.xla_cpu_options)))
   confidences = parallel.map_arrays(lambda z: score(z, *variables), (z,), int(config.batch_size),
                                     mesh=mesh, progress=progress)
   indices = top_candidates_per_class(confidences, targets)

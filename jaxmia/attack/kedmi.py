@@ -54,6 +54,7 @@ from jaxmia import cli, files, parallel, report
 from jaxmia.attack import layout, render
 from jaxmia.attack.render import ViewSettings
 from jaxmia.cli import number, one_of
+from jaxmia.models import xla_cpu
 from jaxmia.models.kedmi_discriminator import MinibatchDiscriminator, realness_logit
 
 IDENTITY_LOSSES = ("ce", "max_margin")
@@ -209,7 +210,8 @@ def _compiled(fns: ScoreFns, cache_modules, view: ViewSettings, settings: KedmiS
       probs = jax.nn.softmax(logits, axis=-1)
       return z, jnp.sum(probs * jax.nn.one_hot(targets, probs.shape[-1])[:, None], axis=-1)
 
-    return jax.jit(run), jax.jit(finish)
+    options = xla_cpu.compiler_options(view.xla_cpu_options)
+    return jax.jit(run, compiler_options=options), jax.jit(finish, compiler_options=options)
 
   return render.cached_jit("kedmi", cache_modules, (view, settings, chunk, num_samples, latent_dim, mesh), build)
 

@@ -18,7 +18,7 @@ from absl import logging
 from jaxmia import files, model_store, parallel, progress
 from jaxmia.attack import render
 from jaxmia.cli import number, one_of
-from jaxmia.models import stylegan2
+from jaxmia.models import stylegan2, xla_cpu
 
 # Config fields left out of the resume fingerprint: stage 3 and the grids (recomputed by every run), the weight
 # paths (represented by the digests of their content) and overwrite itself. Everything else decides stages 1-2.
@@ -33,6 +33,7 @@ def view_rules(section: str) -> list:
           (f"{section}.resize", "a positive integer", positive_int),
           (f"{section}.dtype", f"one of {DTYPES}", one_of(*DTYPES)),
           (f"{section}.clamp", "True or False", flag),
+          (f"{section}.xla_cpu_options", f"one of {xla_cpu.COMPILATIONS}", one_of(*xla_cpu.COMPILATIONS)),
           (f"{section}.batch_size", "a positive integer", positive_int)]
 
 

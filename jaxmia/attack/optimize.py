@@ -59,6 +59,7 @@ class OptimizationSettings:
   crop_ratio: tuple[float, float]
   remat: str
   dtype: str
+  xla_cpu_options: str = "step"
 
   @classmethod
   def from_config(cls, config, resolution: int) -> "OptimizationSettings":
@@ -238,7 +239,8 @@ def _compiled(generator, target_model, discriminator, settings: OptimizationSett
                        generator=generator, target_model=target_model, discriminator=discriminator,
                        settings=settings)
 
-    return jax.jit(init), jax.jit(run, donate_argnums=(0, 1), compiler_options=xla_cpu.step_compiler_options())
+    return jax.jit(init), jax.jit(run, donate_argnums=(0, 1),
+                                  compiler_options=xla_cpu.compiler_options(settings.xla_cpu_options))
 
   return render.cached_jit("optimize", (generator, target_model, discriminator), settings, build)
 

@@ -2,8 +2,8 @@
 `w` -> StyleGAN2 synthesis (`synthesize`) -> optional clamp to [-1, 1] -> centre crop -> antialiased resize
 (`target_view`, the view of a generated image that the target model gets; `resolve_center_crop` sizes the
 crop), frozen networks in a compute dtype (`with_compute_dtype`, `cast_and_replicate`), the config fields
-every stage reads for it (`view_settings`, `random_crop_settings`), and the per-process cache of the jitted
-functions built from them (`cached_jit`).
+every stage reads for it and for how its core compiles (`view_settings`, `random_crop_settings`), and the
+per-process cache of the jitted functions built from them (`cached_jit`).
 """
 import dataclasses
 from typing import Any
@@ -55,13 +55,16 @@ class ViewSettings:
   center_crop: int
   resize: int
   dtype: str
+  xla_cpu_options: str = "step"
 
 
 def view_settings(config, resolution: int) -> dict:
   """The image-pipeline fields of a stage's config section (`candidates`, `attack`, `final_selection`) for a
-  generator of `resolution` pixels: `clamp`, `center_crop` (resolved), `resize` and the compute `dtype`."""
+  generator of `resolution` pixels: `clamp`, `center_crop` (resolved), `resize`, the compute `dtype` and how
+  the stage's core compiles (`xla_cpu_options`, `models.xla_cpu.compiler_options`; 'step' when absent)."""
   return dict(clamp=bool(config.clamp), center_crop=resolve_center_crop(int(config.center_crop), resolution),
-              resize=int(config.resize), dtype=str(config.dtype))
+              resize=int(config.resize), dtype=str(config.dtype),
+              xla_cpu_options=str(config.get("xla_cpu_options", "step")))
 
 
 def random_crop_settings(config) -> dict:

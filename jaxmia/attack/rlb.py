@@ -76,6 +76,7 @@ from jaxmia import cli, files, parallel, report
 from jaxmia.attack import layout, render
 from jaxmia.attack.render import ViewSettings
 from jaxmia.cli import number, one_of
+from jaxmia.models import xla_cpu
 
 # ------------------------------------------------------------------------------------------------------------
 # Settings.
@@ -501,7 +502,7 @@ def black_box_probabilities(render_fn: Callable, target_model, view: ViewSetting
   return probs_fn
 
 
-def _compiled(probs_fn: Callable, cache, settings: RlbSettings, latent_dim: int, mesh):
+def _compiled(probs_fn: Callable, cache, settings: RlbSettings, latent_dim: int, mesh, xla_cpu_options: str):
   def build():
     def init(key, num_agents):
       return init_batch_state(key, num_agents, latent_dim, settings)
@@ -517,18 +518,18 @@ def _compiled(probs_fn: Callable, cache, settings: RlbSettings, latent_dim: int,
     def episodes(state, targets, keys, variables, count):
       return run_episodes(state, targets, keys, lambda z: probs_fn(variables, z), settings, count)
 
-    return init_jit, jax.jit(episodes)
+    return init_jit, jax.jit(episodes, compiler_options=xla_cpu.compiler_options(xla_cpu_options))
 
   if cache is None:
     return build()
   modules, cache_settings = cache
-  return render.cached_jit("rlb", modules, (cache_settings, settings, latent_dim, mesh), build)
+  return render.cached_jit("rlb", modules, (cache_settings, settings, latent_dim, mesh, xla_cpu_options), build)
 
 
 def attack_classes(targets, keys, *, probs_fn: Callable, variables, latent_dim: int, settings: RlbSettings,
                    init_key, mesh=None, episodes_per_call: int = 1000, cache=None,
                    progress: Callable[[BatchState], None] | None = None, checkpoint=None,
-                   checkpoint_seconds: float = 600.0) -> BatchState:
+                   checkpoint_seconds: float = 600.0, xla_cpu_options: str = "step") -> BatchState:
   """RLB-MI agents of one batch of classes, run to `settings.max_episodes`; returns the final state on the host.
 
   Args:
@@ -544,12 +545,13 @@ def attack_classes(targets, keys, *, probs_fn: Callable, variables, latent_dim: 
       when `checkpoint_seconds` have passed since the last write (0: after every call); a state found there
       (of this batch's shapes) is resumed from. The state is exact and every episode's keys come from its index,
       so a resumed batch ends as an uninterrupted one.
+    xla_cpu_options: how the episodes compile ('step' or 'default', `models.xla_cpu.compiler_options`).
   """
   targets = jnp.asarray(targets, jnp.int32)
   if mesh is not None:
     parallel.check_batch_size(len(targets), mesh, "RLB-MI batch of classes")
     targets, keys = jax.device_put((targets, keys), parallel.data_sharding(mesh))
-  init, episodes = _compiled(probs_fn, cache, settings, latent_dim, mesh)
+  init, episodes = _compiled(probs_fn, cache, settings, latent_dim, mesh, xla_cpu_options)
   state = init(init_key, len(targets))
   if checkpoint is not None and pathlib.Path(checkpoint).exists():
     state = _read_state(pathlib.Path(checkpoint), state)
@@ -708,7 +710,8 @@ def run_rlb(config, workdir) -> dict:
           settings=settings, init_key=init_key, mesh=mesh, episodes_per_call=int(config.attack.episodes_per_call),
           cache=((generator_c, target_c), (view, truncation)),
           progress=_episode_progress(report_progress, batch, num_batches, settings.max_episodes),
-          checkpoint=partial, checkpoint_seconds=60.0 * float(config.attack.get("checkpoint_minutes", 10.0)))
+          checkpoint=partial, checkpoint_seconds=60.0 * float(config.attack.get("checkpoint_minutes", 10.0)),
+          xla_cpu_options=view.xla_cpu_options)
       cached = {"z": state.best_z[:n], "score": state.best_score[:n], "rewards": state.rewards[:n],
                 "test_scores": state.test_scores[:n], "classes": classes[start:stop]}
       layout.save_npz(path, start=start, stop=stop, **cached)

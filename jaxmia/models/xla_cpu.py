@@ -13,7 +13,9 @@ StyleGAN2 shapes measured, more so without AVX-512 (`docs/speed.md`: `scripts/be
 'compiled' column compiles both ways; `scripts/bench_train.py`, `scripts/bench_attack.py`). The steps keep
 YNNPACK for matrix products only. A jaxlib that does not know the option compiles without it. JAX refuses
 compiler options on a nested `jax.jit`, so these steps are called at top level (as the programs do), not inside
-a caller's jit. The low-resolution attacks and GAN trainings keep XLA's defaults (their study's cells all ran so).
+a caller's jit. An attack section's `xla_cpu_options` chooses for its stage (`compiler_options`): 'step' unless
+it says 'default' (XLA's own choices: GMI's and KED-MI's configs, faster so at their 64x64 shapes, and the
+low-resolution study's, whose cells ran so); the GAN trainings keep XLA's defaults.
 
 On by default on the CPU backend and off on any other; the environment variable `JAXMIA_XLA_CPU_FORMULATIONS`
 (`1` or `0`) forces either. It is read when a network is traced, so set it before the first jitted call.
@@ -52,6 +54,18 @@ def _supported(options: tuple) -> bool:
   except Exception as e:  # an unknown option or value is an INVALID_ARGUMENT from the compiler
     logging.warning("XLA:CPU does not take %s (%s); compiling without it.", dict(options), str(e).splitlines()[0])
     return False
+
+
+# An attack section's `xla_cpu_options`: 'step' compiles its jitted core as `step_compiler_options` gives, 'default'
+# with XLA's own choices (what the low-resolution study's cells ran with).
+COMPILATIONS = ("step", "default")
+
+
+def compiler_options(compilation: str) -> dict | None:
+  """`jax.jit(..., compiler_options=...)` for a config's `xla_cpu_options` ('step' or 'default')."""
+  if compilation not in COMPILATIONS:
+    raise ValueError(f"xla_cpu_options must be one of {COMPILATIONS}, got {compilation!r}.")
+  return step_compiler_options() if compilation == "step" else None
 
 
 def step_compiler_options() -> dict | None:
