@@ -166,14 +166,20 @@ def prepare_gan(case):
   return run, N_CRITIC
 
 
+def attack_view(case):
+  """(the target's view of the 64x64 images, the compiler options of the row's jitted core) of an attack row: the
+  attack's `ViewSettings` and `xla_cpu.compiler_options` as its config compiles it."""
+  view = ViewSettings(clamp=True, center_crop=IMAGE_SIZE, resize=IMAGE_SIZE, dtype="float32",
+                      xla_cpu_options=case["xla_cpu_options"])
+  return view, xla_cpu.compiler_options(view.xla_cpu_options)
+
+
 def prepare_attack(case):
   batch, steps = case["B"], case["steps"]
   generator = dcgan.Generator(latent_dim=LATENT, dim=64, image_size=IMAGE_SIZE, channels=3)
   g_vars = jax.jit(generator.init)(jax.random.key(0), jnp.zeros((1, LATENT)))
   target, t_vars = target_network()
-  view = ViewSettings(clamp=True, center_crop=IMAGE_SIZE, resize=IMAGE_SIZE, dtype="float32",
-                      xla_cpu_options=case["xla_cpu_options"])
-  options = xla_cpu.compiler_options(view.xla_cpu_options)  # as the attack compiles its core
+  view, options = attack_view(case)
   targets = jnp.arange(batch, dtype=jnp.int32) % NUM_CLASSES
   if case["kind"] == "gmi_attack":
     discriminator = dcgan.Discriminator(dim=64, image_size=IMAGE_SIZE)
@@ -220,9 +226,7 @@ def prepare_rlb(case):
   batch, steps = case["B"], case["steps"]
   generator, g_vars = dcgan_generator()
   target, t_vars = target_network()
-  view = ViewSettings(clamp=True, center_crop=IMAGE_SIZE, resize=IMAGE_SIZE, dtype="float32",
-                      xla_cpu_options=case["xla_cpu_options"])
-  options = xla_cpu.compiler_options(view.xla_cpu_options)  # as the attack compiles its core
+  view, options = attack_view(case)
   probs_fn = rlb.black_box_probabilities(rlb.latent_renderer(generator), target, view)
   sac = rlb.SacSettings(hidden_size=RLB["hidden_size"], batch_size=RLB["replay_batch"])
   settings = rlb.RlbSettings(sac=sac, max_episodes=RLB_HISTORY, max_step=RLB["max_step"], alpha=RLB["alpha"],
@@ -254,9 +258,7 @@ def prepare_brep(case):
   batch, steps = case["B"], case["steps"]
   generator, g_vars = dcgan_generator()
   target, t_vars = target_network()
-  view = ViewSettings(clamp=True, center_crop=IMAGE_SIZE, resize=IMAGE_SIZE, dtype="float32",
-                      xla_cpu_options=case["xla_cpu_options"])
-  options = xla_cpu.compiler_options(view.xla_cpu_options)  # as the attack compiles its core
+  view, options = attack_view(case)
   settings = brep.BrepSettings(**BREP, sphere_points_per_call=case["points_per_call"])
   labels = lambda gv, tv: lambda w: brep.image_labels(w, gv, tv, generator=generator, target_model=target, view=view)
   starts = jnp.clip(jax.random.normal(jax.random.key(2), (batch, 1, LATENT)), *BREP["point_clamp"])
