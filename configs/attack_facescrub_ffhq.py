@@ -30,6 +30,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   center_crop = config_dict.FieldReference(0)    # centre crop in generator pixels; 0 = round(R * 800 / 1024)
   resize = config_dict.FieldReference(224)       # target input size (antialiased bilinear resize after the crop)
   dtype = config_dict.FieldReference("float32")  # compute dtype of generator and target: 'float32' or 'bfloat16'
+  # XLA:CPU compilation of the stages' jitted cores: 'step' as the training step (YNNPACK for matrix products only),
+  # 'default' XLA's own choices (faster for stage 2 on an Intel Xeon, slower on AMD: docs/speed.md)
+  xla_cpu_options = config_dict.FieldReference("step")
 
   config.candidates = ml_collections.ConfigDict()
   config.candidates.search_space_size = 2000    # random latents scored to find starting points
@@ -42,6 +45,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.candidates.center_crop = center_crop
   config.candidates.resize = resize
   config.candidates.dtype = dtype
+  config.candidates.xla_cpu_options = xla_cpu_options
 
   config.attack = ml_collections.ConfigDict()
   config.attack.batch_size = 25                 # global batch of latents optimised together (one resume unit)
@@ -63,6 +67,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.attack.center_crop = center_crop
   config.attack.resize = resize
   config.attack.dtype = dtype
+  config.attack.xla_cpu_options = xla_cpu_options
 
   config.final_selection = ml_collections.ConfigDict()
   config.final_selection.samples_per_target = 50  # latents kept per class
@@ -75,6 +80,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.final_selection.center_crop = center_crop
   config.final_selection.resize = resize
   config.final_selection.dtype = dtype
+  config.final_selection.xla_cpu_options = xla_cpu_options
 
   config.output = ml_collections.ConfigDict()
   config.output.images_per_class = 10           # selected images in each class's grid (0: no grids)
