@@ -119,7 +119,7 @@ def markdown(selected: dict[str, list[dict]]) -> str:
             "| benchmark | case | unit | jaxmia | PyTorch | ratio | per round | other cores | commit | date |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-      per_round = (f"{min(r['round_ratios']):.2f}–{max(r['round_ratios']):.2f}" if r["round_ratios"] else "-")
+      per_round = benchmarks.range_cell(r["round_ratios"]) if r["round_ratios"] else "-"
       other = "-" if r["other_cores"] is None else f"{r['other_cores']:.2f}"
       commit = r["commit"] + ("+" if r["dirty"] else "")
       out.append(f"| {r['benchmark'].removeprefix('bench_')} | {r['case']} | {r['unit']} | {_seconds(r['jaxmia_s'])} | "

@@ -50,7 +50,7 @@ class FinalSelectionSettings:
   center_crop: int
   resize: int
   dtype: str
-  xla_cpu_options: str = "step"
+  xla_cpu_options: str
 
   @classmethod
   def from_config(cls, config, resolution: int) -> "FinalSelectionSettings":

@@ -53,7 +53,7 @@ class CandidateSettings:
   resize: int
   horizontal_flip: bool
   dtype: str
-  xla_cpu_options: str = "step"
+  xla_cpu_options: str
 
   @classmethod
   def from_config(cls, config, resolution: int) -> "CandidateSettings":

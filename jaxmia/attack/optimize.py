@@ -59,7 +59,7 @@ class OptimizationSettings:
   crop_ratio: tuple[float, float]
   remat: str
   dtype: str
-  xla_cpu_options: str = "step"
+  xla_cpu_options: str
 
   @classmethod
   def from_config(cls, config, resolution: int) -> "OptimizationSettings":

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from jaxmia import parallel
 from jaxmia.data import image_ops
+from jaxmia.models import xla_cpu
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -55,7 +56,7 @@ class ViewSettings:
   center_crop: int
   resize: int
   dtype: str
-  xla_cpu_options: str = "step"
+  xla_cpu_options: str = xla_cpu.DEFAULT_COMPILATION
 
 
 def view_settings(config, resolution: int) -> dict:
@@ -64,7 +65,7 @@ def view_settings(config, resolution: int) -> dict:
   the stage's core compiles (`xla_cpu_options`, `models.xla_cpu.compiler_options`; 'step' when absent)."""
   return dict(clamp=bool(config.clamp), center_crop=resolve_center_crop(int(config.center_crop), resolution),
               resize=int(config.resize), dtype=str(config.dtype),
-              xla_cpu_options=str(config.get("xla_cpu_options", "step")))
+              xla_cpu_options=str(config.get("xla_cpu_options", xla_cpu.DEFAULT_COMPILATION)))
 
 
 def random_crop_settings(config) -> dict:

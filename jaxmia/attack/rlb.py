@@ -529,7 +529,7 @@ def _compiled(probs_fn: Callable, cache, settings: RlbSettings, latent_dim: int,
 def attack_classes(targets, keys, *, probs_fn: Callable, variables, latent_dim: int, settings: RlbSettings,
                    init_key, mesh=None, episodes_per_call: int = 1000, cache=None,
                    progress: Callable[[BatchState], None] | None = None, checkpoint=None,
-                   checkpoint_seconds: float = 600.0, xla_cpu_options: str = "step") -> BatchState:
+                   checkpoint_seconds: float = 600.0, xla_cpu_options: str = xla_cpu.DEFAULT_COMPILATION) -> BatchState:
   """RLB-MI agents of one batch of classes, run to `settings.max_episodes`; returns the final state on the host.
 
   Args:

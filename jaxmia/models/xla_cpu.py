@@ -59,6 +59,7 @@ def _supported(options: tuple) -> bool:
 # An attack section's `xla_cpu_options`: 'step' compiles its jitted core as `step_compiler_options` gives, 'default'
 # with XLA's own choices (what the low-resolution study's cells ran with).
 COMPILATIONS = ("step", "default")
+DEFAULT_COMPILATION = "step"  # a section that does not say
 
 
 def compiler_options(compilation: str) -> dict | None:
